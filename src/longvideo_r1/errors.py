@@ -1,0 +1,39 @@
+"""User-facing errors.
+
+Every failure a user can cause or fix (a bad file, an unreachable endpoint, an
+invalid node id) is raised as an :class:`LVR1Error` whose message is one
+readable line. The CLI prints that line and exits non-zero; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LVR1Error(Exception):
+    """A failure explained in one line, shown to the user without a traceback."""
+
+    exit_code = 2
+
+
+class VideoError(LVR1Error):
+    """The file is missing, unreadable, not a video, or corrupt."""
+
+
+class TreeError(LVR1Error, ValueError):
+    """A node id or tree parameter is invalid."""
+
+
+class EndpointError(LVR1Error):
+    """A model endpoint could not be reached or answered with an error."""
+
+
+class CaptionError(LVR1Error):
+    """A captioner could not produce a caption for a node."""
+
+
+class StoreError(LVR1Error):
+    """The caption store could not be opened, read or written."""
+
+
+class ConfigError(LVR1Error):
+    """Settings are missing or contradict each other."""
