@@ -165,7 +165,7 @@ class Tree:
             )
         for part in node_id:
             if not 1 <= part <= self.width:
-                shape = ", ".join(["1..%d" % self.width] * len(node_id))
+                shape = ", ".join([f"1..{self.width}"] * len(node_id))
                 raise TreeError(
                     f"node {format_node_id(node_id)} is out of range: this video has width "
                     f"{self.width}, so {LEVELS[len(node_id) - 1]} ids are ({shape})"

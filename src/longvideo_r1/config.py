@@ -1,0 +1,142 @@
+"""Settings: which endpoints and models each role uses, where the cache lives.
+
+One settings model, read from (lowest to highest precedence) built-in defaults,
+a YAML config file, ``LVR1_*`` environment variables and command-line flags.
+Roles are separate because production splits them: a reasoning LLM, a VLM for
+captions and a VLM for video_qa may each live behind their own server.
+
+Environment variables, per role ``CAPTION``, ``VIDEO_QA``, ``REASONING``::
+
+    LVR1_<ROLE>_BASE_URL   e.g. http://localhost:8000/v1
+    LVR1_<ROLE>_MODEL      e.g. Qwen/Qwen3-VL-8B-Instruct
+    LVR1_<ROLE>_API_KEY    falls back to OPENAI_API_KEY, then "EMPTY"
+    LVR1_<ROLE>_TIMEOUT    seconds per request
+
+and ``LVR1_STORE`` (caption database), ``LVR1_CONFIG`` (config file),
+``LVR1_CAPTIONER`` (``embedded`` or ``vlm``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import ConfigError
+
+ROLES = ("caption", "video_qa", "reasoning")
+DEFAULT_CONFIG_PATH = Path("~/.config/longvideo-r1/config.yaml")
+DEFAULT_STORE_PATH = Path("~/.cache/longvideo-r1/store.sqlite")
+
+
+class EndpointSettings(BaseModel):
+    """One OpenAI-compatible chat endpoint (vLLM, transformers serve, a hosted API)."""
+
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1. "
+        "Unset means the embedded CPU default for this role.",
+    )
+    model: str | None = Field(default=None, description="Model name the server knows.")
+    api_key: str | None = Field(
+        default=None, description="API key; falls back to OPENAI_API_KEY, then 'EMPTY'."
+    )
+    timeout: float = Field(default=120.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections."
+    )
+    max_tokens: int = Field(default=1024, gt=0, description="Completion token limit.")
+
+    def resolved_key(self) -> str:
+        return self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+
+
+class Settings(BaseModel):
+    """Everything a command needs to know besides its own arguments."""
+
+    store: Path = Field(default=DEFAULT_STORE_PATH, description="SQLite caption database.")
+    captioner: str = Field(
+        default="embedded",
+        description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
+    )
+    min_width: int = Field(default=4, ge=1, description="Smallest tree width.")
+    max_width: int = Field(default=8, ge=1, description="Largest tree width.")
+    caption: EndpointSettings = Field(default_factory=EndpointSettings)
+    video_qa: EndpointSettings = Field(default_factory=EndpointSettings)
+    reasoning: EndpointSettings = Field(default_factory=EndpointSettings)
+
+    def store_path(self) -> Path:
+        return self.store.expanduser()
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Nested dict of the settings named by LVR1_* variables."""
+    out: dict[str, Any] = {}
+    for key, name in (("store", "LVR1_STORE"), ("captioner", "LVR1_CAPTIONER")):
+        if env.get(name):
+            out[key] = env[name]
+    for role in ROLES:
+        role_out = {}
+        for field in ("base_url", "model", "api_key", "timeout", "max_retries", "max_tokens"):
+            value = env.get(f"LVR1_{role.upper()}_{field.upper()}")
+            if value:
+                role_out[field] = value
+        if role_out:
+            out[role] = role_out
+    return out
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_file(path: Path, required: bool) -> dict[str, Any]:
+    path = path.expanduser()
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file not found: {path}")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from defaults < config file < environment < ``overrides`` (CLI flags)."""
+    env = os.environ if env is None else env
+    explicit = config_path or env.get("LVR1_CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    data = _read_file(path, required=bool(explicit))
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, overrides or {})
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+    if settings.min_width > settings.max_width:
+        raise ConfigError(
+            f"min_width {settings.min_width} is larger than max_width {settings.max_width}"
+        )
+    return settings

@@ -1,0 +1,54 @@
+"""Settings precedence: defaults < file < environment < flags."""
+
+from __future__ import annotations
+
+import pytest
+
+from longvideo_r1.config import load_settings
+from longvideo_r1.errors import ConfigError
+
+
+def test_defaults_use_the_embedded_captioner(tmp_path):
+    settings = load_settings(env={}, config_path=None)
+    assert settings.captioner == "embedded"
+    assert settings.caption.base_url is None
+
+
+def test_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("caption:\n  base_url: http://file/v1\n  model: file-model\nmin_width: 3\n")
+    env = {"LVR1_CAPTION_MODEL": "env-model", "LVR1_CONFIG": str(cfg)}
+    settings = load_settings(env=env, overrides={"caption": {"model": None}})
+    assert settings.caption.base_url == "http://file/v1"
+    assert settings.caption.model == "env-model"
+    assert settings.min_width == 3
+    settings = load_settings(env=env, overrides={"caption": {"model": "flag-model"}})
+    assert settings.caption.model == "flag-model"
+
+
+def test_api_key_falls_back_to_openai_variable(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    settings = load_settings(env={})
+    assert settings.reasoning.resolved_key() == "sk-test"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("[1, 2]", "mapping"), ("caption: {timeout: -1}", "caption.timeout"), ("a: [", "cannot read")],
+)
+def test_bad_config_files_give_one_line_errors(tmp_path, text, fragment):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=fragment) as info:
+        load_settings(config_path=cfg, env={})
+    assert "\n" not in str(info.value)
+
+
+def test_missing_explicit_config_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(config_path=tmp_path / "nope.yaml", env={})
+
+
+def test_min_width_above_max_width_is_rejected():
+    with pytest.raises(ConfigError, match="min_width"):
+        load_settings(env={}, overrides={"min_width": 9, "max_width": 8})
