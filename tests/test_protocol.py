@@ -1,0 +1,451 @@
+"""The protocol strings are byte-exact and the reply parser reads what models really write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longvideo_r1.protocol import (
+    TIME_DECIMALS,
+    Action,
+    Answer,
+    ParseError,
+    Reply,
+    caption_observation,
+    error_message,
+    first_user_content,
+    first_user_message,
+    first_user_text,
+    format_call,
+    format_seconds,
+    join_reasoning,
+    last_round_message,
+    normalize_answer,
+    option_lines,
+    parse_reply,
+    qa_observation,
+    render_answer,
+    render_reply,
+    render_tool_call,
+    system_prompt,
+)
+from longvideo_r1.tree import Tree
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+TREE = Tree(duration=150.0, n_frames=4500, width=4)
+CHOICES = ["a red car", "a blue bus", "a green bike", "a black van"]
+QUESTION = "What vehicle passes the bakery?"
+HIGH = [
+    "A street market opens in the morning.",
+    "A baker carries bread out of a shop.",
+    "Traffic passes the bakery.",
+    "The market closes at dusk.",
+]
+
+
+def high_captions(tree: Tree = TREE) -> list:
+    return [(node, HIGH[i % len(HIGH)]) for i, node in enumerate(tree.nodes(1))]
+
+
+# ---------------------------------------------------------------------------------
+# exact strings
+
+
+def test_times_have_one_fixed_precision():
+    assert TIME_DECIMALS == 1
+    assert format_seconds(150) == "150.0"
+    assert format_seconds(9.375) == "9.4"
+    assert format_seconds(0.0) == "0.0"
+    assert format_seconds(3599.96) == "3600.0"
+
+
+def test_first_user_message_exact_parts():
+    turn = first_user_message(QUESTION, CHOICES, 150.0, high_captions())
+    assert turn.parts == (
+        "What vehicle passes the bakery?\nA. a red car\nB. a blue bus\nC. a green bike\n"
+        "D. a black van\n",
+        "The total duration of the video is 150.0 seconds.",
+        "High-level Caption 1 from 0.0 to 37.5:A street market opens in the morning.",
+        "High-level Caption 2 from 37.5 to 75.0:A baker carries bread out of a shop.",
+        "High-level Caption 3 from 75.0 to 112.5:Traffic passes the bakery.",
+        "High-level Caption 4 from 112.5 to 150.0:The market closes at dusk.",
+    )
+
+
+def test_first_user_text_and_content_agree():
+    args = (QUESTION, CHOICES, 150.0, high_captions())
+    text = first_user_text(*args)
+    assert text == (
+        "What vehicle passes the bakery?\nA. a red car\nB. a blue bus\nC. a green bike\n"
+        "D. a black van\n\n"
+        "The total duration of the video is 150.0 seconds.\n"
+        "High-level Caption 1 from 0.0 to 37.5:A street market opens in the morning.\n"
+        "High-level Caption 2 from 37.5 to 75.0:A baker carries bread out of a shop.\n"
+        "High-level Caption 3 from 75.0 to 112.5:Traffic passes the bakery.\n"
+        "High-level Caption 4 from 112.5 to 150.0:The market closes at dusk."
+    )
+    content = first_user_content(*args)
+    assert all(part["type"] == "text" for part in content)
+    assert "\n".join(part["text"] for part in content) == text
+    message = first_user_message(*args).message()
+    assert message == {"role": "user", "content": content}
+    assert first_user_message(*args).message(as_parts=False)["content"] == text
+
+
+def test_question_without_choices_and_prelettered_options():
+    turn = first_user_message("Who wins?\n(A) x\n(B) y", None, 150.0, high_captions())
+    assert turn.parts[0] == "Who wins?\n(A) x\n(B) y\n"
+    assert option_lines(["A. red", "B. blue"]) == ["A. red", "B. blue"]
+    assert option_lines(["red", "B. blue"]) == ["A. red", "B. B. blue"]
+
+
+def test_first_message_rejects_non_high_nodes():
+    with pytest.raises(ValueError):
+        first_user_message("q", None, 150.0, [(TREE.node((1, 1)), "x")])
+
+
+def test_observations_exact():
+    assert caption_observation(TREE.node((1, 2)), "A van parks.") == (
+        "Medium-level Caption from tool get_caption((1,2)). From 9.4 to 18.8:A van parks."
+    )
+    assert caption_observation(TREE.node((3, 2, 4)), "A blue bus stops.") == (
+        "Low-level Caption from tool get_caption((3,2,4)). From 91.4 to 93.8:A blue bus stops."
+    )
+    assert qa_observation("The bus is blue.") == "<information>The bus is blue.</information>"
+    with pytest.raises(ValueError):
+        caption_observation(TREE.node((1,)), "x")
+
+
+def test_tool_call_rendering_exact():
+    assert render_tool_call(Action("get_caption", (1, 2))) == "<tool>get_caption((1, 2))</tool>"
+    assert render_tool_call(Action("get_caption", (1, 2, 3))) == (
+        "<tool>get_caption((1, 2, 3))</tool>"
+    )
+    assert render_tool_call(Action("video_qa", (3, 2, 4), "What colour is the bus?")) == (
+        '<tool>video_qa((3, 2, 4), "What colour is the bus?")</tool>'
+    )
+    assert format_call(Action("video_qa", (1, 1, 1), 'say "hi"\n')) == (
+        'video_qa((1, 1, 1), "say \\"hi\\"\\n")'
+    )
+    assert format_call(Action("video_qa", (1, 1, 1), "a </tool> b")) == (
+        'video_qa((1, 1, 1), "a \\x3c/tool> b")'
+    )
+    assert render_answer(Answer("B. a blue bus", "B")) == "<answer>B</answer>"
+    assert render_reply("Look closer.", Action("get_caption", (3, 2))) == (
+        "<think>Look closer.</think>\n<tool>get_caption((3, 2))</tool>"
+    )
+    with pytest.raises(ValueError):
+        render_tool_call(Action("video_qa", (1, 2), "q"))
+    with pytest.raises(ValueError):
+        render_tool_call(Action("get_caption", (1,)))
+
+
+def test_system_prompt_teaches_the_protocol():
+    prompt = system_prompt(4)
+    for needle in (
+        "4 consecutive segments, numbered 1 to 4",
+        "16 medium segments",
+        "64 low segments",
+        "only the question and the captions of the 4 high-level segments",
+        "<think>...</think>",
+        "<answer>...</answer>",
+        "<answer>B</answer>",
+        "<tool>get_caption((h, m))</tool>",
+        "<tool>get_caption((h, m, l))</tool>",
+        '<tool>video_qa((h, m, l), "query")</tool>',
+        "whose caption you have already fetched",
+        "exactly one tool",
+    ):
+        assert needle in prompt
+    assert "7 consecutive segments" in system_prompt(7)
+    assert "343 low segments" in system_prompt(7)
+
+
+def test_last_round_and_error_messages():
+    last = last_round_message()
+    assert "last round" in last and "<answer>" in last
+    message = error_message(ParseError("unknown tool `search`; the only tools are x."))
+    assert message.startswith("Your last reply could not be used: unknown tool `search`")
+    assert "tools are x.\n" in message
+    for form in ("<tool>get_caption((h, m))</tool>", '<tool>video_qa((h, m, l), "your question")'):
+        assert form in message
+
+
+def test_join_reasoning_restores_think():
+    assert join_reasoning("why", "<tool>x</tool>") == "<think>why</think><tool>x</tool>"
+    assert join_reasoning(None, "<answer>A</answer>") == "<answer>A</answer>"
+    assert join_reasoning("dup", "<think>a</think>b") == "<think>a</think>b"
+
+
+def test_docs_show_the_exact_strings():
+    doc = DOCS.read_text(encoding="utf-8")
+    assert first_user_text(QUESTION, CHOICES, 150.0, high_captions()) in doc
+    assert caption_observation(TREE.node((3, 2)), "A blue bus stops by the bakery door.") in doc
+    assert render_tool_call(Action("video_qa", (3, 2, 4), "What is written on the bus?")) in doc
+
+
+# ---------------------------------------------------------------------------------
+# what small models write
+
+GC = Action("get_caption", (2, 3))
+GC3 = Action("get_caption", (2, 3, 1))
+
+
+def QA(q: str) -> Action:
+    return Action("video_qa", (3, 2, 4), q)
+
+
+MALFORMED: list[tuple[str, object]] = [
+    # canonical and near-canonical
+    ("<think>The bus is in 2.</think>\n<tool>get_caption((2, 3))</tool>", GC),
+    ("<tool>get_caption((2, 3))</tool>", GC),
+    ("<think>Segment 2 shows traffic.\n<tool>get_caption((2,3))</tool>", GC),
+    ("Traffic is in segment 2.</think>\n\n<tool>get_caption((2, 3))</tool>", GC),
+    ("<think>x</think><tool>get_caption((2,3,1))</tool>", GC3),
+    ("<think>x</think><tool>get_caption(2, 3)</tool>", GC),
+    ("<think>x</think><tool> get_caption( ( 2 , 3 , ) ) </tool>", GC),
+    ("<think>x</think><tool>get_caption([2, 3])</tool>", GC),
+    ("<think>x</think>\n<tool>get_caption((2, 3))", GC),  # stop sequence ate </tool>
+    ("<think>x</think>\n<tool>get_caption((2, 3))</tool>\nWaiting for the caption.", GC),
+    ("<THINK>x</THINK><Tool>get_caption((2, 3))</Tool>", GC),
+    ("<think>x</think>\n```\n<tool>get_caption((2, 3))</tool>\n```", GC),
+    # queries
+    ("<tool>video_qa((3,2,4), 'what\\'s on the bus?')</tool>", QA("what's on the bus?")),
+    ('<tool>video_qa((3, 2, 4), "the \\"EXIT\\" sign")</tool>', QA('the "EXIT" sign')),
+    ('<tool>video_qa((3,2,4), "what does "EXIT" mean?")</tool>', QA('what does "EXIT" mean?')),
+    ("<tool>video_qa((3,2,4), “what is written?”)</tool>", QA("what is written?")),
+    ('<tool>video_qa(segment_id=(3,2,4), query="who drives?")</tool>', QA("who drives?")),
+    ('<tool>video_qa("who drives?", (3, 2, 4))</tool>', QA("who drives?")),
+    ('<tool>video_qa((3,2,4), "line one\nline two")</tool>', QA("line one\nline two")),
+    # JSON and friends
+    ('<tool_call>{"name": "get_caption", "arguments": {"ids": [2, 3]}}</tool_call>', GC),
+    ('<tool_call>\n{"name": "get_caption", "arguments": {"id": [2, 3]}}\n</tool_call>', GC),
+    ('<tool_call>{"name": "get_caption", "args": {"node": "2,3"}}</tool_call>', GC),
+    ('<tool_call>{"name": "get_caption", "args": [2, 3]}</tool_call>', GC),
+    (
+        '<tool_call>\n{"name": "video_qa", "parameters": {"segment": [3, 2, 4], '
+        '"query": "who drives?"}}\n</tool_call>',
+        QA("who drives?"),
+    ),
+    (
+        '<tool_call>{"function": {"name": "get_caption", "arguments": "{\\"id\\": [2, 3]}"}}'
+        "</tool_call>",
+        GC,
+    ),
+    ("<tool_call>get_caption((2, 3))</tool_call>", GC),
+    (
+        'I will look closer.\n```json\n{"name": "get_caption", "arguments": {"node": [2, 3]}}\n```',
+        GC,
+    ),
+    (
+        '```json\n{"name": "get_caption", "arguments": '
+        '{"high_segment_id": 2, "medium_segment_id": 3}}\n```',
+        GC,
+    ),
+    ('{"name": "get_caption", "arguments": {"segment_id": [2, 3]}}', GC),
+    ("<think>need detail</think>\nget_caption((2,3))", GC),
+    ("<think>need detail</think>\n**Action:** `get_caption((2, 3))`", GC),
+    ("<tool>Calling get_caption((2, 3))</tool>", GC),
+    # answers
+    ("<think>It is the bus.</think>\n<answer>B</answer>", Answer("B", "B")),
+    ("<answer>(B)</answer>", Answer("(B)", "B")),
+    ("<answer>B. a blue bus</answer>", Answer("B. a blue bus", "B")),
+    ("<answer>Answer: C</answer>", Answer("Answer: C", "C")),
+    ("<answer>The answer is (B).</answer>", Answer("The answer is (B).", "B")),
+    ("<answer>a blue bus</answer>", Answer("a blue bus", "B")),
+    ("<answer>**D**</answer>", Answer("**D**", "D")),
+    ("<answer>\\boxed{A}</answer>", Answer("\\boxed{A}", "A")),
+    ("<think>x</think>\n<answer>D", Answer("D", "D")),
+    ("<think>x</think>\nD</answer>", Answer("D", "D")),
+    ("<answer>B</answer> I am confident. <answer>B</answer>", Answer("B", "B")),
+    # rejections
+    ("<think>x</think><tool>get_caption((2, 3))</tool>\n<answer>B</answer>", "both a tool call"),
+    ("<tool>get_caption((2,3))</tool>\n<tool>get_caption((2,4))</tool>", "2 tool calls"),
+    ("<tool>get_caption((2,3)); get_caption((2,4))</tool>", "two tool calls"),
+    ("<tool>search_video('bus')</tool>", "unknown tool `search_video`"),
+    ('<tool_call>{"name": "search", "arguments": {"q": "bus"}}</tool_call>', "unknown tool"),
+    ('<tool_call>{"name": "get_caption", "arguments": {"ids": [2, 3]</tool_call>', "JSON"),
+    ("<tool>get_caption((2, three))</tool>", "cannot read the arguments of get_caption"),
+    ("<tool>get_caption((2, 3)</tool>", "cannot read the arguments"),
+    ("<tool>video_qa((3, 2, 4))</tool>", "video_qa needs a segment id and a query"),
+    ('<tool>video_qa((3, 2, 4), "   ")</tool>', "query is empty"),
+    ('<tool>video_qa((3, 2), "who?")</tool>', "is a medium-level segment"),
+    ("<tool>get_caption((2,))</tool>", "which you already have"),
+    ("<tool>get_caption((5, 1))</tool>", "out of range: this video has width 4"),
+    ("<tool>get_caption((2, 3), (2, 4))</tool>", "one segment per round"),
+    ("<tool>get_caption((2, 3), 'bus')</tool>", "get_caption takes only a segment id"),
+    ("<tool></tool>", "empty"),
+    ("<think>x</think><answer></answer>", "<answer> is empty"),
+    ("<think>x</think><answer>E</answer>", "E is not one of the options A-D"),
+    ("<think>x</think><answer>B or C</answer>", "does not name one option"),
+    ("<answer>B</answer><answer>C</answer>", "different answers"),
+    ("I think the answer is probably the bus.", "no <tool> call and no <answer>"),
+    ("Let me call get_caption((2, 3)) to check.", "not inside <tool>...</tool>"),
+    ("<think>I should call <tool>get_caption((2,3))</tool></think>", "inside <think>"),
+    ("<think>The bus appears in segment 2 so I will look at", "never closed"),
+    ("   \n ", "the reply is empty"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), MALFORMED, ids=[str(i) for i in range(len(MALFORMED))]
+)
+def test_malformed_outputs(text, expected):
+    reply = parse_reply(text, tree=TREE, choices=CHOICES)
+    if isinstance(expected, str):
+        assert reply.error is not None, reply
+        assert expected in reply.error.message
+        assert "\n" not in reply.error.message
+    else:
+        assert reply.result == expected, reply
+
+
+def test_table_is_large_enough():
+    assert len(MALFORMED) >= 25
+
+
+def test_canonical_replies_have_no_notes_and_deviations_do():
+    clean = parse_reply("<think>x</think>\n<tool>get_caption((2, 3))</tool>", tree=TREE)
+    assert clean.canonical and clean.think == "x"
+    loose = parse_reply(
+        '<tool_call>{"name": "get_caption", "arguments": {"ids": [2, 3]}}</tool_call>'
+    )
+    assert loose.ok and not loose.canonical
+    assert "no <think> block" in loose.notes
+    assert "tool call in <tool_call>" in loose.notes
+
+
+def test_think_text_is_kept():
+    reply = parse_reply("<think>\nSegment 2.\n</think>\n<answer>B</answer>", choices=CHOICES)
+    assert reply.think == "Segment 2."
+    assert parse_reply("<answer>B</answer>").think is None
+    assert parse_reply("Segment 2.</think><answer>B</answer>").think == "Segment 2."
+
+
+def test_answers_without_choices_keep_the_text():
+    reply = parse_reply("<think>x</think><answer> The red car </answer>")
+    assert reply.answer == Answer("The red car", None)
+
+
+def test_ids_without_a_tree_are_only_checked_for_shape():
+    assert parse_reply("<tool>get_caption((9, 9))</tool>").action == Action("get_caption", (9, 9))
+    assert "count from 1" in parse_reply("<tool>get_caption((0, 2))</tool>").error.message
+    assert "4 parts" in parse_reply("<tool>get_caption((1, 2, 3, 4))</tool>").error.message
+
+
+def test_video_qa_needs_the_fetched_caption_when_history_is_given():
+    text = '<tool>video_qa((3, 2, 4), "who drives?")</tool>'
+    refused = parse_reply(text, tree=TREE, fetched={(3, 2), (3, 2, 3)})
+    assert "call get_caption((3, 2, 4)) before" in refused.error.message
+    allowed = parse_reply(text, tree=TREE, fetched=[(3, 2, 4)])
+    assert allowed.action == QA("who drives?")
+
+
+def test_parser_never_raises_on_non_strings():
+    assert isinstance(parse_reply(None).error, ParseError)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------
+# properties
+
+
+@st.composite
+def actions(draw):
+    width = draw(st.integers(3, 8))
+    tree = Tree(duration=draw(st.floats(30.0, 40000.0)), n_frames=1000, width=width)
+    tool = draw(st.sampled_from(["get_caption", "video_qa"]))
+    depth = 3 if tool == "video_qa" else draw(st.sampled_from([2, 3]))
+    node_id = tuple(draw(st.integers(1, width)) for _ in range(depth))
+    query = None
+    if tool == "video_qa":  # any text with at least one visible character
+        visible = draw(st.characters(blacklist_categories=("Z", "C")))
+        query = draw(st.text(max_size=30)) + visible + draw(st.text(max_size=30))
+    return tree, Action(tool, node_id, query)
+
+
+THINKS = st.none() | st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=80)
+
+
+@settings(max_examples=400)
+@given(case=actions(), think=THINKS)
+def test_render_parse_round_trip(case, think):
+    tree, action = case
+    text = render_reply(think, action)
+    reply = parse_reply(text, tree=tree)
+    assert reply.action == action, (text, reply)
+    if think is not None:
+        assert reply.canonical
+        assert reply.think == think.strip()
+
+
+FRAGMENTS = st.sampled_from(
+    [
+        "<think>", "</think>", "<tool>", "</tool>", "<answer>", "</answer>", "<tool_call>",
+        "</tool_call>", "get_caption(", "video_qa(", "((", "))", "(1, 2)", "(1,2,3)", ",", '"',
+        "'", "\\", "{", "}", '{"name": "get_caption", "arguments": ', '"ids": [1, 2]', "[", "]",
+        "```json\n", "```", "\n", " ", "A", "(B)", "Answer:", "\\boxed{", "9" * 30, "(" * 120,
+        "“", "”", "\x00", "é", "get_caption((1, 2))", '"query"',
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(
+    text=st.text() | st.lists(FRAGMENTS | st.text(max_size=5), max_size=40).map("".join),
+    with_tree=st.booleans(),
+    with_choices=st.booleans(),
+)
+def test_parser_never_crashes(text, with_tree, with_choices):
+    reply = parse_reply(
+        text, tree=TREE if with_tree else None, choices=CHOICES if with_choices else None
+    )
+    assert isinstance(reply, Reply)
+    assert isinstance(reply.result, (Action, Answer, ParseError))
+    if reply.error is not None:
+        assert reply.error.message and "\n" not in reply.error.message
+        assert "could not be read" not in reply.error.message  # no internal exception hit
+    if reply.action is not None:
+        assert reply.action.tool in ("get_caption", "video_qa")
+        assert 2 <= len(reply.action.node_id) <= 3
+
+
+ANSWER_FORMS = [
+    "{L}", "({L})", "{L}.", "{L})", "[{L}]", "{L}. {T}", "{L}) {T}", "({L}) {T}", "{L}: {T}",
+    "Answer: {L}", "Answer: ({L})", "The answer is ({L}).", "The answer is {L}.",
+    "Final answer: {L}. {T}", "**{L}**", "**Answer:** {L}", "\\boxed{{{L}}}", "`{L}`",
+    "The correct option is {L}", "So the answer is option {L}.", "{T}", "{T}.",
+]  # fmt: skip
+
+
+@given(
+    choices=st.lists(
+        st.text(alphabet="abcdefghij ", min_size=3, max_size=20).filter(str.strip),
+        min_size=2,
+        max_size=8,
+        unique_by=lambda s: " ".join(s.split()),
+    ),
+    data=st.data(),
+)
+def test_normalize_answer_recovers_the_letter(choices, data):
+    index = data.draw(st.integers(0, len(choices) - 1))
+    letter = chr(ord("A") + index)
+    form = data.draw(st.sampled_from(ANSWER_FORMS))
+    noise = data.draw(st.sampled_from(["", " ", "\n", "  \n\t"]))
+    text = noise + form.format(L=letter, T=choices[index]) + noise[::-1]
+    assert normalize_answer(text, choices) == letter
+    reply = parse_reply(f"<think>x</think><answer>{text}</answer>", choices=choices)
+    assert reply.answer is not None and reply.answer.letter == letter
+
+
+def test_normalize_answer_edges():
+    assert normalize_answer("E", CHOICES) is None
+    assert normalize_answer("b", CHOICES) == "B"
+    assert normalize_answer("B is correct", CHOICES) == "B"
+    assert normalize_answer("I pick (C) because the bike is green", CHOICES) == "C"
+    assert normalize_answer("  keep me  ", None) == "keep me"
+    assert normalize_answer("A. a red car", ["A. a red car", "B. a blue bus"]) == "A"
+    assert normalize_answer("a blue bus", ["A. a red car", "B. a blue bus"]) == "B"
