@@ -30,7 +30,6 @@ from .errors import ConfigError
 
 ROLES = ("caption", "video_qa", "reasoning")
 DEFAULT_CONFIG_PATH = Path("~/.config/longvideo-r1/config.yaml")
-DEFAULT_STORE_PATH = Path("~/.cache/longvideo-r1/store.sqlite")
 
 
 class EndpointSettings(BaseModel):
@@ -58,7 +57,11 @@ class EndpointSettings(BaseModel):
 class Settings(BaseModel):
     """Everything a command needs to know besides its own arguments."""
 
-    store: Path = Field(default=DEFAULT_STORE_PATH, description="SQLite caption database.")
+    store: Path | None = Field(
+        default=None,
+        description="SQLite caption database (default ~/.cache/longvideo-r1/store.sqlite, "
+        "or under $XDG_CACHE_HOME).",
+    )
     captioner: str = Field(
         default="embedded",
         description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
@@ -70,7 +73,9 @@ class Settings(BaseModel):
     reasoning: EndpointSettings = Field(default_factory=EndpointSettings)
 
     def store_path(self) -> Path:
-        return self.store.expanduser()
+        from .store import default_store_path
+
+        return self.store.expanduser() if self.store else default_store_path()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
