@@ -423,7 +423,10 @@ ANSWER_FORMS = [
 
 @given(
     choices=st.lists(
-        st.text(alphabet="abcdefghij ", min_size=3, max_size=20).filter(str.strip),
+        # A one-letter option text ("b") is ambiguous with a letter answer; real options are words.
+        st.text(alphabet="abcdefghij ", min_size=3, max_size=20).filter(
+            lambda s: len(s.strip()) > 1
+        ),
         min_size=2,
         max_size=8,
         unique_by=lambda s: " ".join(s.split()),

@@ -100,8 +100,8 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in top.items():
         if value is None:
             continue
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+        if isinstance(value, Mapping):
+            merged[key] = _merge(dict(merged.get(key) or {}), value)
         else:
             merged[key] = value
     return merged

