@@ -55,13 +55,17 @@ def run_ours(video_path: str, calls: list[list[float]], max_side: int) -> dict:
     return {"seconds": time.perf_counter() - start, "frames": frames, "decoded": decoded}
 
 
-def run_decord(video_path: str, calls: list[list[float]], max_side: int) -> dict:
-    """The reference's way: decord reader, frame indices from time * fps, resize after."""
+def run_decord(video_path: str, calls: list[list[float]], max_side: int, threads: int) -> dict:
+    """The reference's way: decord reader, frame indices from time * fps, resize after.
+
+    ``threads`` 0 is decord's default (FFmpeg picks); our PyAV layer also lets
+    FFmpeg pick its decoder threads, so 0 is the like-for-like comparison.
+    """
     import decord
     from PIL import Image
 
     start = time.perf_counter()
-    reader = decord.VideoReader(video_path, ctx=decord.cpu(0), num_threads=1)
+    reader = decord.VideoReader(video_path, ctx=decord.cpu(0), num_threads=threads)
     fps = reader.get_avg_fps()
     n = len(reader)
     frames = 0
@@ -82,16 +86,19 @@ def run_decord(video_path: str, calls: list[list[float]], max_side: int) -> dict
 
 def child(args: argparse.Namespace) -> None:
     calls, max_side = plan_times(args.video, args.plan, args.leaves, args.seed)
-    runner = run_ours if args.decoder == "pyav" else run_decord
-    result = runner(args.video, calls, max_side)
+    if args.decoder == "pyav":
+        result = run_ours(args.video, calls, max_side)
+    else:
+        result = run_decord(args.video, calls, max_side, args.decord_threads)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["calls"] = len(calls)
     print(json.dumps(result))
 
 
-def measure(video: str, plan: str, decoder: str, leaves: int, seed: int) -> dict:
+def measure(video: str, plan: str, decoder: str, leaves: int, seed: int, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--video", video, "--plan", plan]
     cmd += ["--decoder", decoder, "--leaves", str(leaves), "--seed", str(seed)]
+    cmd += ["--decord-threads", str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -104,6 +111,12 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=16, help="video_qa clips to sample")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; best is kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--decord-threads",
+        type=int,
+        default=0,
+        help="decord's decoder threads (default 0: FFmpeg picks, as PyAV does here)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     parser.add_argument("--decoder", help=argparse.SUPPRESS)
@@ -117,6 +130,7 @@ def main() -> None:
     if args.long:
         video = str(build_long_video(Path(video), args.long))
     print(f"video: {video}")
+    print(f"decord threads: {args.decord_threads} (0: FFmpeg picks); PyAV: FFmpeg picks")
     print(
         f"{'plan':<9} {'decoder':<7} {'calls':>5} {'frames':>6} {'seconds':>8} "
         f"{'frames/s':>9} {'decoded':>8} {'peak MB':>8}"
@@ -124,7 +138,8 @@ def main() -> None:
     for plan in args.plans.split(","):
         for decoder in ("pyav", "decord"):
             runs = [
-                measure(video, plan, decoder, args.leaves, args.seed) for _ in range(args.repeat)
+                measure(video, plan, decoder, args.leaves, args.seed, args.decord_threads)
+                for _ in range(args.repeat)
             ]
             best = min(runs, key=lambda r: r["seconds"])
             decoded = "-" if best["decoded"] is None else str(best["decoded"])

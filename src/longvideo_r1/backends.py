@@ -329,12 +329,7 @@ class OpenAIBackend(ChatBackend):
         cls, settings: EndpointSettings, role: str = "reasoning", **options: Any
     ) -> OpenAIBackend:
         """Backend for one role; ``base_url`` may list several servers separated by commas."""
-        if not settings.base_url or not settings.model:
-            key = role.upper()
-            raise ConfigError(
-                f"{role} endpoint needs a base URL and a model "
-                f"(LVR1_{key}_BASE_URL and LVR1_{key}_MODEL, or the config file)"
-            )
+        settings.require(role)
         return cls(
             base_urls=settings.base_url,
             model=settings.model,

@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     tree.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _captioner_option(tree)
     _tree_options(tree)
+    _endpoint_options(tree, "caption", "caption (names whose captions to show)")
 
     caption = sub.add_parser(
         "caption",
@@ -407,14 +408,12 @@ def _agent_config(args: argparse.Namespace):
     )
 
 
-def default_trace_path(fingerprint: str) -> Path:
+def default_trace_path(fingerprint: str, store: Path) -> Path:
     """Where a run's trace goes when --trace is not given: beside the caption cache."""
     from datetime import datetime
 
-    from .store import default_store_path
-
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return default_store_path().parent / "traces" / f"{stamp}-{fingerprint[:12]}.json"
+    return store.parent / "traces" / f"{stamp}-{fingerprint[:12]}.json"
 
 
 def _round_progress(status):
@@ -506,7 +505,9 @@ def _ask(session, backend, question: str, choices, config, trace_path: Path | No
 
     console = Console(stderr=True)
     navigator = session.navigator(backend, config)
-    path = trace_path or default_trace_path(session.video.fingerprint)
+    path = trace_path or default_trace_path(
+        session.video.fingerprint, session.settings.store_path()
+    )
     try:
         if quiet or not console.is_terminal:
             trace = navigator.run(question, choices)

@@ -50,6 +50,15 @@ class EndpointSettings(BaseModel):
     )
     max_tokens: int = Field(default=1024, gt=0, description="Completion token limit.")
 
+    def require(self, role: str) -> None:
+        """Refuse, in one line naming the flags and variables, an endpoint without URL or model."""
+        if not self.base_url or not self.model:
+            flag, key = role.replace("_", "-"), role.upper()
+            raise ConfigError(
+                f"the {role} endpoint needs a base URL and a model: --{flag}-base-url and "
+                f"--{flag}-model, LVR1_{key}_BASE_URL and LVR1_{key}_MODEL, or the config file"
+            )
+
     def resolved_key(self) -> str:
         return self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
 

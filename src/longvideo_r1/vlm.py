@@ -142,12 +142,7 @@ class ChatClient:
     @classmethod
     def from_settings(cls, settings: EndpointSettings, role: str = "endpoint") -> ChatClient:
         """Client for one role of :class:`~longvideo_r1.config.Settings`."""
-        if not settings.base_url or not settings.model:
-            key = role.upper()
-            raise ConfigError(
-                f"{role} endpoint needs a base URL and a model "
-                f"(LVR1_{key}_BASE_URL and LVR1_{key}_MODEL, or the config file)"
-            )
+        settings.require(role)
         return cls(
             base_url=settings.base_url,
             model=settings.model,
