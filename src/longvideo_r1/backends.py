@@ -330,15 +330,7 @@ class OpenAIBackend(ChatBackend):
     ) -> OpenAIBackend:
         """Backend for one role; ``base_url`` may list several servers separated by commas."""
         settings.require(role)
-        return cls(
-            base_urls=settings.base_url,
-            model=settings.model,
-            api_key=settings.resolved_key(),
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            max_tokens=settings.max_tokens,
-            **options,
-        )
+        return cls(base_urls=settings.base_url, **settings.client_options(), **options)
 
     @property
     def base_urls(self) -> tuple[str, ...]:

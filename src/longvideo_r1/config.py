@@ -59,6 +59,16 @@ class EndpointSettings(BaseModel):
                 f"--{flag}-model, LVR1_{key}_BASE_URL and LVR1_{key}_MODEL, or the config file"
             )
 
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by every client of this endpoint (key, limits, retries)."""
+        return {
+            "model": self.model,
+            "api_key": self.resolved_key(),
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "max_tokens": self.max_tokens,
+        }
+
     def resolved_key(self) -> str:
         return self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
 

@@ -143,14 +143,7 @@ class ChatClient:
     def from_settings(cls, settings: EndpointSettings, role: str = "endpoint") -> ChatClient:
         """Client for one role of :class:`~longvideo_r1.config.Settings`."""
         settings.require(role)
-        return cls(
-            base_url=settings.base_url,
-            model=settings.model,
-            api_key=settings.resolved_key(),
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-            max_tokens=settings.max_tokens,
-        )
+        return cls(base_url=settings.base_url, **settings.client_options())
 
     @property
     def endpoint(self) -> str:
