@@ -52,8 +52,8 @@ def test_children_tile_their_parent_exactly(width):
     tree = Tree(duration=1234.5, n_frames=30863, width=width)
     for parent in tree.walk((1, 2)):
         kids = tree.children(parent.id)
-        assert kids[0].start == pytest.approx(parent.start, abs=1e-9)
-        assert kids[-1].end == pytest.approx(parent.end, abs=1e-9)
+        assert kids[0].start == parent.start
+        assert kids[-1].end == parent.end
         assert kids[0].frame_start == parent.frame_start
         assert kids[-1].frame_end == parent.frame_end
 
@@ -128,3 +128,17 @@ def test_covering_and_leaf_at():
     assert [n.id for n in tree.covering(35, 39, 1)] == [(1,)]
     assert [n.id for n in tree.covering(35, 45, 2)] == [(1, 4), (2, 1)]
     assert [n.id for n in tree.covering(40, 40, 1)] == [(2,)]
+
+
+@pytest.mark.parametrize("width", [3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("duration", [60.0, 151.6, 333.3, 1234.5, 3600.0, 7199.96])
+def test_boundaries_belong_to_the_node_that_starts_there(width, duration):
+    tree = Tree(duration=duration, n_frames=int(duration * 25), width=width)
+    for depth in (1, 2, 3):
+        nodes = tree.nodes(depth)
+        for left, right in zip(nodes, nodes[1:], strict=False):
+            assert tree.index_at(depth, right.start) == tree.flat_index(right.id)
+            assert [n.id for n in tree.covering(left.start, right.start, depth)] == [left.id]
+            assert [n.id for n in tree.covering(right.start, right.end, depth)] == [right.id]
+            assert tree.covering(right.start, right.start, depth)[0].id == right.id
+        assert tree.leaf_at(duration).id == tree.nodes(3)[-1].id

@@ -196,10 +196,11 @@ class Tree:
     def node(self, node_id: NodeId) -> Node:
         """The node with its [start, end) seconds and [frame_start, frame_end) frames."""
         node_id = self.validate(node_id)
+        depth = len(node_id)
         k = self.flat_index(node_id)
-        n = self.count(len(node_id))
-        start = self.duration * k / n
-        end = self.duration if k + 1 == n else self.duration * (k + 1) / n
+        n = self.count(depth)
+        start = self._start(depth, k)
+        end = self.duration if k + 1 == n else self._start(depth, k + 1)
         return Node(
             id=node_id,
             start=start,
@@ -223,17 +224,47 @@ class Tree:
             return []
         return [self.node((*node_id, i)) for i in range(1, self.width + 1)]
 
+    def _start(self, depth: int, index: int) -> float:
+        """Start of the index-th node of a level, on the leaf grid.
+
+        Every level's boundaries are computed as leaf boundaries, so a parent
+        starts exactly (to the bit) where its first child starts.
+        """
+        leaves = self.count(len(LEVELS))
+        return self.duration * (index * leaves // self.count(depth)) / leaves
+
+    def index_at(self, depth: int, t: float) -> int:
+        """Flat index of the node of a level whose [start, end) holds ``t`` (clamped).
+
+        The first guess divides; it is then checked against the spans :meth:`node`
+        reports, so a time exactly on a boundary belongs to the node that starts there.
+        """
+        n = self.count(depth)
+        if not t > 0:
+            return 0
+        k = min(n - 1, int(t / self.duration * n))
+        while k > 0 and self._start(depth, k) > t:
+            k -= 1
+        while k + 1 < n and self._start(depth, k + 1) <= t:
+            k += 1
+        return k
+
     def leaf_at(self, t: float) -> Node:
         """The leaf whose span holds time ``t`` (clamped to the video)."""
-        n = self.count(len(LEVELS))
-        k = min(n - 1, max(0, int(t / self.duration * n)))
-        return self.node(self.from_flat(len(LEVELS), k))
+        depth = len(LEVELS)
+        return self.node(self.from_flat(depth, self.index_at(depth, t)))
 
     def covering(self, start: float, end: float, depth: int) -> list[Node]:
-        """Nodes of a level whose spans overlap ``[start, end)`` (an instant counts)."""
-        n = self.count(depth)
-        first = min(n - 1, max(0, int(start / self.duration * n)))
-        last = min(n - 1, max(first, math.ceil(end / self.duration * n) - 1))
+        """Nodes of a level whose spans overlap ``[start, end)``; an instant is one node.
+
+        An interval ending exactly where a node starts does not reach into it.
+        """
+        first = self.index_at(depth, start)
+        last = first
+        if end > start:
+            last = self.index_at(depth, end)
+            if last > first and self._start(depth, last) >= end:
+                last -= 1
         return [self.node(self.from_flat(depth, k)) for k in range(first, last + 1)]
 
     # frame plans -------------------------------------------------------------------
