@@ -489,3 +489,21 @@ def test_ctrl_c_still_interrupts_and_carries_the_trace(world: World):
     trace = info.value.trace
     assert (trace.status, trace.reason, len(trace.rounds)) == ("error", "interrupted", 2)
     assert trace.rounds[1].kind == "get_caption" and trace.cost.rounds == 2
+
+
+def test_a_model_repeating_one_unusable_reply_ends_early(world: World):
+    """Greedy small models loop on the same bad reply; three in a row end the run."""
+    bad = "<tool>get_caption((3, 2))</tool><answer>B</answer>"
+    with ScriptedChatServer([bad] * 5) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+        assert server.remaining == 2
+    assert trace.status == "no_answer"
+    assert trace.reason == "the model wrote the same unusable reply 3 times"
+    assert [r.kind for r in trace.rounds] == ["parse_error"] * 3
+
+
+def test_different_bad_replies_are_not_a_loop(world: World):
+    script = ["no tags", "still no tags", "<tool>get_caption((3, 2))</tool><answer>B</answer>"]
+    with ScriptedChatServer([*script, ANSWER_B]) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and len(trace.rounds) == 4

@@ -92,6 +92,12 @@ class AgentConfig:
     max_reply_tokens: int | None = _option(
         1024, "Completion tokens per model reply (None: the backend's default)."
     )
+    max_repeated_errors: int | None = _option(
+        3,
+        "End the run as no_answer when the model writes the same unusable reply this many "
+        "times in a row (None: never). A deterministic model that repeats itself after an "
+        "error message will not recover; the remaining rounds would only cost time.",
+    )
     first_message_parts: bool = _option(
         False,
         "Send the first user message as OpenAI text parts, as the reference did, instead of "
@@ -102,6 +108,10 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.max_rounds < 1:
             raise ConfigError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        if self.max_repeated_errors is not None and self.max_repeated_errors < 2:
+            raise ConfigError(
+                f"max_repeated_errors must be at least 2, got {self.max_repeated_errors}"
+            )
         for name in ("max_video_qa", "max_caption_calls"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -344,6 +354,10 @@ class Navigator:
         if spent is not None:
             rnd.notice = budget_notice(spent, call_not_run=action is not None)
         elif isinstance(parsed.result, ParseError):
+            if self._stuck(ep):
+                n = self.config.max_repeated_errors
+                self._end(ep, "no_answer", f"the model wrote the same unusable reply {n} times")
+                return True
             rnd.observation = protocol.error_message(parsed.result)
         elif action is not None:
             rnd.observation = self._act(ep, rnd, action).observation
@@ -355,6 +369,17 @@ class Navigator:
             if text is not None:
                 ep.messages.append(_user(text))
         return False
+
+    def _stuck(self, ep: _Episode) -> bool:
+        """The last ``max_repeated_errors`` rounds are one identical unparsable reply."""
+        n = self.config.max_repeated_errors
+        last = ep.trace.rounds[-n:] if n else []
+        return (
+            n is not None
+            and len(last) == n
+            and all(r.kind == "parse_error" for r in last)
+            and len({r.output for r in last}) == 1
+        )
 
     def _ask(self, ep: _Episode, rnd: Round) -> ChatReply:
         """One model call, timed and charged; the reply goes into the history verbatim.
