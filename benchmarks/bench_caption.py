@@ -7,9 +7,9 @@ Three parts, each measured in its own subprocess with a fresh temporary store
             value, level by level in the order ``lvr1 caption`` uses (high,
             medium, low): wall seconds per minute of video, per level seconds
             per node, frames decoded (the video's own counter).
-``memory``  the same amount of captioning work (the first high node, its first
+``memory``  the same amount of captioning work (the first high node, the first
             two medium nodes and the first eight leaves: 11 nodes, 208 frames)
-            on the test video and on it looped to ``--long`` seconds: peak
+            on the test video and on it looped to each ``--long`` length: peak
             resident memory side by side. A high node of a long video spans
             more audio, so the long run transcribes more speech; the table
             says how much.
@@ -20,7 +20,8 @@ Three parts, each measured in its own subprocess with a fresh temporary store
 
     python benchmarks/bench_caption.py                       # all parts
     python benchmarks/bench_caption.py --parts build --workers 1,2
-    python benchmarks/bench_caption.py --parts memory,cli --long 7200 --high-timeout 900
+    python benchmarks/bench_caption.py --parts memory --long 1800,7200 --repeat 2
+    python benchmarks/bench_caption.py --parts cli --long 7200 --high-timeout 900
 """
 
 from __future__ import annotations
@@ -264,20 +265,23 @@ def machine_load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def part_memory(short: str, long: str) -> None:
-    print("\n== memory: the same 11 nodes (1 high, 2 medium, 8 low) on a short and a long video ==")
+def part_memory(short: str, longs: list[str], repeat: int) -> None:
+    print("\n== memory: the same 11 nodes (1 high, 2 medium, 8 low) on videos of growing length ==")
     rows = []
-    for video in (short, long):
-        with tempfile.TemporaryDirectory(prefix="lvr1-bench-") as tmp:
-            store = str(Path(tmp) / "store.sqlite")
-            rows.append(run_child(["--child", "work", "--video", video, "--store", store]))
-        print(f"  {Path(video).name}: {rows[-1]['work_s']:.1f} s, load average {machine_load()}")
+    for _ in range(repeat):
+        for video in (short, *longs):
+            with tempfile.TemporaryDirectory(prefix="lvr1-bench-") as tmp:
+                store = str(Path(tmp) / "store.sqlite")
+                rows.append(run_child(["--child", "work", "--video", video, "--store", store]))
+            print(
+                f"  {Path(video).name}: {rows[-1]['work_s']:.1f} s, load average {machine_load()}"
+            )
     print(
         f"{'video':<9} {'width':>5} {'frames in file':>14} {'open s':>6} {'work s':>7} "
         f"{'decoded':>7} {'audio s':>7} {'RSS open':>8} {'RSS 1st':>7} {'RSS end':>7} "
         f"{'peak MB':>7}"
     )
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["duration"]):
         print(
             f"{r['duration'] / 60:>6.1f}min {r['width']:>5} {r['n_frames']:>14} "
             f"{r['open_s']:>6.1f} {r['work_s']:>7.1f} {r['frames_decoded']:>7} "
@@ -300,26 +304,31 @@ def part_cli(long: str, high_timeout: float, workers: int) -> None:
                 (f"lvr1 caption --levels high --workers {workers}",
                  run_measured(cmd, high_timeout, env))
             )  # fmt: skip
-        made = count_captions(store, long)
+        made = stored_captions(store, long)
     print(f"{'command':<40} {'seconds':>8} {'peak MB':>8} {'rc':>4}  note")
     for name, r in runs:
         note = f"killed at {high_timeout:.0f} s" if r["killed"] else ""
         if name.startswith("lvr1 caption"):
-            note += f"{'; ' if note else ''}{made} of 8 high captions stored"
+            note += f"{'; ' if note else ''}{len(made)} of 8 high captions stored"
+            if made:
+                note += f", {sum(made) / len(made):.0f} s each (max {max(made):.0f} s)"
         print(f"{name:<40} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f} {r['rc']:>4}  {note}")
         if r["rc"] not in (0, -9) and r["stderr_tail"]:
             print("    stderr: " + " | ".join(r["stderr_tail"]))
     print(f"load average after: {machine_load()}")
 
 
-def count_captions(store: str, video: str) -> int:
+def stored_captions(store: str, video: str) -> list[float]:
+    """Captioner seconds of every caption stored for the video (each committed when made)."""
     from longvideo_r1.store import CaptionStore
     from longvideo_r1.video import file_fingerprint
 
     if not Path(store).exists():
-        return 0
+        return []
     with CaptionStore(Path(store)) as db:
-        return db.stats(file_fingerprint(Path(video))).captions
+        fp = file_fingerprint(Path(video))
+        return [r.seconds for identity in db.stats(fp).captions_by_identity
+                for r in db.list_captions(fp, identity)]  # fmt: skip
 
 
 # main -----------------------------------------------------------------------------------
@@ -332,7 +341,12 @@ def main() -> None:
     )
     parser.add_argument("--parts", default="build,memory,cli", help="build,memory,cli")
     parser.add_argument("--video", help="short video (default: the project's test video)")
-    parser.add_argument("--long", type=float, default=7200, help="seconds of the looped video")
+    parser.add_argument(
+        "--long",
+        default="7200",
+        help="seconds of the looped video(s), comma-separated; cli uses the longest",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="memory: runs per video")
     parser.add_argument("--workers", default="1,2", help="build: worker counts to compare")
     parser.add_argument(
         "--high-timeout",
@@ -366,11 +380,12 @@ def main() -> None:
     if "build" in parts:
         part_build(short, [int(w) for w in args.workers.split(",")])
     if parts & {"memory", "cli"}:
-        long = str(build_long_video(Path(short), args.long))
+        seconds = sorted(float(x) for x in args.long.split(","))
+        longs = [str(build_long_video(Path(short), x)) for x in seconds]
         if "memory" in parts:
-            part_memory(short, long)
+            part_memory(short, longs, args.repeat)
         if "cli" in parts:
-            part_cli(long, args.high_timeout, args.cli_workers)
+            part_cli(longs[-1], args.high_timeout, args.cli_workers)
     print(f"\nmachine at the end: {machine()}")
 
 
