@@ -225,7 +225,120 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _agent_options(demo)
     _endpoint_options(demo, "reasoning", "reasoning model")
+    _eval_parser(sub, common)
+    _report_parser(sub)
     return parser
+
+
+def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
+    """``lvr1 eval``: one method over a benchmark, resumable, one JSON record per question."""
+    ev = sub.add_parser(
+        "eval",
+        parents=[common],
+        help="run the agent or a baseline on a benchmark (resumable) and score it",
+        description="Answer every question of a benchmark with one method, N at a time, and "
+        "write one result per question under OUT/<method>/results (and its trace under "
+        "traces/). A rerun skips finished questions; interrupt any time and run again to "
+        "go on. Failed questions are recorded with their reason and rerun only with "
+        "--retry-failed. A folder made with another configuration is refused. Exit status: 0 "
+        "when every question has a result and none is an error, 1 when some are recorded "
+        "as errors, 2 for bad input, 130 when interrupted.",
+    )
+    ev.add_argument(
+        "questions",
+        metavar="QUESTIONS",
+        help="the benchmark's question file, or 'testbench' for the shipped test bench",
+    )
+    ev.add_argument(
+        "--benchmark",
+        metavar="NAME",
+        help="format of QUESTIONS: cgbench, lvbench, videomme, mlvu, longvideobench, "
+        "egoschema or reference (not needed for testbench)",
+    )
+    ev.add_argument(
+        "--videos",
+        metavar="DIR",
+        help="folder holding the benchmark's videos (testbench: the test video's folder, "
+        "built if needed)",
+    )
+    ev.add_argument("--out", required=True, metavar="DIR", help="output folder of the run")
+    ev.add_argument(
+        "--method",
+        default="agent",
+        choices=["agent", "uniform-frames", "caption-all", "random-walk"],
+        help="agent (default), or a baseline: uniform-frames, caption-all, random-walk",
+    )
+    ev.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="questions at once (default 1)"
+    )
+    ev.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    ev.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the questions recorded with status error",
+    )
+    ev.add_argument("--subset", metavar="NAME", help="loader subset (Video-MME: long, ...)")
+    ev.add_argument(
+        "--with-subtitles",
+        action="store_true",
+        help="attach the benchmark's subtitle files where its loader knows them",
+    )
+    ev.add_argument(
+        "--skip-malformed",
+        action="store_true",
+        help="leave out malformed items of the question file instead of stopping",
+    )
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    base = ev.add_argument_group("baselines")
+    base.add_argument(
+        "--frames", type=int, default=32, metavar="N", help="uniform-frames: frames (default 32)"
+    )
+    base.add_argument(
+        "--frame-side",
+        type=int,
+        default=448,
+        metavar="PX",
+        help="uniform-frames: longest side of each frame sent to the VLM (default 448)",
+    )
+    base.add_argument(
+        "--walk-calls",
+        type=int,
+        metavar="N",
+        help="random-walk: get_caption calls per question (default: the agent's mean in "
+        "the same --out)",
+    )
+    base.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="random-walk: seed (default 0)"
+    )
+    _captioner_option(ev)
+    _agent_options(ev)
+    _tree_options(ev)
+    _endpoint_options(ev, "reasoning", "reasoning model")
+    _endpoint_options(ev, "video_qa", "video_qa vision model")
+    _endpoint_options(ev, "caption", "caption")
+
+
+def _report_parser(sub) -> None:
+    """``lvr1 report``: accuracy against cost from eval folders, markdown plus a PNG."""
+    rep = sub.add_parser(
+        "report",
+        help="tabulate and plot accuracy against cost from one or more eval folders",
+        description="Read eval output folders (each with one or more method folders), print "
+        "a markdown table of accuracy, failures and cost per method and run, per-category "
+        "accuracy, and write it with a PNG plot of accuracy against cost.",
+    )
+    rep.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="lvr1 eval output folder")
+    rep.add_argument(
+        "--out",
+        metavar="PATH",
+        help="markdown file to write (default OUT_DIR/report.md); the PNG goes beside it",
+    )
+    rep.add_argument(
+        "--x",
+        choices=["seconds", "tokens"],
+        default="seconds",
+        help="cost axis of the plot: mean seconds (default) or tokens per question",
+    )
 
 
 # -- settings and objects ------------------------------------------------------------
@@ -585,7 +698,107 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-COMMANDS = {"tree": cmd_tree, "caption": cmd_caption, "ask": cmd_ask, "demo": cmd_demo}
+def _eval_questions(args: argparse.Namespace):
+    """(questions, question file, benchmark name, videos folder) for ``lvr1 eval``."""
+    from .questions import TESTBENCH_FILE, benchmark_name, load_questions, load_testbench
+
+    if args.questions == "testbench":
+        if args.videos:
+            videos = Path(args.videos)
+        else:
+            from rich.console import Console
+
+            from .testvideo import load_test_video
+
+            Console(stderr=True).print("building the test video (once; cached afterwards)…")
+            videos = load_test_video().path.parent
+        return load_testbench(subtitles=videos), TESTBENCH_FILE, "testbench", videos
+    if not args.benchmark:
+        raise ConfigError("--benchmark NAME is needed to read a question file")
+    if not args.videos:
+        raise ConfigError("--videos DIR is needed: the folder holding the benchmark's videos")
+    options: dict[str, Any] = {}
+    if args.subset:
+        options["subset"] = args.subset
+    if args.with_subtitles:
+        options["subtitles"] = True
+    if args.skip_malformed:
+        options["skip_malformed"] = True
+    name = benchmark_name(args.benchmark)
+    questions = load_questions(args.questions, name, **options)
+    return questions, Path(args.questions), name, Path(args.videos)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .evaluate import (
+        EvalOptions,
+        Evaluator,
+        MethodOptions,
+        make_method,
+        resolve_walk_calls,
+        summary_line,
+    )
+
+    console = Console(stderr=True)
+    run_options = EvalOptions(
+        workers=args.workers,
+        limit=args.limit,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    out_dir = Path(args.out).expanduser()
+    method_options = resolve_walk_calls(
+        MethodOptions(
+            method=args.method,
+            agent=_agent_config(args),
+            frames=args.frames,
+            frame_side=args.frame_side,
+            walk_calls=args.walk_calls,
+            seed=args.seed,
+        ),
+        out_dir,
+    )
+    settings = _settings(args)
+    questions, source, benchmark, videos = _eval_questions(args)
+    if not questions:
+        raise ConfigError(f"{source} holds no questions")
+    evaluator = Evaluator(
+        questions,
+        questions_file=source,
+        benchmark=benchmark,
+        videos_dir=videos,
+        out_dir=out_dir,
+        settings=settings,
+        method=make_method(method_options, settings),
+        options=run_options,
+        console=console,
+    )
+    outcome = evaluator.run()
+    print(summary_line(outcome))
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    return 1 if outcome.errors else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    report = write_report(args.out_dirs, args.out, args.x)
+    print(report.markdown, end="")
+    print(f"wrote {report.markdown_path} and {report.plot_path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "tree": cmd_tree,
+    "caption": cmd_caption,
+    "ask": cmd_ask,
+    "demo": cmd_demo,
+    "eval": cmd_eval,
+    "report": cmd_report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

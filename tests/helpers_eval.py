@@ -1,0 +1,95 @@
+"""Shared pieces of the evaluation tests: imported captions and a server that answers by rule.
+
+Captions are imported under ``imported:test`` for every node of the test
+video's tree, so evaluation tests never run a captioner and take seconds.
+The rule server is the scripted server with a function in place of the
+script, for runs whose request order depends on threads or on resumption.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scripted_server import ScriptedChatServer, Step
+
+from longvideo_r1.config import Settings
+from longvideo_r1.store import CaptionRecord, CaptionStore
+from longvideo_r1.tree import Tree, format_node_id
+from longvideo_r1.video import Video
+
+IDENTITY = "imported:test"
+THINK_B = "<think>The captions say so.</think>\n<answer>B</answer>"
+
+
+def caption_text(node_id: tuple[int, ...]) -> str:
+    return f"caption of node {format_node_id(node_id)}"
+
+
+def import_captions(video_path: Path, store_path: Path) -> Tree:
+    """Every node's caption under :data:`IDENTITY`, as a reference import would store it."""
+    with Video.open(video_path) as video:
+        tree = Tree.for_video(video.info.duration, video.info.n_frames)
+        records = [
+            CaptionRecord(
+                fingerprint=video.fingerprint,
+                width=tree.width,
+                node_id=node.id,
+                identity=IDENTITY,
+                text=caption_text(node.id),
+            )
+            for node in tree.walk()
+        ]
+    with CaptionStore(store_path) as store:
+        store.put_captions(records, replace=True)
+    return tree
+
+
+def settings_for(
+    store: Path, reasoning: str | None = None, video_qa: str | None = None
+) -> Settings:
+    """Settings as the CLI would build them: imported captions, scripted endpoints."""
+    data: dict[str, Any] = {"store": store, "captioner": IDENTITY}
+    if reasoning:
+        data["reasoning"] = {"base_url": reasoning, "model": "scripted-model", "max_retries": 0}
+    if video_qa:
+        data["video_qa"] = {"base_url": video_qa, "model": "scripted-vlm", "max_retries": 0}
+    return Settings.model_validate(data)
+
+
+class RuleServer(ScriptedChatServer):
+    """Answers each request with ``rule(body)``; records every request like the scripted one."""
+
+    def __init__(self, rule: Callable[[dict[str, Any]], Step], model: str = "scripted-model"):
+        super().__init__([], model)
+        self.rule = rule
+        self.count_lock = threading.Lock()
+
+    def _next(self, body: dict[str, Any]) -> Step | None:
+        with self._lock:
+            self.requests.append(body)
+        return self.rule(body)
+
+
+def user_text(body: dict[str, Any]) -> str:
+    """Every text of the request's user messages, joined (images left out)."""
+    texts = []
+    for message in body["messages"]:
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, list):
+                content = "\n".join(p.get("text", "") for p in content)
+            texts.append(content)
+    return "\n".join(texts)
+
+
+def question_of(body: dict[str, Any]) -> str:
+    """The question a request is about: the baselines' ``Question:`` line, else the agent's
+    first line."""
+    text = user_text(body)
+    for line in text.splitlines():
+        if line.startswith("Question: "):
+            return line.removeprefix("Question: ").strip()
+    return text.strip().splitlines()[0] if text.strip() else ""

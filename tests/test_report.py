@@ -1,0 +1,123 @@
+"""lvr1 report: the markdown table and the accuracy-against-cost plot from two runs."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from longvideo_r1.cli import main
+from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluate import ItemRecord, QuestionSource, RunFolder, RunManifest
+from longvideo_r1.report import collect, markdown, write_report
+from longvideo_r1.trace import Cost
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(out: Path, method: str, outcomes: list[tuple[str, str | None, str]], **cost) -> None:
+    """A method folder with a manifest and one record per (category, answer, status)."""
+    folder = RunFolder(out / method)
+    folder.write_manifest(
+        RunManifest(
+            method=method,
+            variant="v1" if method != "uniform-frames" else "vlm-frames",
+            benchmark="testbench",
+            questions=QuestionSource(path="/x/testbench.json", sha256="ab" * 32, count=4),
+            identities={"reasoning": f"openai:model-of-{out.name}"},
+        )
+    )
+    for i, (category, answer, status) in enumerate(outcomes):
+        folder.write_record(
+            ItemRecord(
+                question_id=f"q{i}",
+                video_id="testvideo",
+                benchmark="testbench",
+                category=category,
+                method=method,
+                variant="v1",
+                expected="A",
+                answer=answer,
+                correct=answer == "A",
+                status=status,
+                failure=None if status == "answered" else "no_answer",
+                cost=Cost(**cost),
+                seconds=cost.get("end_to_end_seconds", 1.0),
+                trace=f"traces/q{i}.json",
+            )
+        )
+
+
+@pytest.fixture
+def two_runs(tmp_path) -> list[Path]:
+    small, large = tmp_path / "small-model", tmp_path / "large-model"
+    mixed = [
+        ("speech", "A", "answered"),
+        ("visual", "B", "answered"),
+        ("visual", None, "no_answer"),
+    ]
+    write_run(small, "agent", mixed, rounds=4, captions_made=2, end_to_end_seconds=20.0)
+    write_run(small, "caption-all", mixed[:2], rounds=1, caption_calls=64, end_to_end_seconds=90.0)
+    good = [("speech", "A", "answered"), ("visual", "A", "answered"), ("visual", "A", "answered")]
+    write_run(large, "agent", good, rounds=6, reasoning_prompt_tokens=5000, end_to_end_seconds=8.0)
+    write_run(large, "uniform-frames", good[:1], video_qa_calls=1, frames_decoded=32)
+    return [small, large]
+
+
+def test_markdown_and_plot_from_two_runs(two_runs, tmp_path):
+    report = write_report(two_runs, tmp_path / "out" / "report.md")
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert text == report.markdown
+    rows = [line for line in text.splitlines() if line.startswith("| agent |")]
+    assert len(rows) == 4  # main table and spread table, one row per run each
+    assert "| agent | v1 | small-model | 3 | 33.3% (1/3) | 1 (no answer 1) | 4.0 |" in text
+    assert "| agent | v1 | large-model | 3 | 100.0% (3/3) | 0 | 6.0 |" in text
+    assert "| caption-all | v1 | small-model | 2 | 50.0% (1/2) | 0 |" in text
+    assert "| uniform-frames | vlm-frames | large-model | 1 | 100.0% (1/1) |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| category |"))
+    assert "agent (small-model)" in header and "uniform-frames (large-model)" in header
+    assert "| visual | 0.0% (0/2) | 0.0% (0/1) | 100.0% (2/2) | - |" in text
+    assert "reasoning `openai:model-of-large-model`" in text
+    assert "![accuracy against cost](report.png)" in text
+    png = (tmp_path / "out" / "report.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 600 and height >= 400
+
+
+def test_methods_are_ordered_and_runs_labelled_apart(two_runs, tmp_path):
+    results = collect(two_runs)
+    assert [(r.run, r.manifest.method) for r in results] == [
+        ("small-model", "agent"),
+        ("small-model", "caption-all"),
+        ("large-model", "agent"),
+        ("large-model", "uniform-frames"),
+    ]
+    same_name = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    for folder in same_name:
+        write_run(folder, "agent", [("speech", "A", "answered")])
+    assert [r.run for r in collect(same_name)] == ["a/run", "b/run"]
+    assert "agent (a/run)" in markdown(collect(same_name))
+
+
+def test_a_method_folder_can_be_given_directly(two_runs):
+    results = collect([two_runs[0] / "agent"])
+    assert [r.manifest.method for r in results] == ["agent"]
+
+
+def test_cli_report_prints_the_table_and_writes_both_files(two_runs, tmp_path, capsys):
+    assert main(["report", *map(str, two_runs), "--x", "tokens"]) == 0
+    captured = capsys.readouterr()
+    assert "| method | variant | run |" in captured.out
+    assert (two_runs[0] / "report.md").is_file() and (two_runs[0] / "report.png").is_file()
+    assert "report.png" in captured.err
+
+
+def test_folders_without_results_are_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="no method folder"):
+        collect([tmp_path])
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a folder of lvr1 eval results" in err
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.txt")]) == 2
