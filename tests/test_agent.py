@@ -19,12 +19,12 @@ from longvideo_r1.agent import (
     AgentConfig,
     Navigator,
     RunInterrupted,
-    budget_notice,
     check_question,
 )
 from longvideo_r1.backends import OpenAIBackend
 from longvideo_r1.captions import CaptionService
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.protocol import budget_notice
 from longvideo_r1.store import CaptionStore
 from longvideo_r1.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.trace import Round, Trace

@@ -170,12 +170,6 @@ def _check_lettering(items: list[str]) -> None:
         )
 
 
-def budget_notice(cause: str, call_not_run: bool) -> str:
-    """What the model is told when a budget runs out; the last-round instruction follows."""
-    sentence = cause[0].upper() + cause[1:]
-    return sentence + (", so that call was not run." if call_not_run else ".")
-
-
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: still an interrupt, carrying the trace of the rounds so far."""
 
@@ -352,7 +346,7 @@ class Navigator:
         action = parsed.action
         spent = self._spent(ep, action)
         if spent is not None:
-            rnd.notice = budget_notice(spent, call_not_run=action is not None)
+            rnd.notice = protocol.budget_notice(spent, call_not_run=action is not None)
         elif isinstance(parsed.result, ParseError):
             if self._stuck(ep):
                 n = self.config.max_repeated_errors
@@ -363,7 +357,7 @@ class Navigator:
             rnd.observation = self._act(ep, rnd, action).observation
             spent = self._spent(ep, None)
             if spent is not None:
-                rnd.notice = budget_notice(spent, call_not_run=False)
+                rnd.notice = protocol.budget_notice(spent, call_not_run=False)
         ep.forced_by = spent
         for text in (rnd.observation, rnd.notice):
             if text is not None:

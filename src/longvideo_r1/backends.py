@@ -114,7 +114,7 @@ class BackendStats:
 
 
 @dataclass(frozen=True)
-class _Served:
+class Served:
     """A reply plus what only the backend knows about how it was served."""
 
     reply: ChatReply
@@ -182,7 +182,7 @@ class ChatBackend(ABC):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
-    ) -> _Served:
+    ) -> Served:
         """Make the call; wrap user-facing failures in :class:`_CallFailed`."""
 
     def _record(self, record: CallRecord) -> None:
@@ -356,7 +356,7 @@ class OpenAIBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
-    ) -> _Served:
+    ) -> Served:
         started = time.perf_counter()
         failures: list[str] = []
         attempts = 0
@@ -377,7 +377,7 @@ class OpenAIBackend(ChatBackend):
                 continue
             self._mark_up(endpoint)
             total = time.perf_counter() - started
-            return _Served(replace(reply, seconds=total, attempts=reply.attempts + attempts), url)
+            return Served(replace(reply, seconds=total, attempts=reply.attempts + attempts), url)
         error = EndpointError(
             f"all {len(self._endpoints)} chat endpoints for model {self.model} failed: "
             + "; ".join(failures)
@@ -541,7 +541,7 @@ class EmbeddedBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
-    ) -> _Served:
+    ) -> Served:
         options: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens}
         temp = temperature if temperature is not None else self.temperature
         if temp is not None:
@@ -571,7 +571,7 @@ class EmbeddedBackend(ChatBackend):
             finish_reason=choice.get("finish_reason"),
             model=self.name,
         )
-        return _Served(reply, str(self.model_path), evaluated)
+        return Served(reply, str(self.model_path), evaluated)
 
 
 def _count_evals(llm: Any) -> list[int]:

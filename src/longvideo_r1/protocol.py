@@ -240,6 +240,12 @@ def qa_observation(answer: str) -> str:
     return f"<information>{answer.strip()}</information>"
 
 
+def budget_notice(cause: str, call_not_run: bool) -> str:
+    """What the model is told when a budget runs out; the last-round instruction follows."""
+    sentence = cause[0].upper() + cause[1:]
+    return sentence + (", so that call was not run." if call_not_run else ".")
+
+
 def last_round_message() -> str:
     """Sent before the final round so the model answers instead of exploring."""
     return (

@@ -53,7 +53,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
 from .agent import AgentConfig, Navigator
-from .backends import ChatBackend, _Served  # _Served: the ChatBackend subclass contract
+from .backends import ChatBackend, Served  # Served: the ChatBackend subclass contract
 from .captioners import CallCost
 from .captions import Fetched
 from .errors import CaptionError, ConfigError, LVR1Error
@@ -866,13 +866,13 @@ class HintingBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
-    ) -> _Served:
+    ) -> Served:
         round_index = 1 + sum(1 for m in messages if m.get("role") == "assistant")
         while True:
             reply = self.teacher.chat(self.view(messages), max_tokens, temperature, stop)
             letter = self._wrong_letter(reply.text)
             if letter is None:
-                return _Served(reply, self.teacher.identity)
+                return Served(reply, self.teacher.identity)
             self.dropped.append(
                 DroppedTurn(
                     round=round_index,
@@ -885,7 +885,7 @@ class HintingBackend(ChatBackend):
             hint = self.ladder.next()
             if hint is None:
                 self.gave_up = True
-                return _Served(reply, self.teacher.identity)
+                return Served(reply, self.teacher.identity)
             self.hints.append(_hint_record(hint, round_index, len(messages) - 1))
 
     def view(self, messages: Sequence[Message]) -> list[Message]:
@@ -1389,8 +1389,8 @@ class OracleBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
-    ) -> _Served:
-        return _Served(ChatReply(self.player.reply(messages), model="oracle"), "oracle")
+    ) -> Served:
+        return Served(ChatReply(self.player.reply(messages), model="oracle"), "oracle")
 
 
 def oracle_trajectory(
