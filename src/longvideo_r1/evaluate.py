@@ -31,11 +31,8 @@ import contextlib
 import fcntl
 import hashlib
 import math
-import os
 import queue
-import re
 import statistics
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +49,7 @@ from . import __version__, protocol
 from .agent import AgentConfig, RunInterrupted
 from .config import Settings
 from .errors import ConfigError, LVR1Error
+from .files import safe_name, write_atomic
 from .questions import Question
 from .trace import Cost, Status, Trace
 
@@ -184,34 +182,6 @@ def failed_record(
 
 
 # files ---------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Readers (and a rerun after SIGKILL) see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def safe_name(question_id: str) -> str:
-    """A file name for a question id; ids with other characters get a hash so two never meet."""
-    cleaned = _UNSAFE.sub("_", question_id).lstrip(".") or "_"
-    if cleaned == question_id and len(cleaned) <= 120:
-        return cleaned
-    digest = hashlib.sha256(question_id.encode()).hexdigest()[:10]
-    return f"{cleaned[:100]}-{digest}"
 
 
 def file_sha256(path: Path) -> str:

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, LVR1Error
+from .files import atomic_writer
 from .trajectories import (
     FilterConfig,
     FilterReport,
     TrajectoryRecord,
-    atomic_writer,
     filter_records,
     load_records,
 )

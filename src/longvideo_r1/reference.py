@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CaptionError, LVR1Error
+from .files import write_atomic
 from .store import CaptionRecord, CaptionStore
 from .tree import LEVELS, NodeId, Tree, format_node_id
 
@@ -420,15 +420,7 @@ def write_reference(document: dict, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, text)
     except OSError as exc:
         raise ReferenceFormatError(f"{target}: cannot write ({exc.strerror or exc})") from None
     return target

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
-from .evaluate import METHODS, Metrics, RunManifest, compute_metrics, load_run, write_atomic
+from .evaluate import METHODS, Metrics, RunManifest, compute_metrics, load_run
+from .files import write_atomic
 
 CostAxis = Literal["seconds", "tokens"]
 METHOD_COLOURS = {

@@ -14,8 +14,6 @@ never turns a failure into a guessed letter.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
 from .errors import LVR1Error
+from .files import write_atomic
 from .tree import Node, format_node_id
 
 TRACE_FORMAT = 1
@@ -206,17 +205,7 @@ class Trace(BaseModel):
         """Write the JSON atomically: readers see the old file or the new one, never half."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(self.model_dump_json(indent=2))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, self.model_dump_json(indent=2))
         except OSError as exc:
             raise TraceError(f"cannot write trace {path}: {exc.strerror or exc}") from None
         return path

@@ -37,17 +37,15 @@ import hashlib
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -57,6 +55,7 @@ from .backends import ChatBackend, Served  # Served: the ChatBackend subclass co
 from .captioners import CallCost
 from .captions import Fetched
 from .errors import CaptionError, ConfigError, LVR1Error
+from .files import safe_name, write_atomic
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
 from .hints import nodes_for_interval as interval_nodes
 from .protocol import Action, Answer
@@ -593,39 +592,6 @@ def _unfit(question: Question) -> str | None:
 # storage
 
 
-def _safe_name(record_id: str) -> str:
-    """A file name for a record id; other characters get a hash so two ids never meet."""
-    cleaned = re.sub(r"[^A-Za-z0-9._~-]", "_", record_id).lstrip(".") or "_"
-    if cleaned == record_id and len(cleaned) <= 120:
-        return cleaned
-    return f"{cleaned[:100]}-{hashlib.sha256(record_id.encode()).hexdigest()[:10]}"
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file that appears whole at ``path`` when the block ends, or not at all.
-
-    Readers, and a rerun after a kill, see the old file or the new one,
-    never half; large exports stream through it without being held in memory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with atomic_writer(path) as handle:
-        handle.write(text)
-
-
 class TrajectoryFolder:
     """``ROOT/records/<id>.json``, one record per question, each written atomically."""
 
@@ -636,12 +602,12 @@ class TrajectoryFolder:
         self.records_dir = self.root / RECORDS_DIR
 
     def path(self, record_id: str) -> Path:
-        return self.records_dir / f"{_safe_name(record_id)}.json"
+        return self.records_dir / f"{safe_name(record_id)}.json"
 
     def save(self, record: TrajectoryRecord) -> Path:
         path = self.path(record.id)
         try:
-            _write_atomic(path, record.model_dump_json(indent=1))
+            write_atomic(path, record.model_dump_json(indent=1))
         except OSError as exc:
             raise TrajectoryError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
