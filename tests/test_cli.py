@@ -31,7 +31,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.parametrize("command", [[], ["tree"], ["caption"], ["ask"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["tree"], ["caption"], ["ask"], ["demo"], ["eval"], ["report"], ["train"]]
+)
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])
@@ -208,3 +210,9 @@ def test_ask_end_to_end_with_the_embedded_default(test_video, store, capsys, mon
     trace = json.loads(Path(payload["trace"]).read_text())
     assert len(trace["high_captions"]) == 4
     assert trace["rounds"][0]["output"]
+
+
+def test_train_reports_a_missing_config_in_one_line(tmp_path, capsys):
+    code = main(["train", "sft", str(tmp_path / "nope.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nope.yaml" in err

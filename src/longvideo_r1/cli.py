@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_options(demo, "reasoning", "reasoning model")
     _eval_parser(sub, common)
     _report_parser(sub)
+    train = sub.add_parser(
+        "train",
+        add_help=False,
+        help="fine-tune the navigator: lvr1 train sft CONFIG.yaml (see docs/training.md)",
+    )
+    train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -791,7 +797,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Hand the rest of the line to the training module, which has its own parser."""
+    from .train import main as train_main
+
+    return train_main(args.rest)
+
+
 COMMANDS = {
+    "train": cmd_train,
     "tree": cmd_tree,
     "caption": cmd_caption,
     "ask": cmd_ask,
@@ -802,6 +816,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # The training module owns its flags (its --help lists every recipe field).
+        return cmd_train(argparse.Namespace(rest=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
