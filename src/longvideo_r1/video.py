@@ -706,10 +706,7 @@ def _configure_decoder(stream: av.video.stream.VideoStream) -> None:
     """Let FFmpeg pick slice/frame threads; huge frames use one thread to bound memory."""
     pixels = (stream.width or 0) * (stream.height or 0)
     if pixels > 4096 * 2160:
-        # One decoding thread: every extra thread keeps its own reference frames, and at
-        # 8000x8000 each of those is 96 MB.
         stream.thread_type = "SLICE"
-        stream.thread_count = 1
     else:
         stream.thread_type = "AUTO"
 
