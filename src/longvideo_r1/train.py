@@ -33,7 +33,6 @@ import yaml
 from .errors import ConfigError, LVR1Error
 
 TINY_MODEL = "tiny-qwen3"
-SYNTHETIC_PREFIX = "synthetic:"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 Finetune = Literal["full", "lora"]
@@ -269,13 +268,15 @@ def prepare_data(recipe: SFTRecipe) -> Path:
     directory, so the exact training file is kept beside the model.
     """
     from .exports import ExportConfig, export_records, export_trajectories
+    from .trajectories import synthetic_count
 
     out = Path(recipe.output_dir).expanduser() / "train.jsonl"
-    if recipe.data.startswith(SYNTHETIC_PREFIX):
-        count = recipe.data[len(SYNTHETIC_PREFIX) :]
-        if not count.isdigit() or int(count) < 1:
-            raise ConfigError(f"data: {recipe.data!r}: use synthetic:N with N >= 1")
-        export_records(synthetic_records(int(count), recipe.seed), out)
+    try:
+        count = synthetic_count(recipe.data)
+    except ConfigError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if count is not None:
+        export_records(synthetic_records(count, recipe.seed), out)
         return out
     source = Path(recipe.data).expanduser()
     if source.is_dir():

@@ -1702,6 +1702,24 @@ def _distractor_facts(
     return out
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def synthetic_count(spec: str) -> int | None:
+    """N of a ``synthetic:N`` data spec; ``None`` when the spec names something else (a file).
+
+    The training recipe and ``lvr1 data`` both accept ``synthetic:N`` where a
+    question file or trajectories are expected, so data can be made from a
+    fresh clone with nothing downloaded.
+    """
+    if not spec.startswith(SYNTHETIC_PREFIX):
+        return None
+    count = spec[len(SYNTHETIC_PREFIX) :]
+    if not count.isdigit() or int(count) < 1:
+        raise ConfigError(f"{spec!r}: use synthetic:N with N >= 1")
+    return int(count)
+
+
 def synthetic_dataset(n: int, seed: int = 0, **options: Any) -> list[SyntheticItem]:
     """``n`` synthetic items; the same seed gives the same items."""
     rng = random.Random(seed)
