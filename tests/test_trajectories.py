@@ -40,6 +40,7 @@ from longvideo_r1.trajectories import (
     synthetic_dataset,
     synthetic_tree_captions,
     teach_question,
+    unavailable_trees,
 )
 from longvideo_r1.tree import Tree
 
@@ -308,6 +309,18 @@ def test_store_trees_refuse_an_incomplete_tree(tmp_path: Path):
             StoreTrees(store, "imported:test").get(question())
         lenient = StoreTrees(store, "imported:test", require_complete=False).get(question())
         assert (4, 4, 4) in lenient.missing()
+
+
+def test_unavailable_trees_name_each_video_once_with_its_reason(tmp_path: Path):
+    with CaptionStore(tmp_path / "store.sqlite") as store:
+        fill_store(store, skip=(4, 4, 4))
+        questions = [question("a"), question("b"), question("c", video="other")]
+        missing = unavailable_trees(questions, StoreTrees(store, "imported:test"))
+        assert set(missing) == {"bakery", "other"}
+        assert "1 of 84 captions missing" in missing["bakery"]
+        assert "video other is not in the caption store" in missing["other"]
+        lenient = StoreTrees(store, "imported:test", require_complete=False)
+        assert unavailable_trees(questions, lenient) == {"other": missing["other"]}
 
 
 def test_a_missing_caption_mid_run_ends_in_an_error_record():

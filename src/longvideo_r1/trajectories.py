@@ -42,6 +42,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -242,6 +243,26 @@ class StoreTrees:
                 v.registered_at,
             ),
         ).fingerprint
+
+
+def unavailable_trees(questions: Iterable[Question], trees: TreeSource) -> dict[str, str]:
+    """Videos of the questions whose caption tree cannot be had, each with the reason.
+
+    Run before a generation so that uncaptioned videos are named at once and
+    together, instead of turning into ``skipped`` records one by one (which a
+    rerun keeps unless asked to retry them).
+    """
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for question in questions:
+        if question.video_id in seen:
+            continue
+        seen.add(question.video_id)
+        try:
+            trees.get(question)
+        except LVR1Error as exc:
+            out[question.video_id] = str(exc)
+    return out
 
 
 @dataclass(frozen=True)
@@ -703,12 +724,14 @@ def _run(
     retry_failed: bool,
     on_record: Callable[[TrajectoryRecord], None] | None,
     max_consecutive_errors: int | None = None,
+    progress: str | None = None,
 ) -> GenerationReport:
     """Run the jobs not done yet on ``workers`` threads, saving each record as it comes.
 
     A run of errors in a row means a dead endpoint, not hard questions:
     past ``max_consecutive_errors`` the remaining jobs are not started, so
-    a rerun with ``retry_failed`` has little to redo.
+    a rerun with ``retry_failed`` has little to redo. ``progress`` names a
+    progress bar on stderr (none when ``None``).
     """
     started = time.perf_counter()
     report = GenerationReport(total=len(jobs))
@@ -741,21 +764,74 @@ def _run(
             if max_consecutive_errors is not None and errors_in_a_row >= max_consecutive_errors:
                 report.stopped = f"{errors_in_a_row} errors in a row, the last: {record.reason}"
                 stop.set()
+            bar.advance(report.outcomes)
         if on_record is not None:
             on_record(record)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lvr1-traj")
-    try:
-        futures = [pool.submit(one, job) for job in todo]
-        for future in as_completed(futures):
-            future.result()
-    except KeyboardInterrupt:
-        stop.set()
-        report.interrupted = True
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        report.seconds = time.perf_counter() - started
+    with _progress_bar(progress if todo else None, report.total, report.already_done) as bar:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lvr1-traj")
+        try:
+            futures = [pool.submit(one, job) for job in todo]
+            for future in as_completed(futures):
+                future.result()
+        except KeyboardInterrupt:
+            stop.set()
+            report.interrupted = True
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            report.seconds = time.perf_counter() - started
     return report
+
+
+class _NoBar:
+    """No terminal output: scripts and tests read the report at the end."""
+
+    def advance(self, outcomes: Counter[str]) -> None:
+        pass
+
+
+@dataclass
+class _RichBar:
+    progress: Any
+    task: Any
+
+    def advance(self, outcomes: Counter[str]) -> None:
+        text = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
+        self.progress.update(self.task, advance=1, outcomes=text)
+
+
+@contextmanager
+def _progress_bar(label: str | None, total: int, done: int) -> Iterator[_NoBar | _RichBar]:
+    """A rich bar on stderr: records done of all, this run's outcomes, elapsed and ETA.
+
+    Records already on disk start the bar as done without counting as this
+    run's work, so the ETA reflects the speed of the records being made.
+    """
+    if label is None:
+        yield _NoBar()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[outcomes]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(label, total=total, completed=done, outcomes="")
+        yield _RichBar(progress, task)
 
 
 def _stable_seed(*parts: object) -> int:
@@ -939,6 +1015,7 @@ def generate_teacher(
     hint_config: HintConfig | None = None,
     answerer_factory: AnswererFactory | None = None,
     on_record: Callable[[TrajectoryRecord], None] | None = None,
+    progress: bool = False,
 ) -> GenerationReport:
     """Run the teacher over questions, one record per question under ``out_dir``.
 
@@ -946,7 +1023,8 @@ def generate_teacher(
     llama.cpp or sticky server cache follows one conversation at a time).
     video_qa answers from the leaf captions unless ``answerer_factory`` gives
     a vision model. Questions whose tree cannot be found are recorded as
-    ``skipped`` with the reason.
+    ``skipped`` with the reason (:func:`unavailable_trees` finds them
+    beforehand). ``progress`` shows a bar on stderr.
     """
     config = config or TeacherConfig()
     folder = TrajectoryFolder(out_dir)
@@ -982,6 +1060,7 @@ def generate_teacher(
             config.retry_failed,
             on_record,
             config.max_consecutive_errors,
+            "teacher" if progress else None,
         )
     finally:
         for backend in backends.values():
@@ -1404,12 +1483,13 @@ def generate_oracle(
     hint_config: HintConfig | None = None,
     answerer_factory: AnswererFactory | None = None,
     on_record: Callable[[TrajectoryRecord], None] | None = None,
+    progress: bool = False,
 ) -> GenerationReport:
     """Oracle trajectories for every question (and variant), one record each under ``out_dir``.
 
     video_qa answers state the right option (:class:`SyntheticClipAnswerer`)
     unless ``answerer_factory`` provides another answerer, e.g.
-    :func:`caption_answerer` or a vision model.
+    :func:`caption_answerer` or a vision model. ``progress`` shows a bar on stderr.
     """
     config = config or OracleConfig()
     folder = TrajectoryFolder(out_dir)
@@ -1425,7 +1505,8 @@ def generate_oracle(
         )
 
     jobs = _jobs(questions, config.variants)
-    return _run(jobs, work, folder, config.workers, config.retry_failed, on_record)
+    label = "oracle" if progress else None
+    return _run(jobs, work, folder, config.workers, config.retry_failed, on_record, None, label)
 
 
 # ---------------------------------------------------------------------------------------
