@@ -176,6 +176,17 @@ def test_all_servers_down_is_one_line(servers):
     assert backend.history()[-1].error == message
 
 
+def test_check_needs_one_server_that_answers(servers):
+    up = servers("up")  # it has no model list route, but it answered: it counts as up
+    OpenAIBackend([dead_url(), up.url], "m", sleep=no_sleep).check()
+    with pytest.raises(EndpointError) as info:
+        OpenAIBackend([dead_url(), dead_url()], "m", sleep=no_sleep).check()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("none of 2 chat endpoints is usable for model m: cannot reach")
+    assert up.requests == []  # no chat was spent on the check
+
+
 def test_one_server_keeps_the_clients_retries():
     slept: list[float] = []
     backend = OpenAIBackend(dead_url(), "m", max_retries=2, sleep=slept.append)

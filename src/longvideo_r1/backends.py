@@ -346,6 +346,40 @@ class OpenAIBackend(ChatBackend):
                 for e in self._endpoints
             ]
 
+    def check(self) -> None:
+        """Fail now, in one line, when no server answers or none of them serves the model.
+
+        A long run (a teacher over thousands of questions) should not learn
+        of a wrong URL, key or model name one failed conversation at a time.
+        Each server's model list is asked for (no tokens spent); a server
+        that answers that with an HTTP error other than 401/403 (a refused
+        key) still answered, so it counts as up. One usable server is
+        enough: the others are the failover's business.
+        """
+        problems: list[str] = []
+        for endpoint in self._endpoints:
+            client = endpoint.client
+            try:
+                served = client.models()
+            except ChatEndpointError as exc:
+                if exc.status is not None and exc.status not in (401, 403):
+                    return
+                problems.append(str(exc))
+                continue
+            if not served or self.model in served:
+                return
+            listed = ", ".join(served[:5]) + (", ..." if len(served) > 5 else "")
+            problems.append(
+                f"chat endpoint {client.base_url} does not serve model {self.model!r} "
+                f"(it serves {listed})"
+            )
+        if len(problems) == 1:
+            raise EndpointError(problems[0])
+        raise EndpointError(
+            f"none of {len(problems)} chat endpoints is usable for model {self.model}: "
+            + "; ".join(problems)
+        )
+
     def close(self) -> None:
         for endpoint in self._endpoints:
             endpoint.client.close()
