@@ -10,7 +10,21 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedChatServer
 
+from longvideo_r1 import protocol
 from longvideo_r1.cli import main
+from longvideo_r1.exports import ExportConfig, load_export
+from longvideo_r1.hints import HintConfig
+from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.trajectories import (
+    FilterConfig,
+    OracleConfig,
+    TeacherConfig,
+    TrajectoryFolder,
+    config_help,
+    load_records,
+)
+from longvideo_r1.tree import Tree
+from longvideo_r1.video import file_fingerprint
 
 
 @pytest.fixture()
@@ -32,7 +46,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["tree"], ["caption"], ["ask"], ["demo"], ["eval"], ["report"], ["train"]]
+    "command",
+    [
+        [],
+        ["tree"],
+        ["caption"],
+        ["ask"],
+        ["demo"],
+        ["eval"],
+        ["report"],
+        ["train"],
+        ["data"],
+        ["data", "oracle"],
+        ["data", "teacher"],
+        ["data", "filter"],
+        ["data", "export"],
+    ],
 )
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
@@ -216,3 +245,250 @@ def test_train_reports_a_missing_config_in_one_line(tmp_path, capsys):
     code = main(["train", "sft", str(tmp_path / "nope.yaml")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "nope.yaml" in err
+
+
+# lvr1 data: trajectories, filter, export ------------------------------------------------
+
+
+def one_error_line(err: str, step: str) -> str:
+    """The single stderr line of a refused ``lvr1 data STEP``."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"lvr1 data {step}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("step", "configs"),
+    [
+        ("oracle", [OracleConfig]),
+        ("teacher", [TeacherConfig, HintConfig]),
+        ("filter", [FilterConfig]),
+        ("export", [ExportConfig, FilterConfig]),
+    ],
+)
+def test_data_flags_carry_the_config_fields_own_help(step, configs, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # one help text per line
+    with pytest.raises(SystemExit):
+        main(["data", step, "--help"])
+    out = capsys.readouterr().out
+    for cls in configs:
+        for name, text in config_help(cls).items():
+            flag = "--" + name.replace("_", "-")
+            assert flag in out and " ".join(text.split()) in " ".join(out.split()), (flag, text)
+
+
+def test_data_oracle_on_synthetic_questions_resumes(tmp_path, store, capsys):
+    out_dir = tmp_path / "traj"
+    argv = ["data", "oracle", "synthetic:3", "--out", str(out_dir), "--variants", "2"]
+    argv += ["--detour-rate", "0", "--video-qa", "always", "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "6 of 6 trajectories written (correct 6), 0 already done" in out
+    records = load_records(out_dir)
+    assert sorted(r.id for r in records)[:2] == ["synthetic-0~0", "synthetic-0~1"]
+    assert all(r.visited("video_qa") for r in records)  # --video-qa always reached the oracle
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "0 of 6 trajectories written (none), 6 already done" in out
+
+
+def test_data_filter_and_export_read_back(tmp_path, store, capsys):
+    out_dir = tmp_path / "traj"
+    code, _, err = run(capsys, "data", "oracle", "synthetic:3", "--out", str(out_dir), "--quiet")
+    assert code == 0, err
+    code, out, _ = run(capsys, "data", "filter", str(out_dir), "--json")
+    assert code == 0 and json.loads(out) == {"total": 3, "kept": 3, "dropped": {}, "examples": {}}
+    code, out, _ = run(capsys, "data", "filter", str(out_dir), "--max-rounds", "1")
+    assert code == 0
+    assert out.startswith("kept 0 of 3 trajectories; dropped: too_many_rounds 3")
+    assert "synthetic-0" in out  # an example id per reason
+
+    records = {r.id: r for r in load_records(out_dir)}
+    trl = tmp_path / "train.jsonl"
+    code, out, err = run(capsys, "data", "export", str(out_dir), "--out", str(trl))
+    assert code == 0, err
+    assert f"3 trl rows from 3 trajectories -> {trl}" in out
+    assert sorted(map(str, load_export(trl))) == sorted(str(r.messages) for r in records.values())
+
+    rounds = sum(sum(m["role"] == "assistant" for m in r.messages) for r in records.values())
+    lf = tmp_path / "train-lf.jsonl"
+    argv = ["data", "export", str(out_dir), "--out", str(lf), "--format", "llamafactory"]
+    code, out, err = run(capsys, *argv, "--include-ids")
+    assert code == 0, err
+    assert len(load_export(lf)) == rounds
+    assert all("id" in json.loads(line) for line in lf.read_text().splitlines())
+
+    code, out, err = run(capsys, *argv, "--max-chars", "10")
+    assert code == 1 and "0 llamafactory rows" in out and "no trajectory passed" in err
+
+
+# a hand-made caption tree in the store: 150 s at width 4, a blue bus at 85-88 s
+
+TREE = Tree.for_video(150.0, 1500, width=4)
+CAPTIONS = {n.id: f"Quiet street, nothing changes ({n.label})." for n in TREE.walk()}
+CAPTIONS[(3,)] = "Traffic passes the bakery."
+CAPTIONS[(3, 2)] = "A blue bus stops by the bakery door."
+CAPTIONS[(3, 2, 1)] = "A blue bus with lettering on its side pulls in."
+CHOICES = ["a red car", "a blue bus", "a green bike", "a black van"]
+
+
+def fill_store(path: Path, fingerprint: str = "f" * 64, video: str = "/videos/bakery.mp4"):
+    with CaptionStore(path) as db:
+        db.register_video(VideoRecord(fingerprint, video, 150.0, 1500, 4))
+        db.put_captions(
+            [CaptionRecord(fingerprint, 4, i, "imported:test", t) for i, t in CAPTIONS.items()]
+        )
+
+
+def question_file(tmp_path: Path, *videos: str) -> Path:
+    """A CG-Bench question file, one question about the bus per video."""
+    items = [
+        {
+            "qid": f"q-{video}",
+            "video_uid": video,
+            "duration": 150.0,
+            "question": "What vehicle passes the bakery?",
+            "choices": CHOICES,
+            "right_answer": "B",
+            "clue_intervals": [[85.0, 88.0]],
+        }
+        for video in videos
+    ]
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_data_oracle_over_the_caption_store(tmp_path, store, capsys):
+    fill_store(store)
+    questions = question_file(tmp_path, "bakery", "nowhere")
+    out_dir = tmp_path / "traj"
+    argv = ["data", "oracle", str(questions), "--benchmark", "cgbench", "--out", str(out_dir)]
+    argv += ["--captioner", "imported:test", "--detour-rate", "0", "--quiet"]
+    code, _, err = run(capsys, *argv)
+    line = one_error_line(err, "oracle")
+    assert "1 of 2 videos" in line and "nowhere is not in the caption store" in line
+    assert "--skip-uncaptioned" in line and not out_dir.exists()
+
+    code, out, err = run(capsys, *argv, "--skip-uncaptioned")
+    assert code == 0, err
+    assert "left out 1 questions" in err and "1 of 1 trajectories written (correct 1)" in out
+    record = TrajectoryFolder(out_dir).load("q-bakery")
+    assert record is not None and record.caption_identity == "imported:test"
+    assert record.visited()[0] == (3, 2)
+    assert protocol.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)]) in [
+        o.text for o in record.observations
+    ]
+
+
+def test_data_videos_match_captions_by_content(tmp_path, store, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "renamed.mp4").write_bytes(b"the bakery video, by another name" * 100)
+    fill_store(store, file_fingerprint(videos / "renamed.mp4"), "/elsewhere/bakery-2019.mp4")
+    questions = question_file(tmp_path, "renamed")
+    argv = ["data", "oracle", str(questions), "--benchmark", "cgbench", "--out"]
+    argv += [str(tmp_path / "traj"), "--captioner", "imported:test", "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "renamed is not in the caption store" in one_error_line(err, "oracle")
+    code, out, err = run(capsys, *argv, "--videos", str(videos))
+    assert code == 0 and "(correct 1)" in out, err
+
+
+GET_3_2 = "<think>Traffic is in segment 3; read its second part.</think>\n<tool>get_caption((3, 2))</tool>"
+WRONG = "<think>Probably a car.</think>\n<answer>A</answer>"
+RIGHT = "<think>The caption from 84.4 to 93.8 s says a blue bus stops.</think>\n<answer>B</answer>"
+
+
+def test_data_teacher_against_an_openai_compatible_server(tmp_path, store, capsys):
+    fill_store(store)
+    questions = question_file(tmp_path, "bakery")
+    out_dir = tmp_path / "teacher"
+    with ScriptedChatServer([GET_3_2, WRONG, RIGHT]) as server:
+        argv = ["data", "teacher", str(questions), "--benchmark", "cgbench"]
+        argv += ["--out", str(out_dir), "--captioner", "imported:test", "--quiet"]
+        argv += ["--teacher-base-url", server.base_url, "--teacher-model", server.model]
+        argv += ["--workers", "1", "--max-hints", "2", "--max-reply-tokens", "77"]
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        assert "1 of 1 trajectories written (correct 1)" in out
+        assert len(server.requests) == 3
+        assert all(body["max_tokens"] == 77 for body in server.requests)
+        # the re-asked request carries the first hint, and the wrong turn is gone
+        assert "high-level segment" in server.messages(2)[-1]["content"]
+        assert WRONG not in str(server.messages(2))
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and "1 already done" in out
+        assert len(server.requests) == 3  # the rerun asked nothing
+    record = TrajectoryFolder(out_dir).load("q-bakery")
+    assert record is not None and record.producer == "openai:scripted-model"
+    assert [h.kind for h in record.hints] == ["high"]
+    assert [m["content"] for m in record.messages if m["role"] == "assistant"] == [GET_3_2, RIGHT]
+
+
+def test_data_teacher_refuses_a_model_the_server_does_not_serve(tmp_path, store, capsys):
+    with ScriptedChatServer([]) as server:
+        code, _, err = run(
+            capsys, "data", "teacher", "synthetic:1", "--out", str(tmp_path / "t"),
+            "--teacher-base-url", server.base_url, "--teacher-model", "qwen-typo",
+        )  # fmt: skip
+        assert server.requests == []
+    line = one_error_line(err, "teacher")
+    assert code == 2 and "does not serve model 'qwen-typo'" in line and "scripted-model" in line
+
+
+def test_data_oracle_interrupted_keeps_records_and_resumes(tmp_path, store, capsys, monkeypatch):
+    from longvideo_r1 import trajectories
+
+    real = trajectories.oracle_trajectory
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trajectories, "oracle_trajectory", flaky)
+    argv = ["data", "oracle", "synthetic:6", "--out", str(tmp_path / "traj"), "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 130 and "interrupted; finished work is kept" in err
+    kept = len(load_records(tmp_path / "traj"))
+    assert 2 <= kept < 6
+    monkeypatch.setattr(trajectories, "oracle_trajectory", real)
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert f"{6 - kept} of 6 trajectories written" in out and f"{kept} already done" in out
+
+
+@pytest.mark.parametrize(
+    ("step", "args", "fragment"),
+    [
+        ("filter", ["{tmp}/nothing"], "no trajectories at"),
+        ("export", ["{tmp}/nothing", "--out", "{tmp}/x.jsonl"], "no trajectories at"),
+        ("export", ["{tmp}/empty", "--out", "{tmp}/x.jsonl"], "no trajectory records in"),
+        ("oracle", ["{tmp}/q.json", "--out", "{tmp}/o"], "--benchmark NAME is needed"),
+        ("oracle", ["{tmp}/q.json", "--benchmark", "cg", "--out", "{tmp}/o"], "unknown benchmark"),
+        ("oracle", ["{tmp}/none.json", "--benchmark", "cgbench", "--out", "{tmp}/o"], "none.json"),
+        ("oracle", ["synthetic:0", "--out", "{tmp}/o"], "synthetic:N with N >= 1"),
+        ("oracle", ["synthetic:2", "--out", "{tmp}/q.json"], "is a file"),
+        ("oracle", ["synthetic:2", "--out", "{tmp}/o", "--detour-rate", "2"], "detour_rate"),
+        ("teacher", ["synthetic:2", "--out", "{tmp}/o"], "--teacher-base-url URL"),
+        (
+            "teacher",
+            ["synthetic:2", "--out", "{tmp}/o", "--teacher-base-url", "http://127.0.0.1:9/v1",
+             "--teacher-model", "m"],
+            "cannot reach chat endpoint http://127.0.0.1:9/v1",
+        ),
+    ],
+)  # fmt: skip
+def test_data_bad_input_gets_one_line_and_exit_2(step, args, fragment, tmp_path, store, capsys):
+    (tmp_path / "q.json").write_text(json.dumps([]))
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, _, err = run(capsys, "data", step, *argv)
+    assert code == 2
+    assert fragment in one_error_line(err, step)
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +49,46 @@ def _tree_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-width", type=int, help="largest tree width (default 8)")
 
 
-def _endpoint_options(parser: argparse.ArgumentParser, role: str, what: str) -> None:
+def _endpoint_options(
+    parser: argparse.ArgumentParser, role: str, what: str, alias: str | None = None
+) -> None:
+    """``--ROLE-base-url`` and friends; ``alias`` adds ``--ALIAS-base-url`` ... for the same role.
+
+    An alias lets a command name the role by what it plays there (the
+    teacher of ``lvr1 data teacher`` is the reasoning role) while the
+    settings file and ``LVR1_ROLE_*`` variables stay the same.
+    """
     flag = role.replace("_", "-")
     env = f"LVR1_{role.upper()}"
     group = parser.add_argument_group(f"{what} endpoint (OpenAI-compatible, e.g. vLLM)")
+
+    def names(suffix: str) -> list[str]:
+        return [f"--{n}-{suffix}" for n in ((alias,) if alias else ()) + (flag,)]
+
     group.add_argument(
-        f"--{flag}-base-url",
+        *names("base-url"),
+        dest=f"{role}_base_url",
         metavar="URL",
         help=f"server base URL, e.g. http://localhost:8000/v1 ({env}_BASE_URL)",
     )
     group.add_argument(
-        f"--{flag}-model", metavar="NAME", help=f"model name on that server ({env}_MODEL)"
+        *names("model"),
+        dest=f"{role}_model",
+        metavar="NAME",
+        help=f"model name on that server ({env}_MODEL)",
     )
     group.add_argument(
-        f"--{flag}-api-key", metavar="KEY", help=f"API key ({env}_API_KEY, else OPENAI_API_KEY)"
+        *names("api-key"),
+        dest=f"{role}_api_key",
+        metavar="KEY",
+        help=f"API key ({env}_API_KEY, else OPENAI_API_KEY)",
     )
     group.add_argument(
-        f"--{flag}-timeout", type=float, metavar="S", help=f"seconds per request ({env}_TIMEOUT)"
+        *names("timeout"),
+        dest=f"{role}_timeout",
+        type=float,
+        metavar="S",
+        help=f"seconds per request ({env}_TIMEOUT)",
     )
 
 
@@ -227,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_options(demo, "reasoning", "reasoning model")
     _eval_parser(sub, common)
     _report_parser(sub)
+    data = sub.add_parser(
+        "data",
+        add_help=False,
+        help="make training data: lvr1 data oracle | teacher | filter | export "
+        "(see docs/training-data.md)",
+    )
+    data.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     train = sub.add_parser(
         "train",
         add_help=False,
@@ -706,7 +736,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _eval_questions(args: argparse.Namespace):
     """(questions, question file, benchmark name, videos folder) for ``lvr1 eval``."""
-    from .questions import TESTBENCH_FILE, benchmark_name, load_questions, load_testbench
+    from .questions import TESTBENCH_FILE, load_testbench
 
     if args.questions == "testbench":
         if args.videos:
@@ -719,20 +749,27 @@ def _eval_questions(args: argparse.Namespace):
             Console(stderr=True).print("building the test video (once; cached afterwards)…")
             videos = load_test_video().path.parent
         return load_testbench(subtitles=videos), TESTBENCH_FILE, "testbench", videos
+    if args.benchmark and not args.videos:
+        raise ConfigError("--videos DIR is needed: the folder holding the benchmark's videos")
+    questions, name = _question_file(args)
+    return questions, Path(args.questions), name, Path(args.videos)
+
+
+def _question_file(args: argparse.Namespace):
+    """(questions, benchmark name) of QUESTIONS, read with the loader options the command has."""
+    from .questions import benchmark_name, load_questions
+
     if not args.benchmark:
         raise ConfigError("--benchmark NAME is needed to read a question file")
-    if not args.videos:
-        raise ConfigError("--videos DIR is needed: the folder holding the benchmark's videos")
     options: dict[str, Any] = {}
-    if args.subset:
+    if getattr(args, "subset", None):
         options["subset"] = args.subset
-    if args.with_subtitles:
+    if getattr(args, "with_subtitles", False):
         options["subtitles"] = True
-    if args.skip_malformed:
+    if getattr(args, "skip_malformed", False):
         options["skip_malformed"] = True
     name = benchmark_name(args.benchmark)
-    questions = load_questions(args.questions, name, **options)
-    return questions, Path(args.questions), name, Path(args.videos)
+    return load_questions(args.questions, name, **options), name
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -804,8 +841,422 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+# -- lvr1 data: training trajectories -------------------------------------------------
+#
+# Built only when the command line starts with ``data`` (as ``lvr1 train`` is), so
+# the other commands do not import the generators. Every option of the generators,
+# the filter and the exports comes from their config dataclasses: the help text is
+# the field's own, written once beside the field.
+
+
+def _flag_kind(hint: Any) -> tuple[type, tuple[str, ...] | None, bool]:
+    """(value type, choices, whether 'none' is accepted) of a config field's annotation."""
+    import types
+    import typing
+
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return str, tuple(str(a) for a in typing.get_args(hint)), optional
+    return hint, None, optional
+
+
+def _flag_value(kind: type, optional: bool) -> Callable[[str], Any]:
+    """argparse ``type=`` for a field: the field's type, or None for 'none' where allowed."""
+
+    def parse(text: str) -> Any:
+        if optional and text.strip().lower() == "none":
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _config_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    only: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+) -> None:
+    """One flag per field of a config dataclass (``max_rounds`` -> ``--max-rounds``).
+
+    Booleans get ``--flag`` / ``--no-flag``; optional numbers accept
+    ``none``. A flag not given is left out of the namespace, so the
+    dataclass's own default applies: one place for defaults, one for help.
+    """
+    import typing
+    from dataclasses import MISSING, fields
+
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        kind, choices, optional = _flag_kind(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata.get("help", "").replace("%", "%%")
+        default = "none" if f.default is None or f.default is MISSING else f.default
+        if kind is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{text} (default: {'on' if f.default else 'off'})",
+            )
+            continue
+        metavar = {int: "N", float: "X"}.get(kind, "TEXT") if choices is None else None
+        group.add_argument(
+            flag,
+            dest=f.name,
+            type=_flag_value(kind, optional),
+            choices=choices,
+            metavar=metavar,
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {default})",
+        )
+
+
+def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config dataclass with the fields whose flags were given; its checks apply."""
+    from dataclasses import fields
+
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: str) -> None:
+    """QUESTIONS, --out and where the questions' caption trees come from."""
+    parser.add_argument(
+        "questions",
+        metavar="QUESTIONS",
+        help="a benchmark's question file with clue intervals (CG-Bench), 'testbench' (the "
+        "shipped test bench) or synthetic:N (N made-up questions, each with its own caption "
+        f"tree: no video, no captioning; {synthetic_seed})",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="trajectory folder: one JSON record per question under DIR/records/; a rerun "
+        "skips the questions that have one",
+    )
+    group = parser.add_argument_group("questions and caption trees")
+    group.add_argument(
+        "--benchmark",
+        metavar="NAME",
+        help="format of QUESTIONS: cgbench, lvbench, videomme, mlvu, longvideobench, egoschema "
+        "or reference (not needed for testbench or synthetic:N); clue intervals, which the "
+        "oracle and the hints need, come with cgbench",
+    )
+    group.add_argument("--subset", metavar="NAME", help="loader subset (Video-MME: long, ...)")
+    group.add_argument(
+        "--skip-malformed",
+        action="store_true",
+        help="leave out malformed items of the question file instead of stopping",
+    )
+    group.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    group.add_argument(
+        "--videos",
+        metavar="DIR",
+        help="the benchmark's video folder: each video found there is matched to its captions "
+        "by content fingerprint instead of by file name (for videos captioned under another "
+        "name or path); no video is decoded",
+    )
+    group.add_argument(
+        "--skip-uncaptioned",
+        action="store_true",
+        help="leave out the questions whose video has no complete caption tree in the store "
+        "(a rerun after captioning picks them up); without it such videos stop the command "
+        "before anything is generated",
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    _captioner_option(parser)
+
+
+def build_data_parser() -> argparse.ArgumentParser:
+    """``lvr1 data oracle | teacher | filter | export``."""
+    from .exports import ExportConfig
+    from .hints import HintConfig
+    from .trajectories import FilterConfig, OracleConfig, TeacherConfig
+
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog="lvr1 data",
+        description="Make supervised training data for the navigator: trajectories from the "
+        "oracle (no model) or a teacher model (any OpenAI-compatible server), then keep the "
+        "clean ones and export them for a trainer. From a fresh clone: "
+        "lvr1 data oracle synthetic:200 --out runs/traj; "
+        "lvr1 data export runs/traj --out runs/traj/train.jsonl; "
+        "lvr1 train sft configs/sft-tiny.yaml -o data=runs/traj/train.jsonl. "
+        "See docs/training-data.md.",
+    )
+    sub = parser.add_subparsers(dest="step", metavar="STEP", required=True)
+
+    oracle = sub.add_parser(
+        "oracle",
+        parents=[common],
+        help="trajectories walked from the clue intervals, no model needed (resumable)",
+        description="Write one trajectory per question (and variant) without any model: from "
+        "the clue intervals the oracle opens the medium and low nodes over the clue, asks "
+        "video_qa when the question wants a visual detail, and answers with the right letter, "
+        "through the production navigator and tools over cached captions (or synthetic trees), "
+        "so every string is what inference sends. video_qa states the right option. Interrupt "
+        "any time: finished records are kept and a rerun goes on. Exit status: 0 done, 1 when "
+        "some records are errors, 2 for bad input, 130 when interrupted.",
+    )
+    _trajectory_inputs_options(oracle, "made from --seed")
+    _config_options(oracle, OracleConfig, "oracle (OracleConfig)")
+    _config_options(oracle, HintConfig, "clue intervals (HintConfig)", only=("max_gap",))
+    _endpoint_options(oracle, "caption", "caption (names the captioner whose captions to read)")
+
+    teacher = sub.add_parser(
+        "teacher",
+        parents=[common],
+        help="trajectories played by a teacher model on an OpenAI-compatible server, with "
+        "grounding hints after wrong answers (resumable)",
+        description="A strong model on any OpenAI-compatible server (vLLM, a hosted API) plays "
+        "the agent over cached captions. A wrong answer is dropped and retried with the next "
+        "grounding hint (high ids, medium ids, low ids, verify with video_qa); after the last "
+        "one it gives up. The stored conversation holds neither the wrong turns nor the hints. "
+        "video_qa answers from the leaf's caption, marked as such. The server is checked "
+        "before anything runs; serve the model without a reasoning parser so <think> reaches "
+        "the reply. Interrupt any time: finished records are kept and a rerun goes on. Exit "
+        "status: 0 done, 1 when some records are errors or the run stopped on an endpoint "
+        "failure, 2 for bad input, 130 when interrupted.",
+    )
+    _trajectory_inputs_options(teacher, "the same N questions as lvr1 data oracle synthetic:N")
+    _endpoint_options(teacher, "reasoning", "teacher model", alias="teacher")
+    _config_options(teacher, TeacherConfig, "teacher (TeacherConfig)")
+    _config_options(teacher, HintConfig, "hints (HintConfig)")
+    _endpoint_options(teacher, "caption", "caption (names the captioner whose captions to read)")
+
+    filt = sub.add_parser(
+        "filter",
+        help="count the trajectories fit for training and why the others are not",
+        description="Re-read every record of a trajectory folder with the protocol's parser "
+        "and report how many are kept and, per reason, how many are dropped (with a few "
+        "ids). Nothing is written; lvr1 data export applies the same filter.",
+    )
+    filt.add_argument("folder", metavar="DIR", help="trajectory folder (or one record file)")
+    filt.add_argument("--json", action="store_true", help="print one JSON object instead")
+    _config_options(filt, FilterConfig, "filter (FilterConfig)")
+
+    export = sub.add_parser(
+        "export",
+        help="write the kept trajectories as a TRL, LLaMA-Factory or ShareGPT training file",
+        description="Filter a trajectory folder and write what is kept in one trainer format, "
+        "atomically. trl: one conversation per line for TRL's SFTTrainer (lvr1 train sft "
+        "reads it); llamafactory: one alpaca row per round with its history; sharegpt: one "
+        "JSON list. Every turn is carried byte for byte. Exit status 1 when no trajectory "
+        "passed the filter.",
+    )
+    export.add_argument("folder", metavar="DIR", help="trajectory folder (or one record file)")
+    export.add_argument("--out", required=True, metavar="FILE", help="training file to write")
+    _config_options(export, ExportConfig, "export (ExportConfig)")
+    _config_options(export, FilterConfig, "filter (FilterConfig)")
+    return parser
+
+
+def _fingerprints(questions, videos: str | None) -> dict[str, str]:
+    """Video id -> content fingerprint of the file under ``videos``, where there is one."""
+    if not videos:
+        return {}
+    from .video import file_fingerprint
+
+    folder = Path(videos).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"--videos: {folder} is not a folder")
+    out: dict[str, str] = {}
+    for question in questions:
+        path = question.video_path(folder)
+        if question.video_id not in out and path.is_file():
+            out[question.video_id] = file_fingerprint(path)
+    return out
+
+
+def _trajectory_inputs(args: argparse.Namespace, settings: Settings, seed: int, stack: Any):
+    """(questions, caption trees) for a generator: synthetic ones, or the store's.
+
+    Every video's tree is looked up before anything is generated: a missing
+    or incomplete one stops the command in one line naming the videos, or
+    with --skip-uncaptioned leaves their questions out (so no ``skipped``
+    record is written that a rerun would keep).
+    """
+    from .trajectories import (
+        MappingTrees,
+        StoreTrees,
+        TrajectoryError,
+        synthetic_count,
+        synthetic_dataset,
+        unavailable_trees,
+    )
+
+    count = synthetic_count(args.questions)
+    if count is not None:
+        items = synthetic_dataset(count, seed=seed)[: args.limit]
+        return [i.question for i in items], MappingTrees([i.ctree for i in items])
+    if args.questions == "testbench":
+        from .questions import load_testbench
+
+        questions = list(load_testbench())
+    else:
+        questions = list(_question_file(args)[0])
+    questions = questions[: args.limit]
+    if not questions:
+        raise ConfigError(f"{args.questions} holds no questions")
+    from .session import make_captioner
+    from .store import CaptionStore
+
+    identity = make_captioner(settings).identity
+    store = stack.enter_context(CaptionStore(settings.store_path()))
+    trees = StoreTrees(store, identity, _fingerprints(questions, args.videos))
+    missing = unavailable_trees(questions, trees)
+    if not missing:
+        return questions, trees
+    videos = len({q.video_id for q in questions})
+    shown = "; ".join(list(missing.values())[:3])
+    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+    if not args.skip_uncaptioned:
+        raise TrajectoryError(
+            f"{len(missing)} of {videos} videos have no usable caption tree under {identity}: "
+            f"{shown}{more}; caption them (lvr1 caption), pick their captioner with "
+            "--captioner, or leave them out with --skip-uncaptioned"
+        )
+    kept = [q for q in questions if q.video_id not in missing]
+    print(
+        f"left out {len(questions) - len(kept)} questions of {len(missing)} uncaptioned "
+        f"videos: {shown}{more}",
+        file=sys.stderr,
+    )
+    if not kept:
+        raise TrajectoryError(f"no video of {args.questions} has a caption tree under {identity}")
+    return kept, trees
+
+
+def _generation_result(report, out: str) -> int:
+    """Print what a generation run did; its exit status (KeyboardInterrupt when interrupted)."""
+    print(report.summary())
+    print(f"records in {Path(out).expanduser() / 'records'}", file=sys.stderr)
+    if report.interrupted:
+        raise KeyboardInterrupt
+    return 1 if report.stopped or report.outcomes.get("error") else 0
+
+
+def cmd_data_oracle(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from .hints import HintConfig
+    from .trajectories import OracleConfig, generate_oracle
+
+    config = _config_from_args(OracleConfig, args)
+    hints = _config_from_args(HintConfig, args)
+    settings = _settings(args)
+    with ExitStack() as stack:
+        questions, trees = _trajectory_inputs(args, settings, config.seed, stack)
+        report = generate_oracle(questions, trees, args.out, config, hints, progress=not args.quiet)
+    return _generation_result(report, args.out)
+
+
+def cmd_data_teacher(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from .backends import OpenAIBackend
+    from .hints import HintConfig
+    from .trajectories import TeacherConfig, generate_teacher
+
+    config = _config_from_args(TeacherConfig, args)
+    hints = _config_from_args(HintConfig, args)
+    settings = _settings(args)
+    endpoint = settings.reasoning
+    if not endpoint.base_url or not endpoint.model:
+        raise ConfigError(
+            "the teacher needs an OpenAI-compatible server: --teacher-base-url URL and "
+            "--teacher-model NAME (or LVR1_REASONING_BASE_URL and LVR1_REASONING_MODEL)"
+        )
+
+    def teacher(worker: int) -> OpenAIBackend:
+        # sticky: with several servers, every round of a conversation meets the same cache
+        return OpenAIBackend.from_settings(endpoint, "reasoning", sticky=True)
+
+    with ExitStack() as stack:
+        questions, trees = _trajectory_inputs(args, settings, 0, stack)
+        with teacher(-1) as probe:
+            probe.check()
+        report = generate_teacher(
+            questions, trees, teacher, args.out, config, hints, progress=not args.quiet
+        )
+    return _generation_result(report, args.out)
+
+
+def _records(folder: str):
+    from .trajectories import TrajectoryError, load_records
+
+    records = load_records(folder)
+    if not records:
+        raise TrajectoryError(f"no trajectory records in {folder}")
+    return records
+
+
+def cmd_data_filter(args: argparse.Namespace) -> int:
+    from .trajectories import FilterConfig, filter_records
+
+    config = _config_from_args(FilterConfig, args)
+    report = filter_records(_records(args.folder), config)
+    if args.json:
+        payload = {
+            "total": report.total,
+            "kept": len(report.kept),
+            "dropped": dict(report.dropped.most_common()),
+            "examples": report.examples,
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(report.summary())
+    for reason, n in report.dropped.most_common():
+        print(f"  {reason:<22} {n:>6}  e.g. {', '.join(report.examples[reason])}")
+    return 0
+
+
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from .exports import ExportConfig, export_trajectories
+    from .trajectories import FilterConfig
+
+    config = _config_from_args(ExportConfig, args)
+    filter_config = _config_from_args(FilterConfig, args)
+    report = export_trajectories(_records(args.folder), args.out, config, filter_config)
+    print(report.summary())
+    if report.rows == 0:
+        print(
+            f"lvr1 data export: no trajectory passed the filter; see lvr1 data filter "
+            f"{args.folder}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+DATA_COMMANDS = {
+    "oracle": cmd_data_oracle,
+    "teacher": cmd_data_teacher,
+    "filter": cmd_data_filter,
+    "export": cmd_data_export,
+}
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Parse the rest of the line with the data parser and run its step."""
+    data_args = build_data_parser().parse_args(args.rest)
+    return _run_command(f"data {data_args.step}", DATA_COMMANDS[data_args.step], data_args)
+
+
 COMMANDS = {
     "train": cmd_train,
+    "data": cmd_data,
     "tree": cmd_tree,
     "caption": cmd_caption,
     "ask": cmd_ask,
@@ -820,15 +1271,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         # The training module owns its flags (its --help lists every recipe field).
         return cmd_train(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["data"]:
+        # Built on demand: its flags come from the generators' config dataclasses.
+        return cmd_data(argparse.Namespace(rest=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
+    return _run_command(args.command, COMMANDS[args.command], args)
+
+
+def _run_command(name: str, command: Callable[[argparse.Namespace], int], args) -> int:
+    """Run one command: an LVR1Error becomes one line and its exit status, Ctrl-C 130."""
     try:
-        return COMMANDS[args.command](args)
+        return command(args)
     except LVR1Error as exc:
-        print(f"lvr1 {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lvr1 {name}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"lvr1 {args.command}: interrupted; finished work is kept", file=sys.stderr)
+        print(f"lvr1 {name}: interrupted; finished work is kept", file=sys.stderr)
         return 130
 
 
