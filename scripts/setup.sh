@@ -30,6 +30,14 @@ apt_install() {
 
 apt_install espeak-ng
 
+# llama.cpp compiles for the build machine's CPU by default (-march=native). On CPUs that
+# report AMX but run in a VM that does not grant AMX tile state, that build dies with
+# "Illegal instruction" on the first quantized matrix product. A portable AVX2 build runs
+# everywhere x86-64 servers do; other architectures keep llama.cpp's defaults.
+if [ "$(uname -m)" = x86_64 ] && [ -z "${CMAKE_ARGS:-}" ]; then
+  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
