@@ -1016,6 +1016,7 @@ def build_data_parser() -> argparse.ArgumentParser:
 
     teacher = sub.add_parser(
         "teacher",
+        aliases=["trajectories"],
         parents=[common],
         help="trajectories played by a teacher model on an OpenAI-compatible server, with "
         "grounding hints after wrong answers (resumable)",
@@ -1243,6 +1244,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
 DATA_COMMANDS = {
     "oracle": cmd_data_oracle,
     "teacher": cmd_data_teacher,
+    "trajectories": cmd_data_teacher,  # the and the paper's name for the teacher step
     "filter": cmd_data_filter,
     "export": cmd_data_export,
 }
