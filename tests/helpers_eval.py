@@ -8,8 +8,10 @@ script, for runs whose request order depends on threads or on resumption.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from scripted_server import ScriptedChatServer, Step
 
 from longvideo_r1.config import Settings
 from longvideo_r1.store import CaptionRecord, CaptionStore
+from longvideo_r1.trace import Trace
 from longvideo_r1.tree import Tree, format_node_id
 from longvideo_r1.video import Video
 
@@ -93,3 +96,43 @@ def question_of(body: dict[str, Any]) -> str:
         if line.startswith("Question: "):
             return line.removeprefix("Question: ").strip()
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class Escape(BaseException):
+    """Raised past the harness's ``except Exception``, as a bug in native glue might."""
+
+
+@dataclass
+class StubMethod:
+    """A method that answers B without a model, and crashes on the questions it is told to.
+
+    ``exit_on`` ends the worker's process (what an out-of-memory kill or a
+    segfault does); ``escape_on`` raises :class:`Escape`, which the harness
+    does not catch. Everything else is a one-round answered trace.
+    """
+
+    exit_on: tuple[str, ...] = ()
+    escape_on: tuple[str, ...] = ()
+    name: str = "stub"
+    variant: str = "stub"
+    needs_reasoning: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
+        return {"stub": "answers B"}
+
+    def run(self, question, session, backend, stop) -> Trace:
+        if question.id in self.exit_on:
+            os._exit(3)
+        if question.id in self.escape_on:
+            raise Escape(f"escaped on {question.id}")
+        return Trace(
+            question=question.question,
+            duration=session.video.info.duration,
+            width=session.tree.width,
+            answer="B",
+            raw_answer="B",
+            status="answered",
+        )

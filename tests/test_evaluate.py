@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from longvideo_r1.evaluate import (
     EvalOptions,
     Evaluator,
     ItemRecord,
+    Job,
     MethodOptions,
     RunFolder,
     compute_metrics,
@@ -405,3 +407,54 @@ def test_every_method_on_the_embedded_default(test_video, tmp_path, monkeypatch,
     assert read_records(out / "random-walk")[0]["cost"]["caption_calls"] == 4 + 3
     assert main(["report", str(out), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+# Ray (the cluster itself is exercised in test_evaluate_ray.py) ----------------------------
+
+
+def test_ray_without_ray_installed_is_one_line(test_video, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    argv = ["eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(tmp_path)]
+    assert main([*argv, "--ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "lvr1 eval: error: --ray needs Ray, which is not installed: "
+        "pip install 'longvideo-r1[dist]'"
+    )
+    assert not (tmp_path / "agent").exists()
+
+
+def test_bad_ray_options_are_one_line(tmp_path, capsys):
+    argv = ["eval", "testbench", "--out", str(tmp_path), "--ray", "auto"]
+    assert main([*argv, "--ray-cpus", "0"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "lvr1 eval: error: --ray-cpus must be more than 0, got 0.0"
+    )
+    argv[-1] = "head-without-port"
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ray takes HOST:PORT" in err
+    assert not (tmp_path / "agent").exists()  # refused before anything was made
+
+
+def test_an_unreachable_ray_head_is_one_line_within_seconds(test_video, tmp_path, capsys):
+    pytest.importorskip("ray")
+    argv = ["eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(tmp_path)]
+    started = time.monotonic()
+    assert main([*argv, "--ray", "127.0.0.1:1"]) == 2  # nothing listens on port 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lvr1 eval: error: no Ray head answers at 127.0.0.1:1")
+    assert len(err.splitlines()) == 1 and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_travels_to_ray_workers(name, tmp_path):
+    """What a Ray worker receives pickles and works, even after the driver used the method."""
+    settings = settings_for(tmp_path / "store.sqlite")
+    method = make_method(MethodOptions(method=name, walk_calls=2), settings)
+    method.identities(settings, "reasoning-id")  # the driver builds the manifest first
+    job = Job(settings, method, tmp_path)
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.method.params() == method.params() and copy.settings == settings
+    assert copy.worker(0, 1).make_backend is not None or not method.needs_reasoning

@@ -315,6 +315,16 @@ class UniformFrames:
     _captioner: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for Ray workers without this process's captioner and lock: each makes its own."""
+        state = {**self.__dict__, "_captioner": None}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def variant(self) -> str:
         return "vlm-frames" if self.use_vlm else "embedded-descriptors"

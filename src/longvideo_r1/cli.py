@@ -272,8 +272,9 @@ def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
         "eval",
         parents=[common],
         help="run the agent or a baseline on a benchmark (resumable) and score it",
-        description="Answer every question of a benchmark with one method, N at a time, and "
-        "write one result per question under OUT/<method>/results (and its trace under "
+        description="Answer every question of a benchmark with one method, N at a time (on "
+        "threads here, or on the workers of a Ray cluster with --ray), and write one result "
+        "per question under OUT/<method>/results (and its trace under "
         "traces/). A rerun skips finished questions; interrupt any time and run again to "
         "go on. Failed questions are recorded with their reason and rerun only with "
         "--retry-failed. A folder made with another configuration is refused. Exit status: 0 "
@@ -305,7 +306,10 @@ def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
         help="agent (default), or a baseline: uniform-frames, caption-all, random-walk",
     )
     ev.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="questions at once (default 1)"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="questions at once (default 1; with --ray, the cluster's CPUs / --ray-cpus)",
     )
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
     ev.add_argument(
@@ -325,6 +329,27 @@ def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
         help="leave out malformed items of the question file instead of stopping",
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist = ev.add_argument_group(
+        "cluster (Ray, an optional extra: pip install 'longvideo-r1[dist]'; docs/distributed.md)"
+    )
+    dist.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="answer the questions on Ray workers, each with its own models and videos, while "
+        "this process writes the results: no value starts Ray on this machine, 'auto' joins "
+        "the cluster that `ray start` made here (or $RAY_ADDRESS), HOST:PORT joins that head. "
+        "Videos and subtitle files must be at the same path on every node; --out and the "
+        "question file are used here only. Put --ray after QUESTIONS",
+    )
+    dist.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="CPUs each Ray worker reserves (default 1); an embedded model uses that many threads",
+    )
     base = ev.add_argument_group("baselines")
     base.add_argument(
         "--frames", type=int, default=32, metavar="N", help="uniform-frames: frames (default 32)"
@@ -790,7 +815,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
+        ray=args.ray,
+        ray_cpus=args.ray_cpus,
     )
+    if run_options.ray is not None:
+        from .cluster import import_ray
+
+        import_ray()  # refuse before any video is built or question read
     out_dir = Path(args.out).expanduser()
     method_options = resolve_walk_calls(
         MethodOptions(

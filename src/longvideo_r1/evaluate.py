@@ -94,6 +94,9 @@ class ItemRecord(BaseModel):
     video: str | None = None
     trace: str | None = Field(default=None, description="Trace path, relative to the run folder.")
     worker: int = 0
+    node: str | None = Field(
+        default=None, description="The Ray node that answered it; None for a run on threads."
+    )
     started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
@@ -201,10 +204,23 @@ class QuestionSource(BaseModel):
 
 
 class RunStart(BaseModel):
+    """One invocation on a folder: how it was asked to run (not part of the configuration)."""
+
     started_at: datetime
     limit: int | None = None
     workers: int = 1
     retry_failed: bool = False
+    engine: Literal["threads", "ray"] = "threads"
+    nodes: int | None = Field(default=None, description="Ray: machines the workers ran on.")
+
+
+@dataclass(frozen=True)
+class RunWhere:
+    """Where an engine runs the questions, as the manifest records it."""
+
+    engine: Literal["threads", "ray"]
+    workers: int
+    nodes: int | None = None
 
 
 class RunManifest(BaseModel):
@@ -288,7 +304,7 @@ class RunFolder:
         return write_atomic(path, record.model_dump_json(indent=2) + "\n")
 
     def trace_path(self, question_id: str) -> Path:
-        return self.traces / f"{safe_name(question_id)}.json"
+        return self.root / trace_name(question_id)
 
     def clean_temporaries(self) -> None:
         """Half-written files of a killed run: never read, removed so they do not pile up."""
@@ -468,18 +484,42 @@ def resolve_walk_calls(options: MethodOptions, out_dir: Path) -> MethodOptions:
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How to run (not what: that is the method): concurrency, subset, retries, display."""
+    """How to run (not what: that is the method): where, how many at once, subset, retries.
 
-    workers: int = 1
+    ``workers`` unset means one thread here, or with ``ray`` one worker per
+    ``ray_cpus`` CPUs of the cluster. ``ray`` is a Ray address: ``"local"``
+    starts a cluster on this machine, ``"auto"`` joins the one started here
+    by ``ray start`` (or named by ``RAY_ADDRESS``), anything else is the
+    head's address.
+    """
+
+    workers: int | None = None
     limit: int | None = None
     retry_failed: bool = False
     progress: bool = True
+    ray: str | None = None
+    ray_cpus: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if not self.ray_cpus > 0:
+            raise ConfigError(f"--ray-cpus must be more than 0, got {self.ray_cpus}")
+        if self.ray is not None and self.ray not in ("local", "auto"):
+            split_address(self.ray)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray head's ``HOST:PORT`` (``ray://`` allowed); one line if malformed."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            "--ray takes HOST:PORT (the head's address, port 6379 unless `ray start --head "
+            f"--port` said otherwise), 'auto', or no value for Ray on this machine; got {address!r}"
+        )
+    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -500,6 +540,20 @@ class EvalOutcome:
 
 
 @dataclass
+class Answered:
+    """One question's result as a worker hands it back: the record and its trace, unwritten.
+
+    Workers never write into the run folder; the process that holds the
+    folder's lock does, whether the workers are its own threads or Ray
+    actors on other machines. So both paths leave the same files, and only
+    the machine that runs ``lvr1 eval`` needs to see ``--out``.
+    """
+
+    record: ItemRecord
+    trace: Trace | None = None
+
+
+@dataclass
 class _Worker:
     """One worker's own reasoning backend and open videos; never used by two threads at once."""
 
@@ -513,6 +567,20 @@ class _Worker:
         if self.backend is None and self.make_backend is not None:
             self.backend = self.make_backend()
         return self.backend
+
+    def load(self) -> str | None:
+        """Load the reasoning model now and name it; None for methods that use none.
+
+        Loading an embedded model is a one-off cost of the worker, not of its
+        first question, so it happens before any question's clock starts.
+        """
+        backend = self.reasoning()
+        if backend is None:
+            return None
+        load = getattr(backend, "load", None)
+        if callable(load):
+            load()
+        return str(backend.identity)
 
     def session(self, path: Path, subtitles: Path | None) -> Any:
         """This worker's session on a video (its own handles; the SQLite store is shared)."""
@@ -550,6 +618,155 @@ def default_backend_factory(settings: Settings, workers: int) -> Any:
     return backend_from_settings(settings.reasoning, "reasoning", n_threads=threads)
 
 
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to answer questions, wherever it runs.
+
+    It is pickled to Ray workers as it is, so a thread here and an actor on
+    another machine build their backends and sessions from the same
+    settings and answer with the same code.
+    """
+
+    settings: Settings
+    method: Method
+    videos_dir: Path
+    backend_factory: BackendFactory = default_backend_factory
+
+    def worker(self, index: int, sharing: int) -> _Worker:
+        """A worker with its own backend, made on first use; ``sharing`` workers split the cores."""
+
+        def make() -> Any:
+            return self.backend_factory(self.settings, sharing)
+
+        return _Worker(index, self.settings, make if self.method.needs_reasoning else None)
+
+    def answer(self, question: Question, worker: _Worker, stop: threading.Event) -> Answered | None:
+        """Answer one question; None when ``stop`` interrupted it (it has no result yet).
+
+        Every other outcome is a record: a missing or unreadable video, an
+        endpoint failure and a bug in a method each cost one question, never
+        the run.
+        """
+        name, variant = self.method.name, self.method.variant
+        started = time.perf_counter()
+        path = question.video_path(self.videos_dir)
+
+        def failed(kind: Failure, reason: str) -> Answered:
+            record = failed_record(
+                question, name, variant, kind, reason, time.perf_counter() - started
+            )
+            record.worker = worker.index
+            return Answered(record)
+
+        if not path.is_file():
+            return failed("missing_video", f"video not found: {path}")
+        try:
+            session = worker.session(path, question.subtitles)
+        except LVR1Error as exc:
+            return failed("video", str(exc))
+        try:
+            trace = self.method.run(question, session, worker.reasoning(), stop)
+        except RunInterrupted:
+            return None
+        except LVR1Error as exc:
+            return failed("error", str(exc))
+        except Exception as exc:  # a bug must not take the other questions down
+            from .agent import describe_failure
+
+            return failed("error", describe_failure(exc))
+        record = record_from_trace(
+            question, name, variant, trace, time.perf_counter() - started, trace_name(question.id)
+        )
+        record.worker = worker.index
+        return Answered(record, trace)
+
+
+def trace_name(question_id: str) -> str:
+    """Where a question's trace goes, relative to the run folder (what its record points to)."""
+    return f"traces/{safe_name(question_id)}.json"
+
+
+class Engine(Protocol):
+    """Where the questions of a run are answered: threads here, or workers on a Ray cluster.
+
+    The evaluator plans, writes and reports; an engine only turns questions
+    into :class:`Answered` results, in whatever order they finish.
+    """
+
+    size: int
+    """Questions answered at once."""
+    where: RunWhere
+
+    def start(self) -> str | None:
+        """Start the workers and load their models; the reasoning model's identity."""
+        ...
+
+    def results(self, todo: Sequence[Question]) -> Iterator[Answered]:
+        """Each question's result as soon as it is known (interrupted ones yield nothing)."""
+        ...
+
+    def drain(self) -> Iterator[Answered]:
+        """After Ctrl-C: stop the questions in flight between rounds; the results still coming."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ThreadEngine:
+    """Questions on threads of this process, one :class:`_Worker` (backend, videos) per thread."""
+
+    def __init__(self, job: Job, workers: int, stop: threading.Event) -> None:
+        self.job = job
+        self.size = workers
+        self.where = RunWhere(engine="threads", workers=workers)
+        self.stop = stop
+        self.pool = [job.worker(i, workers) for i in range(workers)]
+        self.free: queue.Queue[_Worker] = queue.Queue()
+        for worker in self.pool:
+            self.free.put(worker)
+        self.executor: ThreadPoolExecutor | None = None
+        self.pending: dict[Future[Answered | None], Question] = {}
+
+    def start(self) -> str | None:
+        names = [worker.load() for worker in self.pool]
+        return names[0]
+
+    def results(self, todo: Sequence[Question]) -> Iterator[Answered]:
+        self.executor = ThreadPoolExecutor(self.size, thread_name_prefix="lvr1-eval")
+        for q in todo:
+            self.pending[self.executor.submit(self._item, q)] = q
+        for future in as_completed(list(self.pending)):
+            answered = future.result()
+            if answered is not None:
+                yield answered
+            self.pending.pop(future, None)  # after the yield: a Ctrl-C there leaves it for drain
+
+    def drain(self) -> Iterator[Answered]:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        for future in list(self.pending):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                answered = future.result()
+                if answered is not None:
+                    yield answered
+            self.pending.pop(future, None)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        for worker in self.pool:
+            worker.close()
+
+    def _item(self, question: Question) -> Answered | None:
+        if self.stop.is_set():
+            return None
+        worker = self.free.get()
+        try:
+            return self.job.answer(question, worker, self.stop)
+        finally:
+            self.free.put(worker)
+
+
 class Evaluator:
     """Runs one method over a question list into ``out_dir/<method>``, resumably."""
 
@@ -575,7 +792,7 @@ class Evaluator:
         self.settings = settings
         self.method = method
         self.options = options or EvalOptions()
-        self.backend_factory = backend_factory
+        self.job = Job(settings, method, videos_dir, backend_factory)
         self.console = console
         self.stop = threading.Event()
 
@@ -599,7 +816,7 @@ class Evaluator:
             },
         )
 
-    def _check_manifest(self, new: RunManifest) -> RunManifest:
+    def _check_manifest(self, new: RunManifest, where: RunWhere) -> RunManifest:
         """Adopt the folder's manifest if it matches; refuse in one line if it does not."""
         old = self.folder.read_manifest()
         if old is not None:
@@ -614,8 +831,10 @@ class Evaluator:
             RunStart(
                 started_at=datetime.now(timezone.utc),
                 limit=self.options.limit,
-                workers=self.options.workers,
+                workers=where.workers,
                 retry_failed=self.options.retry_failed,
+                engine=where.engine,
+                nodes=where.nodes,
             )
         )
         self.folder.write_manifest(new)
@@ -633,23 +852,38 @@ class Evaluator:
                 todo.append(q)
         return todo, skipped
 
+    def engine(self) -> Engine:
+        """Threads of this process, or Ray workers when ``options.ray`` names a cluster."""
+        if self.options.ray is not None:
+            from .cluster import RayEngine
+
+            return RayEngine(
+                self.job,
+                address=self.options.ray,
+                workers=self.options.workers,
+                cpus=self.options.ray_cpus,
+                stop=self.stop,
+            )
+        return ThreadEngine(self.job, self.options.workers or 1, self.stop)
+
     # run ---------------------------------------------------------------------------------
 
     def run(self) -> EvalOutcome:
         """Run what is missing; Ctrl-C stops after the rounds in flight and keeps every record."""
-        workers = self.options.workers
         with self.folder.lock():
             self.folder.clean_temporaries()
-            pool = self._workers(workers)
+            engine = self.engine()
             try:
-                reasoning = self._load_backends(pool)
-                manifest = self._check_manifest(self.manifest(reasoning))
+                reasoning = engine.start()
+                manifest = self._check_manifest(self.manifest(reasoning), engine.where)
                 done = self.folder.records()
                 todo, skipped = self.plan(done)
-                interrupted, ran = self._run_all(todo, pool, done)
+                interrupted, ran = self._run_all(todo, engine, done)
+            except BaseException:
+                self.stop.set()
+                raise
             finally:
-                for worker in pool:
-                    worker.close()
+                engine.close()
         records = self.folder.records()
         return EvalOutcome(
             folder=self.folder.root,
@@ -661,120 +895,44 @@ class Evaluator:
             records=list(records.values()),
         )
 
-    def _load_backends(self, pool: list[_Worker]) -> str | None:
-        """Each worker's reasoning model, loaded before the clock of any question starts.
-
-        Loading an embedded model is a one-off cost of the process, not of the
-        first question; its identity goes into the manifest.
-        """
-        if not self.method.needs_reasoning:
-            return None
-        for worker in pool:
-            backend = worker.reasoning()
-            load = getattr(backend, "load", None)
-            if callable(load):
-                load()
-        return str(pool[0].reasoning().identity)
-
-    def _workers(self, n: int) -> list[_Worker]:
-        def factory() -> Any:
-            return self.backend_factory(self.settings, n)
-
-        make = factory if self.method.needs_reasoning else None
-        return [_Worker(i, self.settings, make) for i in range(n)]
-
     def _run_all(
-        self, todo: list[Question], pool: list[_Worker], done: dict[str, ItemRecord]
+        self, todo: list[Question], engine: Engine, done: dict[str, ItemRecord]
     ) -> tuple[bool, int]:
         """(interrupted, questions answered and recorded in this run)."""
-        free: queue.Queue[_Worker] = queue.Queue()
-        for worker in pool:
-            free.put(worker)
         known = dict(done)
+        ran: set[str] = set()
+
+        def keep(answered: Answered) -> None:
+            self._write(answered)
+            known[answered.record.question_id] = answered.record
+            ran.add(answered.record.question_id)
+            bar.advance(known.values())
+
         with _Progress(self.options.progress and bool(todo), self.console) as bar:
             bar.start(self.method.name, len(todo), known.values())
-            executor = ThreadPoolExecutor(len(pool), thread_name_prefix="lvr1-eval")
-            futures: dict[Future[ItemRecord | None], Question] = {}
             try:
-                for q in todo:
-                    futures[executor.submit(self._item, q, free)] = q
-                for future in as_completed(futures):
-                    record = future.result()
-                    if record is not None:
-                        known[record.question_id] = record
-                    bar.advance(known.values())
+                for answered in engine.results(todo):
+                    keep(answered)
             except KeyboardInterrupt:
                 self.stop.set()
                 bar.note("interrupted: finishing the rounds in flight; every result so far is kept")
-                executor.shutdown(wait=True, cancel_futures=True)
-                return True, _recorded(futures)
-            except BaseException:
-                self.stop.set()
-                raise
-            finally:
-                executor.shutdown(wait=True, cancel_futures=True)
-        return False, _recorded(futures)
+                for answered in engine.drain():
+                    keep(answered)
+                return True, len(ran)
+        return False, len(ran)
 
-    def _item(self, question: Question, free: queue.Queue[_Worker]) -> ItemRecord | None:
-        """Run one question on a free worker and persist its record; None when interrupted."""
-        if self.stop.is_set():
-            return None
-        worker = free.get()
+    def _write(self, answered: Answered) -> None:
+        """The trace, then the record that points to it: a record is never without its trace."""
+        record = answered.record
         try:
-            record = self._answer(question, worker)
-        finally:
-            free.put(worker)
-        if record is not None:
-            record.worker = worker.index
-            try:
-                self.folder.write_record(record)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot write the result of {question.id!r} under {self.folder.results}: "
-                    f"{exc.strerror or exc}"
-                ) from None
-        return record
-
-    def _answer(self, question: Question, worker: _Worker) -> ItemRecord | None:
-        name, variant = self.method.name, self.method.variant
-        started = time.perf_counter()
-        path = question.video_path(self.videos_dir)
-
-        def failed(kind: Failure, reason: str) -> ItemRecord:
-            return failed_record(
-                question, name, variant, kind, reason, time.perf_counter() - started
-            )
-
-        if not path.is_file():
-            return failed("missing_video", f"video not found: {path}")
-        try:
-            session = worker.session(path, question.subtitles)
-        except LVR1Error as exc:
-            return failed("video", str(exc))
-        try:
-            trace = self.method.run(question, session, worker.reasoning(), self.stop)
-        except RunInterrupted:
-            return None
-        except LVR1Error as exc:
-            return failed("error", str(exc))
-        except Exception as exc:  # a bug must not take the other questions down
-            from .agent import describe_failure
-
-            return failed("error", describe_failure(exc))
-        trace_file = trace.save(self.folder.trace_path(question.id))
-        relative = str(trace_file.relative_to(self.folder.root))
-        return record_from_trace(
-            question, name, variant, trace, time.perf_counter() - started, relative
-        )
-
-
-def _recorded(futures: Iterable[Future[ItemRecord | None]]) -> int:
-    """Questions that ended with a record, those that finished during a Ctrl-C included."""
-    return sum(
-        1
-        for f in futures
-        if f.done() and not f.cancelled() and f.exception() is None and f.result() is not None
-    )
+            if answered.trace is not None:
+                answered.trace.save(self.folder.trace_path(record.question_id))
+            self.folder.write_record(record)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the result of {record.question_id!r} under {self.folder.root}: "
+                f"{exc.strerror or exc}"
+            ) from None
 
 
 class _Progress:
