@@ -20,6 +20,7 @@ from longvideo_r1.train import (  # noqa: E402
     load_recipe,
     main,
     parse_overrides,
+    recipe_from_dict,
     run_sft,
     synthetic_records,
 )
@@ -180,6 +181,31 @@ def test_shipped_configs_load() -> None:
     assert paper.warmup_ratio == 0.1 and paper.num_train_epochs == 3
     assert paper.per_device_train_batch_size * paper.gradient_accumulation_steps * 8 == 32
     assert paper.max_length == 24576 and paper.bf16 and paper.gradient_checkpointing
+    nano = load_recipe(root / "sft-nano.yaml")
+    assert nano.model == "smollm2-135m" and nano.chat_template == "chatml" and nano.gguf == "q8_0"
+
+
+def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
+    from longvideo_r1.train import TrainError, base_gguf, write_navigator_gguf
+
+    with pytest.raises(ConfigError, match="gguf: 'q3' is not one of none, q8_0"):
+        recipe_from_dict({"gguf": "q3"})
+    recipe = recipe_from_dict({"model": "tiny-qwen3", "gguf": "f16", "output_dir": str(tmp_path)})
+    assert base_gguf(recipe) is None
+    with pytest.raises(TrainError, match="needs a GGUF base model"):
+        write_navigator_gguf(recipe, tmp_path)
+    with pytest.raises(ConfigError, match="neither a GGUF file nor one of"):
+        base_gguf(recipe_from_dict({"model": str(tmp_path / "missing.gguf")}))
+
+
+def test_bf16_without_an_accelerator_names_the_cpu(tmp_path: Path) -> None:
+    import torch
+
+    from longvideo_r1.train import trl_config
+
+    config = trl_config(recipe_from_dict({"bf16": True, "output_dir": str(tmp_path)}))
+    assert config.bf16
+    assert config.use_cpu == (not torch.cuda.is_available())
 
 
 @pytest.mark.parametrize(

@@ -537,9 +537,17 @@ def trl_config(recipe: SFTRecipe) -> Any:
         logging_first_step=True,
         assistant_only_loss=True,
         deepspeed=recipe.deepspeed,
+        # bf16 on a machine without an accelerator: transformers wants the CPU named.
+        use_cpu=recipe.bf16 and not _has_accelerator(),
         report_to="none",
         disable_tqdm=True,
     )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def _load_model(recipe: SFTRecipe, model_path: str) -> Any:

@@ -1,0 +1,129 @@
+"""How well an embedded navigator follows the protocol and navigates, on held-out trees.
+
+Each model plays the agent, through the production Navigator and tools, on
+synthetic questions whose caption trees and clue intervals were never trained
+on (a seed apart from the training data). video_qa answers come from the
+synthetic answerer (the right option's text), so the figures measure
+navigation and protocol, not vision. Printed per model:
+
+- parsed: share of model replies the protocol parser accepted;
+- answered: share of runs that ended with an answer (not no_answer / error);
+- right: share of runs answered with the right letter (chance is 25%);
+- clue: share of runs whose get_caption visits (medium or low) touched a clue
+  interval; clue-low: the same for a low-level (leaf) visit;
+- rounds: mean model turns per question; s/q: mean seconds per question.
+
+    python benchmarks/bench_navigator.py --models smollm2-135m runs/sft-nano/navigator.gguf \
+        --questions 24 --seed 7000 --json runs/bench-navigator.json
+
+Models are embedded model names (smollm2-135m, qwen2.5-coder-0.5b) or GGUF paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from longvideo_r1.agent import AgentConfig, Navigator
+from longvideo_r1.backends import EmbeddedBackend
+from longvideo_r1.hints import ground
+from longvideo_r1.trajectories import make_toolbox, synthetic_answerer, synthetic_dataset
+
+
+def visited_clue(trace, grounding, depths: tuple[int, ...]) -> bool:
+    """Whether some get_caption visit at one of ``depths`` is a node over a clue interval."""
+    over = {node_id for depth in depths for node_id in grounding.ids(depth)}
+    return any(ev.how == "get_caption" and tuple(ev.node_id) in over for ev in trace.evidence)
+
+
+def run_model(model: str, items, config: AgentConfig) -> dict:
+    backend = EmbeddedBackend.from_model(model, temperature=0.0, seed=0)
+    backend.load()
+    rows = []
+    try:
+        for item in items:
+            q, ctree = item.question, item.ctree
+            navigator = Navigator(
+                backend, make_toolbox(ctree, synthetic_answerer(ctree, q)), ctree.tree, config
+            )
+            started = time.perf_counter()
+            trace = navigator.run(q.question, q.choices)
+            seconds = time.perf_counter() - started
+            grounding = ground(ctree.tree, q.clue_intervals)
+            replies = [r for r in trace.rounds if r.output is not None]
+            rows.append(
+                {
+                    "id": q.id,
+                    "status": trace.status,
+                    "answer": trace.answer,
+                    "right": trace.answer == q.answer,
+                    "rounds": len(trace.rounds),
+                    "replies": len(replies),
+                    "parsed": sum(r.kind not in (None, "parse_error") for r in replies),
+                    "clue": visited_clue(trace, grounding, (2, 3)),
+                    "clue_low": visited_clue(trace, grounding, (3,)),
+                    "seconds": round(seconds, 2),
+                }
+            )
+            print(
+                f"  {model} {q.id}: {trace.status} {trace.answer} ({len(trace.rounds)} rounds, "
+                f"{seconds:.1f} s)",
+                file=sys.stderr,
+            )
+    finally:
+        backend.close()
+    n = len(rows)
+    replies = sum(r["replies"] for r in rows)
+    return {
+        "model": model,
+        "questions": n,
+        "parsed": sum(r["parsed"] for r in rows) / replies if replies else 0.0,
+        "answered": sum(r["status"] == "answered" for r in rows) / n,
+        "right": sum(r["right"] for r in rows) / n,
+        "clue": sum(r["clue"] for r in rows) / n,
+        "clue_low": sum(r["clue_low"] for r in rows) / n,
+        "rounds": statistics.mean(r["rounds"] for r in rows),
+        "seconds": statistics.mean(r["seconds"] for r in rows),
+        "load_seconds": backend.load_seconds,
+        "items": rows,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True, help="embedded names or GGUF paths")
+    parser.add_argument("--questions", type=int, default=24, help="held-out questions")
+    parser.add_argument(
+        "--seed", type=int, default=7000, help="held-out seed (training uses the recipe's seed)"
+    )
+    parser.add_argument("--max-rounds", type=int, default=15, help="turns per question")
+    parser.add_argument("--max-reply-tokens", type=int, default=384, help="tokens per reply")
+    parser.add_argument("--json", type=Path, help="also write every figure and item here")
+    args = parser.parse_args()
+
+    items = synthetic_dataset(args.questions, seed=args.seed)
+    config = AgentConfig(max_rounds=args.max_rounds, max_reply_tokens=args.max_reply_tokens)
+    results = []
+    for model in args.models:
+        results.append(run_model(model, items, config))
+    print(
+        f"{'model':<40} {'parsed':>7} {'answered':>9} {'right':>6} {'clue':>6} "
+        f"{'clue-low':>9} {'rounds':>7} {'s/q':>6}"
+    )
+    for r in results:
+        print(
+            f"{r['model'][-40:]:<40} {r['parsed']:>7.0%} {r['answered']:>9.0%} {r['right']:>6.0%} "
+            f"{r['clue']:>6.0%} {r['clue_low']:>9.0%} {r['rounds']:>7.1f} {r['seconds']:>6.1f}"
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
