@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripted_server import ScriptedChatServer, Step
 
+from longvideo_r1.agent import AgentConfig
 from longvideo_r1.config import Settings
+from longvideo_r1.evaluate import AgentMethod, EvalOptions, Evaluator
+from longvideo_r1.questions import TESTBENCH_FILE, Question
 from longvideo_r1.store import CaptionRecord, CaptionStore
 from longvideo_r1.trace import Trace
 from longvideo_r1.tree import Tree, format_node_id
 from longvideo_r1.video import Video
+
+if TYPE_CHECKING:
+    from longvideo_r1.evaluate import Method
+    from longvideo_r1.testvideo import BuiltVideo
 
 IDENTITY = "imported:test"
 THINK_B = "<think>The captions say so.</think>\n<answer>B</answer>"
@@ -60,6 +67,28 @@ def settings_for(
     if video_qa:
         data["video_qa"] = {"base_url": video_qa, "model": "scripted-vlm", "max_retries": 0}
     return Settings.model_validate(data)
+
+
+def evaluator(
+    questions: Sequence[Question],
+    test_video: BuiltVideo,
+    out: Path,
+    settings: Settings,
+    method: Method | None = None,
+    **options: Any,
+) -> Evaluator:
+    """An evaluator of the test bench over the test video, quiet, with the 3-round agent
+    unless told another method; ``options`` go to :class:`EvalOptions`."""
+    return Evaluator(
+        questions,
+        questions_file=TESTBENCH_FILE,
+        benchmark="testbench",
+        videos_dir=test_video.path.parent,
+        out_dir=out,
+        settings=settings,
+        method=method or AgentMethod(AgentConfig(max_rounds=3)),
+        options=EvalOptions(progress=False, **options),
+    )
 
 
 class RuleServer(ScriptedChatServer):

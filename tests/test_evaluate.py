@@ -23,21 +23,18 @@ from helpers_eval import (
     IDENTITY,
     THINK_B,
     RuleServer,
+    evaluator,
     import_captions,
     question_of,
     settings_for,
 )
 from scripted_server import Fail, Say
 
-from longvideo_r1.agent import AgentConfig
 from longvideo_r1.cli import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluate import (
     METHODS,
-    AgentMethod,
     Distribution,
-    EvalOptions,
-    Evaluator,
     ItemRecord,
     Job,
     MethodOptions,
@@ -48,7 +45,7 @@ from longvideo_r1.evaluate import (
     resolve_walk_calls,
     safe_name,
 )
-from longvideo_r1.questions import TESTBENCH_FILE, Question, load_testbench
+from longvideo_r1.questions import Question, load_testbench
 from longvideo_r1.trace import Cost, Trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,19 +61,6 @@ def store(tmp_path_factory, test_video) -> Path:
 @pytest.fixture(scope="module")
 def bench(test_video):
     return load_testbench(subtitles=test_video.path.parent)
-
-
-def evaluator(bench, test_video, out: Path, settings, method=None, **options) -> Evaluator:
-    return Evaluator(
-        bench,
-        questions_file=TESTBENCH_FILE,
-        benchmark="testbench",
-        videos_dir=test_video.path.parent,
-        out_dir=out,
-        settings=settings,
-        method=method or AgentMethod(AgentConfig(max_rounds=3)),
-        options=EvalOptions(progress=False, **options),
-    )
 
 
 def read_records(folder: Path) -> list[dict]:

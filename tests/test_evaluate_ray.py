@@ -23,17 +23,17 @@ from helpers_eval import (
     THINK_B,
     RuleServer,
     StubMethod,
+    evaluator,
     import_captions,
     question_of,
     settings_for,
 )
 from scripted_server import Say
 
-from longvideo_r1.agent import AgentConfig
 from longvideo_r1.cli import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluate import AgentMethod, EvalOptions, Evaluator, compute_metrics
-from longvideo_r1.questions import TESTBENCH_FILE, Question, load_testbench
+from longvideo_r1.evaluate import compute_metrics
+from longvideo_r1.questions import Question, load_testbench
 
 # CI installs the test extra, which holds Ray: there a missing Ray is a failure, not a skip.
 ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
@@ -64,19 +64,6 @@ def store(tmp_path_factory, test_video) -> Path:
     path = tmp_path_factory.mktemp("ray-store") / "store.sqlite"
     import_captions(test_video.path, path)
     return path
-
-
-def evaluator(questions, test_video, out: Path, settings, method=None, **options) -> Evaluator:
-    return Evaluator(
-        questions,
-        questions_file=TESTBENCH_FILE,
-        benchmark="testbench",
-        videos_dir=test_video.path.parent,
-        out_dir=out,
-        settings=settings,
-        method=method or AgentMethod(AgentConfig(max_rounds=3)),
-        options=EvalOptions(progress=False, **options),
-    )
 
 
 def records_of(folder: Path) -> dict[str, dict]:

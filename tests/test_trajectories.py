@@ -494,6 +494,15 @@ def test_oracle_runs_write_variants_and_resume(tmp_path: Path):
     assert first is not None and second is not None and first.seed != second.seed
 
 
+def test_oracle_runs_show_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture):
+    items = ITEMS[:3]
+    trees = MappingTrees([i.ctree for i in items])
+    questions = [i.question for i in items] + [question("no-clue", clue_intervals=[])]
+    generate_oracle(questions, trees, tmp_path, OracleConfig(workers=2), progress=True)
+    err = capsys.readouterr().err
+    assert "oracle" in err and "4/4" in err and "correct 3, skipped 1" in err
+
+
 def test_oracle_over_hand_written_captions():
     record = oracle_trajectory(question(), CTREE, OracleConfig(detour_rate=0.0, video_qa="never"))
     assert walk(record) == [(3, 2), (3, 2, 1)]  # the leaf overlapping 85-88 s most

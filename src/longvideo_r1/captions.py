@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import CaptionError, LVR1Error
+from .progress import Bar, progress_bar
 from .reference import strip_caption_tags
 from .store import ArtifactCache, CaptionKey, CaptionRecord, CaptionStore, VideoRecord
 from .tree import Node, NodeId, Tree
@@ -318,12 +319,20 @@ class CaptionService:
             else:
                 todo.append(node_id)
         total = len(nodes) - len(report.skipped)
-        with _progress_bar(progress, self.identity, total, report.cached) as bar:
+        with progress_bar(
+            progress,
+            title="[bold]captions[/] {task.description}",
+            status="{task.fields[failed]} failed",
+            description=self.identity,
+            total=total,
+            done=report.cached,
+            failed=0,
+        ) as bar:
             self._run(todo, workers, report, bar)
         report.seconds = time.monotonic() - started
         return report
 
-    def _run(self, todo: list[NodeId], workers: int, report: BuildReport, bar: _Bar) -> None:
+    def _run(self, todo: list[NodeId], workers: int, report: BuildReport, bar: Bar) -> None:
         """Run the calls in a pool, collecting outcomes on this thread.
 
         On Ctrl-C no new call starts; calls already running are paid for, so
@@ -339,7 +348,9 @@ class CaptionService:
             stop.set()
             report.interrupted = True
             pool.shutdown(wait=False, cancel_futures=True)
-            bar.note("stopping: finishing the calls in flight (Ctrl-C again to abandon them)")
+            bar.update(
+                description="stopping: finishing the calls in flight (Ctrl-C again to abandon them)"
+            )
             with suppress(KeyboardInterrupt):
                 self._collect(pending, report, bar, draining=True)
             settled = report.made + report.cached + len(report.failed) + len(report.skipped)
@@ -351,7 +362,7 @@ class CaptionService:
         self,
         pending: dict[Future[_Outcome], NodeId],
         report: BuildReport,
-        bar: _Bar,
+        bar: Bar,
         draining: bool = False,
     ) -> None:
         """Tally outcomes as they land, waking often.
@@ -389,7 +400,7 @@ class CaptionService:
         return _Outcome(node_id, "made" if fetched.made else "cached", fetched.record)
 
     @staticmethod
-    def _tally(outcome: _Outcome, report: BuildReport, bar: _Bar) -> None:
+    def _tally(outcome: _Outcome, report: BuildReport, bar: Bar) -> None:
         if outcome.status == "made" and outcome.record is not None:
             report.made += 1
             report.cost.add_made(outcome.record)
@@ -400,7 +411,7 @@ class CaptionService:
             report.cost.failed += 1
         else:
             return
-        bar.advance(1, failed=len(report.failed))
+        bar.update(advance=1, failed=len(report.failed))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -420,68 +431,3 @@ def _contract_context() -> ContextFactory:
     from .captioners import CaptionContext
 
     return CaptionContext
-
-
-# progress --------------------------------------------------------------------------
-
-
-class _Bar(Protocol):
-    def advance(self, steps: int, failed: int) -> None: ...
-
-    def note(self, text: str) -> None: ...
-
-
-class _NoBar:
-    """Builds without a terminal (tests, scripts) report only at the end."""
-
-    def advance(self, steps: int, failed: int) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        pass
-
-
-@dataclass
-class _RichBar:
-    progress: Any
-    task: Any
-
-    def advance(self, steps: int, failed: int) -> None:
-        self.progress.update(self.task, advance=steps, failed=failed)
-
-    def note(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
-
-
-@contextmanager
-def _progress_bar(show: bool, identity: str, total: int, done: int) -> Iterator[_Bar]:
-    """A rich bar on stderr with done/total, failures and ETA, or nothing.
-
-    Cached nodes start the bar as done without counting as progress, so the
-    ETA reflects the speed of captions actually being made.
-    """
-    if not show:
-        yield _NoBar()
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]captions[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task(identity, total=total, completed=done, failed=0)
-        yield _RichBar(progress, task)

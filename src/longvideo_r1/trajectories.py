@@ -42,7 +42,6 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +58,7 @@ from .errors import CaptionError, ConfigError, LVR1Error
 from .files import safe_name, write_atomic
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
 from .hints import nodes_for_interval as interval_nodes
+from .progress import progress_bar
 from .protocol import Action, Answer
 from .questions import LETTERS, Question
 from .store import CaptionRecord, CaptionStore, VideoRecord
@@ -764,11 +764,20 @@ def _run(
             if max_consecutive_errors is not None and errors_in_a_row >= max_consecutive_errors:
                 report.stopped = f"{errors_in_a_row} errors in a row, the last: {record.reason}"
                 stop.set()
-            bar.advance(report.outcomes)
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()))
+            bar.update(advance=1, outcomes=outcomes)
         if on_record is not None:
             on_record(record)
 
-    with _progress_bar(progress if todo else None, report.total, report.already_done) as bar:
+    with progress_bar(
+        progress is not None and bool(todo),
+        title="[bold]{task.description}[/]",
+        status="{task.fields[outcomes]}",
+        description=progress or "",
+        total=report.total,
+        done=report.already_done,
+        outcomes="",
+    ) as bar:
         pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lvr1-traj")
         try:
             futures = [pool.submit(one, job) for job in todo]
@@ -781,57 +790,6 @@ def _run(
             pool.shutdown(wait=True, cancel_futures=True)
             report.seconds = time.perf_counter() - started
     return report
-
-
-class _NoBar:
-    """No terminal output: scripts and tests read the report at the end."""
-
-    def advance(self, outcomes: Counter[str]) -> None:
-        pass
-
-
-@dataclass
-class _RichBar:
-    progress: Any
-    task: Any
-
-    def advance(self, outcomes: Counter[str]) -> None:
-        text = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
-        self.progress.update(self.task, advance=1, outcomes=text)
-
-
-@contextmanager
-def _progress_bar(label: str | None, total: int, done: int) -> Iterator[_NoBar | _RichBar]:
-    """A rich bar on stderr: records done of all, this run's outcomes, elapsed and ETA.
-
-    Records already on disk start the bar as done without counting as this
-    run's work, so the ETA reflects the speed of the records being made.
-    """
-    if label is None:
-        yield _NoBar()
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[outcomes]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task(label, total=total, completed=done, outcomes="")
-        yield _RichBar(progress, task)
 
 
 def _stable_seed(*parts: object) -> int:
