@@ -319,6 +319,63 @@ def test_canonical_replies_have_no_notes_and_deviations_do():
     assert "tool call in <tool_call>" in loose.notes
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '<think>x</think>\n<tool>{"name": "get_caption", "arguments": {"ids": [1, 2]}}</tool>',
+            Action("get_caption", (1, 2)),
+        ),
+        (
+            '<think>x</think>\n<tool>\n{"name": "video_qa", "arguments": '
+            '{"segment": [3, 2, 4], "query": "who drives?"}}\n</tool>',
+            Action("video_qa", (3, 2, 4), "who drives?"),
+        ),
+        (
+            '<think>x</think>\n<tool>```json\n{"name": "get_caption", "arguments": [1, 2]}\n```'
+            "</tool>",
+            Action("get_caption", (1, 2)),
+        ),
+        (
+            '<think>x</think>\n<tool>{"function": {"name": "get_caption", '
+            '"arguments": "{\\"id\\": [1, 2]}"}}</tool>',
+            Action("get_caption", (1, 2)),
+        ),
+    ],
+)
+def test_json_inside_tool_tags_is_parsed_and_noted(text, expected):
+    reply = parse_reply(text, tree=TREE)
+    assert reply.action == expected, reply
+    assert reply.notes == ("tool call as JSON in <tool>",)
+    assert not reply.canonical
+
+
+def test_canonical_tool_calls_have_no_notes():
+    for text in (
+        "<think>x</think>\n<tool>get_caption((1, 2))</tool>",
+        "<think>x</think>\n<tool>get_caption((1, 2, 3))</tool>",
+        '<think>x</think>\n<tool>video_qa((3, 2, 4), "who drives?")</tool>',
+        render_reply("x", Action("video_qa", (3, 2, 4), 'a "quoted" {word} [1, 2]')),
+    ):
+        reply = parse_reply(text, tree=TREE)
+        assert reply.ok and reply.notes == () and reply.canonical, (text, reply)
+    bare = parse_reply("<tool>get_caption((1, 2))</tool>", tree=TREE)
+    assert bare.action == Action("get_caption", (1, 2))
+    assert bare.notes == ("no <think> block",)
+
+
+def test_json_notes_are_not_doubled_outside_tool_tags():
+    tool_call = parse_reply(
+        '<think>x</think><tool_call>{"name": "get_caption", "args": [1, 2]}</tool_call>'
+    )
+    assert tool_call.notes == ("tool call in <tool_call>",)
+    bare = parse_reply('<think>x</think>\n{"name": "get_caption", "args": [1, 2]}')
+    assert bare.notes == ("tool call as bare JSON",)
+    python = parse_reply("<think>x</think><tool>[get_caption((1, 2))]</tool>")
+    assert python.action == Action("get_caption", (1, 2))
+    assert "tool call as JSON in <tool>" not in python.notes
+
+
 def test_think_text_is_kept():
     reply = parse_reply("<think>\nSegment 2.\n</think>\n<answer>B</answer>", choices=CHOICES)
     assert reply.think == "Segment 2."

@@ -463,6 +463,7 @@ class _Block:
     body: str
     fragment: str
     json_like: bool = False
+    tag: str | None = None  # "tool", "tool_call" or "answer"; None for an untagged call
 
 
 _THINK_OPEN = re.compile(r"<think\s*>", re.IGNORECASE)
@@ -524,7 +525,7 @@ def _parse(
         blocks = _untagged_blocks(rest, notes)
     elif _outside_text(rest):
         notes.append("text outside the tags")
-    result = _interpret(blocks, think, rest, think_open, tree, choices, fetched)
+    result = _interpret(blocks, think, rest, think_open, tree, choices, fetched, notes)
     return Reply(think, result, tuple(dict.fromkeys(notes)), raw)
 
 
@@ -573,7 +574,9 @@ def _tagged_blocks(rest: str, notes: list[str]) -> list[_Block]:
             body = body.rsplit("\n", 1)[-1] if body.rsplit("\n", 1)[-1].strip() else body
             if body.strip():
                 notes.append(f"</{name}> without <{name}>")
-                blocks.append(_Block(kind, body, body.strip() + tag.group(0), name == "tool_call"))
+                blocks.append(
+                    _Block(kind, body, body.strip() + tag.group(0), name == "tool_call", name)
+                )
             pos = tag.end()
             continue
         close = _next_close(rest, name, tag.end(), closes)
@@ -586,7 +589,7 @@ def _tagged_blocks(rest: str, notes: list[str]) -> list[_Block]:
         if name == "tool_call":
             notes.append("tool call in <tool_call>")
         blocks.append(
-            _Block(kind, rest[tag.end() : end], rest[tag.start() : pos], name == "tool_call")
+            _Block(kind, rest[tag.end() : end], rest[tag.start() : pos], name == "tool_call", name)
         )
     filled = [b for b in blocks if b.body.strip()]
     return filled or blocks
@@ -657,6 +660,7 @@ def _interpret(
     tree: Tree | None,
     choices: Sequence[str] | None,
     fetched: Collection[NodeId] | None,
+    notes: list[str],
 ) -> Action | Answer | ParseError:
     tools = [b for b in blocks if b.kind == "tool"]
     answers = [b for b in blocks if b.kind == "answer"]
@@ -672,7 +676,7 @@ def _interpret(
             f"{_quote(tools[1].fragment)}); call exactly one tool per round"
         )
     if tools:
-        return _interpret_tool(tools[0], tree, fetched)
+        return _interpret_tool(tools[0], tree, fetched, notes)
     if answers:
         results = [_interpret_answer(b.body, choices) for b in answers]
         for result in results:
@@ -726,7 +730,7 @@ def _interpret_answer(body: str, choices: Sequence[str] | None) -> Answer | Pars
 
 
 def _interpret_tool(
-    block: _Block, tree: Tree | None, fetched: Collection[NodeId] | None
+    block: _Block, tree: Tree | None, fetched: Collection[NodeId] | None, notes: list[str]
 ) -> Action | ParseError:
     body = _strip_fence(block.body.strip())
     if not body:
@@ -736,6 +740,8 @@ def _interpret_tool(
         call = _read_json_call(body)
         if isinstance(call, ParseError) and _CALL_START.search(body):
             call = _read_python_call(body)
+        elif block.tag == "tool":  # <tool_call> and untagged JSON carry their own notes
+            notes.append("tool call as JSON in <tool>")
     else:
         call = _read_python_call(body)
     if isinstance(call, ParseError):
