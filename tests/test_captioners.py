@@ -32,6 +32,7 @@ from longvideo_r1.captioners import (
 from longvideo_r1.errors import CaptionError, ConfigError, EndpointError, TreeError
 from longvideo_r1.subtitles import Cue
 from longvideo_r1.tree import DEFAULT_PLANS, LevelPlan, Tree
+from longvideo_r1.video import Frames
 from longvideo_r1.vlm import ChatClient, ChatReply, Usage
 
 # fakes -----------------------------------------------------------------------------------
@@ -44,27 +45,42 @@ class FakeFrame:
     image: Image.Image
 
 
+GOP = 50
+
+
+def decoder_cost(times, fps=25.0) -> int:
+    """What the fake decoder charges: every distinct frame decoded from the keyframe before it."""
+    return sum(i % GOP + 1 for i in {int(t * fps) for t in times})
+
+
 class FakeVideo:
-    """Frames whose colour encodes their time; 16:9 at the requested size (or larger)."""
+    """Frames whose colour encodes their time; 16:9 at the requested size (or larger).
+
+    Like :class:`~longvideo_r1.video.Video` it returns :class:`Frames` whose
+    ``decoded`` (here :func:`decoder_cost`) is far more than the frames returned.
+    """
 
     def __init__(self, fps: float = 25.0, oversize: float = 1.0, drop: int = 0):
         self.fps = fps
         self.oversize = oversize
         self.drop = drop
         self.calls: list[tuple[list[float], int]] = []
+        self.decoded: list[int] = []
         self._lock = threading.Lock()
 
     def frames_at(self, times, max_side):
         times = list(times)
+        decoded = decoder_cost(times, self.fps)
         with self._lock:
             self.calls.append((times, max_side))
+            self.decoded.append(decoded)
         width = int(max_side * self.oversize)
         height = width * 9 // 16
         frames = [
             FakeFrame(t, int(t * self.fps), Image.new("RGB", (width, height), (int(t) % 256, 0, 0)))
             for t in times
         ]
-        return frames[: len(frames) - self.drop]
+        return Frames(frames[: len(frames) - self.drop], decoded)
 
 
 class FakeClient:
@@ -203,7 +219,8 @@ def test_result_records_frames_tokens_and_time():
     assert result.text == "A man walks a dog."
     assert result.frame_times == t.sample_times((2, 1, 2))
     assert result.frame_ids == [int(s * 25) for s in result.frame_times]
-    assert result.frames_decoded == 32
+    # the decoding this call cost (the video's per-call count), not the 32 frames sent
+    assert result.frames_decoded == video.decoded[0] == decoder_cost(result.frame_times) > 32
     assert (result.prompt_tokens, result.completion_tokens) == (1200, 40)
     assert result.seconds > 0
     assert video.calls == [(t.sample_times((2, 1, 2)), 512)]
@@ -255,6 +272,7 @@ def test_captioner_is_thread_safe():
     for node, result in zip(nodes, results, strict=True):
         assert result.text == f"span {node.start:.1f}s {node.end:.1f}s"
         assert result.frame_times == t.sample_times(node.id)
+        assert result.frames_decoded == decoder_cost(result.frame_times)  # its own call's count
 
 
 # reply parsing ---------------------------------------------------------------------------
@@ -352,7 +370,7 @@ def test_clip_qa_sends_16_frames_at_1024_and_returns_only_the_answer():
     cues = [Cue(3.0, 4.0, "Pass me the knife.")]
     answer, cost = VLMClipQA(client).ask(video, t, (1, 1, 1), "What colour is the knife?", cues)
     assert answer == "The knife is red (12.0s)."
-    assert cost.frames_decoded == 16
+    assert cost.frames_decoded == video.decoded[0] == decoder_cost(t.qa_times((1, 1, 1))) > 16
     assert (cost.prompt_tokens, cost.completion_tokens) == (1200, 40)
     assert cost.seconds > 0
     assert video.calls == [(t.qa_times((1, 1, 1)), 1024)]
@@ -469,13 +487,16 @@ def test_vlm_captioner_through_transformers_serve(tiny_vlm_server):
     t = tree()
     captioner = VLMCaptioner(client, require_tags=False)
     started = time.perf_counter()
-    result = captioner.caption(context(t, (1, 2, 1), cues=[Cue(70.0, 72.0, "Hello there.")]))
+    video = FakeVideo()
+    result = captioner.caption(
+        context(t, (1, 2, 1), video=video, cues=[Cue(70.0, 72.0, "Hello there.")])
+    )
     seconds = time.perf_counter() - started
     print(
         f"\ntransformers serve ready in {startup:.1f} s; one leaf caption in {seconds:.2f} s "
         f"({result.prompt_tokens} prompt + {result.completion_tokens} completion tokens)"
     )
-    assert result.frames_decoded == 32
+    assert result.frames_decoded == video.decoded[0]
     # 32 images of 16 patch tokens each were expanded by the server's processor
     assert result.prompt_tokens > 32 * 16
     assert 0 < result.completion_tokens <= 24
@@ -489,10 +510,9 @@ def test_clip_qa_and_errors_through_transformers_serve(tiny_vlm_server):
     client = ChatClient(
         url, model, timeout=120, max_retries=0, max_tokens=16, extra_body={"seed": 1}
     )
-    answer, cost = VLMClipQA(client, require_tags=False).ask(
-        FakeVideo(), tree(), (1, 1, 1), "what?"
-    )
-    assert cost.frames_decoded == 16 and cost.prompt_tokens > 16 * 16
+    video = FakeVideo()
+    answer, cost = VLMClipQA(client, require_tags=False).ask(video, tree(), (1, 1, 1), "what?")
+    assert cost.frames_decoded == video.decoded[0] and cost.prompt_tokens > 16 * 16
     assert isinstance(answer, str)
     wrong = ChatClient(url, "another-model", max_retries=0)
     with pytest.raises(EndpointError, match=r"answered HTTP 400: Server is pinned to"):

@@ -30,6 +30,7 @@ from longvideo_r1.embedded_captioner import (
 from longvideo_r1.speech import SAMPLE_RATE, Segment, TranscriberSettings
 from longvideo_r1.subtitles import Cue
 from longvideo_r1.tree import Tree
+from longvideo_r1.video import Frames
 from longvideo_r1.visual import VisualAnalyzer, VisualSettings
 
 # fakes -----------------------------------------------------------------------------------
@@ -42,8 +43,17 @@ class FakeFrame:
     image: Image.Image
 
 
+def decoder_cost(times) -> int:
+    """What the fake decoder charges: every distinct frame from a keyframe every 2 s."""
+    return sum(i % 50 + 1 for i in {int(t * 25) for t in times})
+
+
 class FakeVideo:
-    """A 120 s, 25 fps video: green for the first half, red after; silent audio if any."""
+    """A 120 s, 25 fps video: green for the first half, red after; silent audio if any.
+
+    Like the real one it answers with :class:`Frames` that say what the call
+    decoded (:func:`decoder_cost`), which is more than it returns.
+    """
 
     def __init__(self, has_audio: bool = False, duration: float = 120.0):
         self.info = SimpleNamespace(
@@ -58,7 +68,7 @@ class FakeVideo:
         for t in times:
             colour = (40, 170, 50) if t < self.info.duration / 2 else (210, 30, 30)
             out.append(FakeFrame(float(t), int(t * 25), Image.new("RGB", (160, 90), colour)))
-        return out
+        return Frames(out, decoder_cost(times))
 
     def audio(self, sample_rate=16000, start=None, end=None):
         with self._lock:
@@ -167,7 +177,9 @@ def test_video_without_audio_has_no_speech_line_and_no_error():
     assert "speech" not in result.text.lower()
     assert result.text.startswith("0.0s-")
     assert "mostly green" in result.text
-    assert result.frames_decoded == len(result.frame_times) == EMBEDDED_PLANS["low"].frames
+    assert len(result.frame_times) == EMBEDDED_PLANS["low"].frames
+    # the video's count for the call, not the frames it returned
+    assert result.frames_decoded == decoder_cost(result.frame_times) > len(result.frame_times)
     assert result.seconds > 0
     assert video.audio_calls == []
 
@@ -316,6 +328,18 @@ def test_real_leaves_quote_what_is_said(real, captioner):
     assert all(len(t.split()) <= real.tree.plan(leaves[0].id).max_words for t in texts)
 
 
+@pytest.mark.parametrize("node_id", [(2,), (2, 3), (2, 3, 1)])
+def test_real_nodes_report_the_frames_the_video_decoded(real, node_id):
+    """The reported count is the decoder's work for the node, many times the frames it samples."""
+    captioner = EmbeddedCaptioner(
+        transcriber=FakeTranscriber(), analyzer=FAST_VISUAL, speech=False, ocr=False
+    )
+    before = real.video.frames_decoded
+    result = captioner.caption(context(real.video, real.tree, node_id))
+    assert result.frames_decoded == real.video.frames_decoded - before
+    assert result.frames_decoded > 2 * len(result.frame_times)
+
+
 def test_real_leaf_keeps_subtitles_verbatim(real, captioner):
     cue = real.cues[0]
     leaf = real.tree.leaf_at(cue.start + 0.1)
@@ -381,7 +405,7 @@ class TitleCardVideo(FakeVideo):
             image = Image.new("RGB", (640, 360), (20, 40, 90))
             ImageDraw.Draw(image).text((40, 150), "HARBOUR 1987", fill="white", font=font)
             out.append(FakeFrame(float(t), int(t * 25), image))
-        return out
+        return Frames(out, decoder_cost(times))
 
 
 def test_on_screen_text_is_quoted_with_its_time():

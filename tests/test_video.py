@@ -246,6 +246,33 @@ def test_close_targets_share_one_seek(test_video: BuiltVideo) -> None:
         assert video.frames_decoded - before <= 2 * len(far)
 
 
+def test_each_call_reports_the_frames_it_decoded(test_video: BuiltVideo) -> None:
+    """``Frames.decoded`` is this call's decoding: keyframe-to-target runs, not frames returned."""
+    m = test_video.manifest
+    gop, fps, duration, n = m["gop_frames"], m["fps"], m["duration"], m["n_frames"]
+    with Video.open(test_video.path) as video:
+        for j in [0, 1, 10, gop - 1]:  # frame j after a keyframe: the decoder decodes j + 1
+            before = video.frames_decoded
+            frames = video.frames_by_index([gop * 7 + j], 32)
+            assert frames.decoded == j + 1 == video.frames_decoded - before
+        dense = [i / fps for i in range(400, 432)]  # one leaf-like run of 32 frames
+        sparse = [duration * (k + 0.5) / 32 for k in range(32)]  # 32 over the whole video
+        late = [(gop * k + gop - 2) / fps for k in range(0, n // gop, 3)]  # late in every 3rd GOP
+        odd = [5.0, 5.0, 5.0, -1.0, duration + 9]  # duplicates and clamped ends
+        decoded = {}
+        for name, plan in [("dense", dense), ("sparse", sparse), ("late", late), ("odd", odd)]:
+            before = video.frames_decoded
+            frames = video.frames_at(plan, 48)
+            assert isinstance(frames, list) and len(frames) == len(plan)
+            assert frames.decoded == video.frames_decoded - before  # what the decoder did
+            assert frames.decoded >= len({f.index for f in frames})
+            decoded[name] = frames.decoded
+        assert decoded["dense"] <= len(dense) + gop  # one run from one keyframe
+        assert decoded["sparse"] > 5 * len(sparse)  # each sample decodes from its keyframe
+        assert decoded["late"] == len(late) * (gop - 1)
+        assert video.frames_at([], 48).decoded == 0
+
+
 def test_parallel_sampling_is_identical_and_counted(test_video: BuiltVideo) -> None:
     duration = test_video.manifest["duration"]
     jobs = [random_times(duration, 24, seed=s) for s in range(6)]
@@ -254,14 +281,18 @@ def test_parallel_sampling_is_identical_and_counted(test_video: BuiltVideo) -> N
         for times in jobs:
             before = video.frames_decoded
             frames = video.frames_at(times, 96)
-            expected.append(([np.asarray(f.image) for f in frames], video.frames_decoded - before))
+            assert frames.decoded == video.frames_decoded - before
+            expected.append(([np.asarray(f.image) for f in frames], frames.decoded))
         before = video.frames_decoded
         results: dict[int, list[np.ndarray]] = {}
+        decoded: dict[int, int] = {}
         errors: list[BaseException] = []
 
         def work(k: int) -> None:
             try:
-                results[k] = [np.asarray(f.image) for f in video.frames_at(jobs[k], 96)]
+                frames = video.frames_at(jobs[k], 96)
+                results[k] = [np.asarray(f.image) for f in frames]
+                decoded[k] = frames.decoded
             except BaseException as exc:  # reported below, in the main thread
                 errors.append(exc)
 
@@ -271,8 +302,9 @@ def test_parallel_sampling_is_identical_and_counted(test_video: BuiltVideo) -> N
         for thread in threads:
             thread.join()
         assert not errors
-        for k, (images, _) in enumerate(expected):
+        for k, (images, n) in enumerate(expected):
             assert all(np.array_equal(a, b) for a, b in zip(results[k], images, strict=True))
+            assert decoded[k] == n  # each call's own count, whatever ran beside it
         assert video.frames_decoded - before == sum(n for _, n in expected)
 
 

@@ -381,12 +381,13 @@ class UniformFrames:
         return _run_episode(ep, stop, lambda e: body(e, question, session, backend))
 
     def _decode(self, ep: _Episode, session: Any, side: int) -> list[Any]:
+        """The uniform frames; the trace is charged what the video decoded for them."""
         ep.check()
         times = uniform_times(session.tree.duration, self.frames)
         started = time.perf_counter()
-        frames = list(session.video.frames_at(times, side))
+        frames = session.video.frames_at(times, side)
         ep.trace.cost.tool_seconds += time.perf_counter() - started
-        ep.trace.cost.frames_decoded += len(frames)
+        ep.trace.cost.frames_decoded += frames.decoded
         if len(frames) != len(times):
             raise VideoError(f"asked the video for {len(times)} frames, got {len(frames)}")
         return frames

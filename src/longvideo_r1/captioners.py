@@ -44,7 +44,7 @@ from .vlm import ChatClient, ChatReply, one_line
 
 if TYPE_CHECKING:
     from .store import ArtifactCache
-    from .video import Video
+    from .video import Frames, Video
 
 PROMPT_VERSION = "v1"
 DEFAULT_JPEG_QUALITY = 90
@@ -62,6 +62,8 @@ class CaptionResult:
     frame_times: list[float]
     frame_ids: list[int]
     frames_decoded: int
+    """Frames the decoder decoded for this caption (the sampling call's ``Frames.decoded``),
+    which for sparse samples is many times the frames sent to the model."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -89,6 +91,7 @@ class CallCost:
     """Cost of one VLM call that is not a caption (video_qa)."""
 
     frames_decoded: int
+    """Frames decoded for this call, not just the frames sent (see ``CaptionResult``)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -335,8 +338,9 @@ def frame_parts(
     return parts
 
 
-def _decode_frames(video: Video, times: list[float], max_side: int, where: str) -> list[_Frame]:
-    frames = list(video.frames_at(times, max_side))
+def _decode_frames(video: Video, times: list[float], max_side: int, where: str) -> Frames:
+    """The frames at ``times``; their ``decoded`` is what this call cost the decoder."""
+    frames = video.frames_at(times, max_side)
     if len(frames) != len(times):
         raise CaptionError(f"{where}: asked the video for {len(times)} frames, got {len(frames)}")
     return frames
@@ -410,7 +414,7 @@ class VLMCaptioner(Captioner):
             text=text,
             frame_times=[float(f.time) for f in frames],
             frame_ids=[int(f.index) for f in frames],
-            frames_decoded=len(frames),
+            frames_decoded=frames.decoded,
             prompt_tokens=reply.usage.prompt_tokens,
             completion_tokens=reply.usage.completion_tokens,
             seconds=time.perf_counter() - started,
@@ -475,7 +479,7 @@ class VLMClipQA:
             reply, "answer", self.require_tags, where, self.client.model, drop=("reasoning",)
         )
         cost = CallCost(
-            frames_decoded=len(frames),
+            frames_decoded=frames.decoded,
             prompt_tokens=reply.usage.prompt_tokens,
             completion_tokens=reply.usage.completion_tokens,
             seconds=time.perf_counter() - started,

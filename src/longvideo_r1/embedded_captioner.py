@@ -190,7 +190,7 @@ class EmbeddedCaptioner(Captioner):
             text=text,
             frame_times=[float(f.time) for f in frames],
             frame_ids=[int(f.index) for f in frames],
-            frames_decoded=len(frames),
+            frames_decoded=frames.decoded,
             seconds=time.perf_counter() - started,
         )
 

@@ -33,12 +33,21 @@ skipped. Measured on the test video (GOP 2 s): a leaf's 32 frames at 512 px in
 in 0.8 s; on the 2-hour loop a high node (30 minutes, 128 frames, one seek
 each) in 2.1 s, peak RSS 143 MB.
 
+Cost. A sampled frame costs every frame decoded from the keyframe before it,
+so a sparse call decodes many more frames than it returns (the embedded
+captioner's plans on the test video: about 21x for a high node, 5x for a
+leaf). Each sampling call returns :class:`Frames`, a list that also carries
+``decoded``: the frames *this call* decoded, the number to charge to the call.
+:attr:`Video.frames_decoded` is the running total over all calls of the
+object; with several threads sampling at once, the change in it around one
+call includes the others' work.
+
 Threads. A PyAV container is not thread-safe, so each sampling call borrows a
 container of its own from a small per-video pool (opening a new one when all
 are busy) and returns it afterwards. Calls from several threads run in
 parallel (PyAV releases the GIL while demuxing and decoding) and never share
 decoder state; the pool only saves re-parsing the file header on every call.
-The pool and the decoded-frame counter are guarded by one lock each. Four
+The pool and the running decoded-frame total are guarded by one lock each. Four
 threads sampling the 2-hour loop finish in about half the sequential time on
 two cores.
 
@@ -126,6 +135,26 @@ class Frame:
     time: float
     index: int
     image: Image.Image
+
+
+class Frames(list[Frame]):
+    """The frames of one sampling call, in request order, and what the call decoded.
+
+    A plain list of :class:`Frame` to everything that only wants the frames.
+    ``decoded`` counts the frames the decoder produced for this call: each
+    sampled frame costs the frames from the keyframe before it, so it is at
+    least the number of distinct frames returned, and many times that for
+    sparse samples. Slicing or copying gives a plain list without it.
+    """
+
+    decoded: int
+
+    def __init__(self, frames: Iterable[Frame] = (), decoded: int = 0) -> None:
+        super().__init__(frames)
+        self.decoded = decoded
+
+    def __repr__(self) -> str:
+        return f"Frames({list.__repr__(self)}, decoded={self.decoded})"
 
 
 @dataclass(frozen=True)
@@ -222,7 +251,11 @@ class Video:
 
     @property
     def frames_decoded(self) -> int:
-        """Frames actually decoded so far by this object (not just returned): the cost."""
+        """Frames actually decoded so far by all calls on this object (not just returned).
+
+        A running total shared by every thread; the cost of one call is its
+        result's :attr:`Frames.decoded`.
+        """
         with self._count_lock:
             return self._frames_decoded
 
@@ -232,12 +265,13 @@ class Video:
 
     # frames ----------------------------------------------------------------------------
 
-    def frames_at(self, times: Iterable[float], max_side: int | None = None) -> list[Frame]:
+    def frames_at(self, times: Iterable[float], max_side: int | None = None) -> Frames:
         """The frame shown at each time, in request order (duplicates allowed).
 
         Times before the first frame give the first frame, times past the end
         the last. ``max_side`` bounds the longest side of the upright image
-        (aspect kept, never upscaled); ``None`` keeps the display size.
+        (aspect kept, never upscaled); ``None`` keeps the display size. The
+        result's ``decoded`` is how many frames this call decoded.
         """
         indices = []
         for t in times:
@@ -247,8 +281,8 @@ class Video:
             indices.append(self._index.frame_at(t))
         return self._frames(indices, max_side)
 
-    def frames_by_index(self, indices: Iterable[int], max_side: int | None = None) -> list[Frame]:
-        """Frames by display-order index in ``[0, n_frames)``, in request order."""
+    def frames_by_index(self, indices: Iterable[int], max_side: int | None = None) -> Frames:
+        """Frames by display-order index in ``[0, n_frames)``, in request order (see ``frames_at``)."""
         wanted = [int(i) for i in indices]
         n = self.info.n_frames
         for i in wanted:
@@ -256,22 +290,30 @@ class Video:
                 raise VideoError(f"frame index {i} is out of range 0..{n - 1} for {self.path}")
         return self._frames(wanted, max_side)
 
-    def _frames(self, indices: Sequence[int], max_side: int | None) -> list[Frame]:
+    def _frames(self, indices: Sequence[int], max_side: int | None) -> Frames:
         """Decode the distinct frames once, then answer in request order."""
         if max_side is not None and max_side < 1:
             raise VideoError(f"max_side must be a positive number of pixels, got {max_side}")
         if not indices:
-            return []
-        images = self._with_container(lambda c: self._decode(c, sorted(set(indices)), max_side))
+            return Frames()
+        images, decoded = self._with_container(
+            lambda c: self._decode(c, sorted(set(indices)), max_side)
+        )
         times = self._index.times
-        return [Frame(time=float(times[i]), index=i, image=images[i]) for i in indices]
+        return Frames(
+            (Frame(time=float(times[i]), index=i, image=images[i]) for i in indices), decoded
+        )
 
     def _decode(
         self, container: av.container.InputContainer, targets: list[int], max_side: int | None
-    ) -> dict[int, Image.Image]:
-        """Decode the sorted target frames, seeking only when a keyframe is in between."""
+    ) -> tuple[dict[int, Image.Image], int]:
+        """Decode the sorted target frames, seeking only when a keyframe is in between.
+
+        Returns the images by index and how many frames were decoded for them.
+        """
         pts = self._index.pts
         images: dict[int, Image.Image] = {}
+        decoded = 0
         pos = 0  # next target to fill
         reseeks = 0
         key = self._index.keyframe_before(int(pts[targets[0]]))
@@ -279,6 +321,7 @@ class Video:
             run = _Run(container, key, targets, pos, max_side)
             self._decode_run(run, images)
             self._count(run.decoded)
+            decoded += run.decoded
             if run.overshot:
                 # The demuxer landed after the frame we need (index quirks of some
                 # containers): start one keyframe earlier.
@@ -291,7 +334,7 @@ class Video:
             pos = run.pos
             if pos < len(targets):
                 key = self._index.keyframe_before(int(pts[targets[pos]]))
-        return images
+        return images, decoded
 
     def _decode_run(self, run: _Run, out: dict[int, Image.Image]) -> None:
         """Seek to ``run.key`` and decode forward, filling ``out`` from ``run.targets``.
