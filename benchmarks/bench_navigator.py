@@ -2,9 +2,11 @@
 
 Each model plays the agent, through the production Navigator and tools, on
 synthetic questions whose caption trees and clue intervals were never trained
-on (a seed apart from the training data). video_qa answers come from the
-synthetic answerer (the right option's text), so the figures measure
-navigation and protocol, not vision. Printed per model:
+on (a seed apart from the training data). video_qa answers from the asked
+leaf's own caption (``--video-qa caption``, the default), so a right answer
+needs the right part of the video; ``--video-qa oracle`` states the right
+option wherever it is asked, as in the training data, and then "right" says
+little. Printed per model:
 
 - parsed: share of model replies the protocol parser accepted;
 - answered: share of runs that ended with an answer (not no_answer / error);
@@ -31,7 +33,14 @@ from pathlib import Path
 from longvideo_r1.agent import AgentConfig, Navigator
 from longvideo_r1.backends import EmbeddedBackend
 from longvideo_r1.hints import ground
-from longvideo_r1.trajectories import make_toolbox, synthetic_answerer, synthetic_dataset
+from longvideo_r1.trajectories import (
+    caption_answerer,
+    make_toolbox,
+    synthetic_answerer,
+    synthetic_dataset,
+)
+
+ANSWERERS = {"caption": caption_answerer, "oracle": synthetic_answerer}
 
 
 def visited_clue(trace, grounding, depths: tuple[int, ...]) -> bool:
@@ -40,7 +49,7 @@ def visited_clue(trace, grounding, depths: tuple[int, ...]) -> bool:
     return any(ev.how == "get_caption" and tuple(ev.node_id) in over for ev in trace.evidence)
 
 
-def run_model(model: str, items, config: AgentConfig) -> dict:
+def run_model(model: str, items, config: AgentConfig, answerer=caption_answerer) -> dict:
     backend = EmbeddedBackend.from_model(model, temperature=0.0, seed=0)
     backend.load()
     rows = []
@@ -48,7 +57,7 @@ def run_model(model: str, items, config: AgentConfig) -> dict:
         for item in items:
             q, ctree = item.question, item.ctree
             navigator = Navigator(
-                backend, make_toolbox(ctree, synthetic_answerer(ctree, q)), ctree.tree, config
+                backend, make_toolbox(ctree, answerer(ctree, q)), ctree.tree, config
             )
             started = time.perf_counter()
             trace = navigator.run(q.question, q.choices)
@@ -59,6 +68,7 @@ def run_model(model: str, items, config: AgentConfig) -> dict:
                 {
                     "id": q.id,
                     "status": trace.status,
+                    "reason": trace.reason,
                     "answer": trace.answer,
                     "right": trace.answer == q.answer,
                     "rounds": len(trace.rounds),
@@ -102,6 +112,12 @@ def main() -> int:
     )
     parser.add_argument("--max-rounds", type=int, default=15, help="turns per question")
     parser.add_argument("--max-reply-tokens", type=int, default=384, help="tokens per reply")
+    parser.add_argument(
+        "--video-qa",
+        choices=sorted(ANSWERERS),
+        default="caption",
+        help="caption: the leaf's caption answers; oracle: the right option, wherever asked",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure and item here")
     args = parser.parse_args()
 
@@ -109,7 +125,8 @@ def main() -> int:
     config = AgentConfig(max_rounds=args.max_rounds, max_reply_tokens=args.max_reply_tokens)
     results = []
     for model in args.models:
-        results.append(run_model(model, items, config))
+        result = run_model(model, items, config, ANSWERERS[args.video_qa])
+        results.append({"video_qa": args.video_qa, **result})
     print(
         f"{'model':<40} {'parsed':>7} {'answered':>9} {'right':>6} {'clue':>6} "
         f"{'clue-low':>9} {'rounds':>7} {'s/q':>6}"
