@@ -194,6 +194,9 @@ def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
     assert base_gguf(recipe) is None
     with pytest.raises(TrainError, match="needs a GGUF base model"):
         write_navigator_gguf(recipe, tmp_path)
+    with pytest.raises(TrainError, match="needs a GGUF base model"):
+        run_sft(recipe)  # refused before an hour of training, not after it
+    assert not (tmp_path / "base-model").exists()
     with pytest.raises(ConfigError, match="neither a GGUF file nor one of"):
         base_gguf(recipe_from_dict({"model": str(tmp_path / "missing.gguf")}))
 

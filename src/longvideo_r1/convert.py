@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, LVR1Error
+from .vlm import one_line
 
-GGUFType = Literal["q8_0", "q4_1", "f16", "f32"]
-GGUF_TYPES: tuple[str, ...] = ("q8_0", "q4_1", "f16", "f32")
+GGUFType = Literal["q8_0", "f16", "f32"]
+GGUF_TYPES: tuple[str, ...] = ("q8_0", "f16", "f32")
 
 # llama.cpp stores the query and key projections of LLaMA-style models with the
 # rotary halves interleaved per head; Qwen2/3 keep the Hugging Face layout.
@@ -68,7 +69,9 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     except (OSError, ValueError, KeyError) as exc:
-        raise ConvertError(f"cannot read {path} with transformers: {_line(exc)}") from None
+        raise ConvertError(
+            f"cannot read {path} with transformers: {one_line(exc) or type(exc).__name__}"
+        ) from None
     # transformers marks a GGUF-loaded model as quantized and refuses to save it, although
     # its weights are plain floats by now: move them into a model built from the config.
     config = model.config
@@ -164,7 +167,7 @@ def hf_to_gguf(
     return GGUFExport(out, arch, len(tensors), type, out.stat().st_size)
 
 
-_FILE_TYPES = {"f32": 0, "f16": 1, "q4_1": 3, "q8_0": 7}  # llama_ftype values
+_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype values
 
 
 def _encode(data: Any, type: str) -> tuple[Any, Any]:
@@ -177,10 +180,9 @@ def _encode(data: Any, type: str) -> tuple[Any, Any]:
         return data.astype(np.float32), qtypes.F32
     if type == "f16":
         return data.astype(np.float16), qtypes.F16
-    qtype = qtypes.Q8_0 if type == "q8_0" else qtypes.Q4_1
-    if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+    if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtypes.Q8_0][0]:
         return data.astype(np.float16), qtypes.F16
-    return gguf.quants.quantize(data, qtype), qtype
+    return gguf.quants.quantize(data, qtypes.Q8_0), qtypes.Q8_0
 
 
 def _rotary_permute(weight: Any, heads: int) -> Any:
@@ -222,7 +224,9 @@ def _load_state(model_dir: Path) -> dict[str, Any]:
         try:
             state.update(load_file(str(file)))
         except (OSError, ValueError) as exc:
-            raise ConvertError(f"cannot read {file}: {_line(exc)}") from None
+            raise ConvertError(
+                f"cannot read {file}: {one_line(exc) or type(exc).__name__}"
+            ) from None
     return state
 
 
@@ -257,8 +261,3 @@ def _copy_metadata(reader: Any, writer: Any, template: str | None, name: str | N
         writer.add_chat_template(template)
     if name is not None:
         writer.add_name(name)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -640,16 +640,22 @@ def save_for_serving(trainer: Any, recipe: SFTRecipe) -> Path:
     return out
 
 
-def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
-    """The trained weights as a GGUF laid out like the base, for ``lvr1 ask`` on a CPU."""
-    from .convert import hf_to_gguf
-
+def _gguf_base_or_fail(recipe: SFTRecipe) -> Path:
+    """The base a ``gguf`` output is laid out like; asked before training, not after it."""
     base = base_gguf(recipe)
     if base is None:
         raise TrainError(
             f"gguf: {recipe.gguf} needs a GGUF base model (a .gguf file or an embedded model "
             f"name), not {recipe.model!r}"
         )
+    return base
+
+
+def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
+    """The trained weights as a GGUF laid out like the base, for ``lvr1 ask`` on a CPU."""
+    from .convert import hf_to_gguf
+
+    base = _gguf_base_or_fail(recipe)
     name = Path(recipe.output_dir).name
     return hf_to_gguf(model_dir, base, model_dir / NAVIGATOR_GGUF, recipe.gguf, name=name).path
 
@@ -657,6 +663,8 @@ def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
 def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
     """Train (resuming when asked) and save a model ready to serve."""
     started = time.perf_counter()
+    if recipe.gguf != "none":
+        _gguf_base_or_fail(recipe)
     resume = _resume_point(recipe)
     trainer = build_trainer(recipe, callbacks)
     output = trainer.train(resume_from_checkpoint=resume)
