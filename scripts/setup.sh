@@ -52,4 +52,20 @@ if [ "$MODE" = test ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# pip reuses a llama-cpp-python wheel it built earlier, whatever CMAKE_ARGS say now, so a
+# cache filled on another CPU (or by a -march=native build) can install a library that dies
+# with "Illegal instruction". Run one quantized product in a child process; if it fails,
+# drop the cached wheel and compile again for this machine.
+probe_llama() { .venv/bin/python scripts/probe_llama.py; }
+set +e; probe_llama; rc=$?; set -e
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
+  version="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
+  echo "setup: the installed llama.cpp fails on this CPU (exit $rc); compiling llama-cpp-python==$version here (several minutes)" >&2
+  .venv/bin/python -m pip cache remove llama_cpp_python >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "llama-cpp-python==$version"
+  if ! probe_llama; then
+    echo "setup: llama.cpp still fails on this CPU after a fresh build; set CMAKE_ARGS (see llama-cpp-python's docs) and rerun" >&2
+    exit 1
+  fi
+fi
 echo "setup: ready (.venv, mode=$MODE)"
