@@ -8,6 +8,7 @@ request ends with, and the stored conversation holds neither.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -492,6 +493,46 @@ def test_oracle_runs_write_variants_and_resume(tmp_path: Path):
     first = TrajectoryFolder(tmp_path).load("synthetic-0~0")
     second = TrajectoryFolder(tmp_path).load("synthetic-0~1")
     assert first is not None and second is not None and first.seed != second.seed
+
+
+def test_a_folder_refuses_records_made_with_other_settings(tmp_path: Path):
+    items = ITEMS[:2]
+    trees = MappingTrees([i.ctree for i in items])
+    questions = [i.question for i in items]
+    generate_oracle(questions, trees, tmp_path, OracleConfig())
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert manifest["generator"] == "oracle" and manifest["oracle.detour_rate"] == 0.25
+    assert "oracle.workers" not in manifest and manifest["hint.max_gap"] == 5.0
+    # how the run goes may change; what it writes may not
+    again = generate_oracle(questions, trees, tmp_path, OracleConfig(workers=2, retry_failed=True))
+    assert again.already_done == 2
+    with pytest.raises(TrajectoryError, match=r"oracle\.detour_rate was 0\.25, now 0\.5"):
+        generate_oracle(questions, trees, tmp_path, OracleConfig(detour_rate=0.5))
+    with pytest.raises(TrajectoryError, match=r"hint\.max_gap was 5\.0, now 2\.0"):
+        generate_oracle(questions, trees, tmp_path, None, HintConfig(max_gap=2.0))
+    # a folder from before manifests is adopted, then held to its settings
+    (tmp_path / "run.json").unlink()
+    assert generate_oracle(questions, trees, tmp_path).already_done == 2
+    assert (tmp_path / "run.json").exists()
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(TrajectoryError, match="is not a trajectory manifest"):
+        generate_oracle(questions, trees, tmp_path)
+
+
+def test_a_teacher_folder_refuses_another_teacher(tmp_path: Path):
+    def rule(body: dict[str, Any]) -> Step:
+        last = body["messages"][-1]["content"]
+        return Say(RIGHT if "Medium-level Caption" in last else GET_3_2)
+
+    with RuleServer(rule) as server:
+
+        def named(model: str):
+            return lambda worker: OpenAIBackend(server.base_url, model=model, max_retries=0)
+
+        trees = MappingTrees([CTREE])
+        generate_teacher([question()], trees, named("teacher-a"), tmp_path, TeacherConfig())
+        with pytest.raises(TrajectoryError, match="teacher was .*teacher-a.*, now .*teacher-b"):
+            generate_teacher([question()], trees, named("teacher-b"), tmp_path)
 
 
 def test_oracle_runs_show_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture):

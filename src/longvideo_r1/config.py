@@ -164,3 +164,20 @@ def load_settings(
             f"min_width {settings.min_width} is larger than max_width {settings.max_width}"
         )
     return settings
+
+
+def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The first setting that differs between two flat mappings, worded for a refusal.
+
+    Runs that resume from a folder compare what made it with what is asked
+    now; results of two configurations must never mix unnoticed.
+    """
+    for key in [*old, *(k for k in new if k not in old)]:
+        if old.get(key) != new.get(key):
+            return f"{key} was {_show(old.get(key))}, now {_show(new.get(key))}"
+    return None
+
+
+def _show(value: Any) -> str:
+    text = "unset" if value is None else repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."

@@ -47,7 +47,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
 from .agent import AgentConfig, RunInterrupted
-from .config import Settings
+from .config import Settings, first_difference
 from .errors import ConfigError, LVR1Error
 from .files import safe_name, write_atomic
 from .questions import Question
@@ -251,16 +251,7 @@ class RunManifest(BaseModel):
 
 def config_difference(old: RunManifest, new: RunManifest) -> str | None:
     """The first setting that differs, worded for a one-line refusal."""
-    a, b = old.config(), new.config()
-    for key in [*a, *(k for k in b if k not in a)]:
-        if a.get(key) != b.get(key):
-            return f"{key} was {_show(a.get(key))}, now {_show(b.get(key))}"
-    return None
-
-
-def _show(value: Any) -> str:
-    text = "unset" if value is None else repr(value)
-    return text if len(text) <= 70 else text[:67] + "..."
+    return first_difference(old.config(), new.config())
 
 
 class RunFolder:

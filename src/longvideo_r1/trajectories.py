@@ -34,6 +34,7 @@ asked). Each worker thread owns its own teacher backend.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -42,7 +43,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -54,6 +55,7 @@ from .agent import AgentConfig, Navigator
 from .backends import ChatBackend, Served  # Served: the ChatBackend subclass contract
 from .captioners import CallCost
 from .captions import Fetched
+from .config import first_difference
 from .errors import CaptionError, ConfigError, LVR1Error
 from .files import safe_name, write_atomic
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
@@ -71,6 +73,10 @@ RECORD_FORMAT = 1
 """Bumped when a record field changes meaning."""
 
 RECORDS_DIR = "records"
+MANIFEST = "run.json"
+"""What made a trajectory folder's records; a rerun with other settings is refused."""
+_RUN_ONLY = frozenset({"workers", "retry_failed", "max_consecutive_errors"})
+"""Config fields that change how a run goes, not what its records hold."""
 
 Outcome = Literal["correct", "wrong", "gave_up", "no_answer", "error", "skipped"]
 Generator = Literal["teacher", "oracle"]
@@ -625,6 +631,34 @@ class TrajectoryFolder:
     def path(self, record_id: str) -> Path:
         return self.records_dir / f"{safe_name(record_id)}.json"
 
+    def claim(self, settings: Mapping[str, Any]) -> None:
+        """Record what makes this folder's trajectories; refuse a rerun that would mix others in.
+
+        A rerun keeps every finished record, so records of two oracle settings
+        or two teachers would otherwise end up side by side, unnoticed, in one
+        training set. A folder from before manifests existed is adopted.
+        """
+        path = self.root / MANIFEST
+        new = json.loads(json.dumps(dict(settings)))  # the form it takes on disk
+        if path.exists():
+            try:
+                old = json.loads(path.read_bytes())
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                raise TrajectoryError(f"{path} is not a trajectory manifest: {exc}") from None
+            diff = first_difference(old, new)
+            if diff is not None:
+                raise TrajectoryError(
+                    f"{self.root} holds trajectories made with other settings ({diff}): "
+                    "use another --out, or remove that folder to start over"
+                )
+            return
+        try:
+            write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise TrajectoryError(f"cannot write {path}: {exc.strerror or exc}") from None
+
     def save(self, record: TrajectoryRecord) -> Path:
         path = self.path(record.id)
         try:
@@ -647,6 +681,24 @@ class TrajectoryFolder:
             return
         for path in sorted(self.records_dir.glob("*.json")):
             yield read_record(path)
+
+
+def run_settings(generator: Generator, *configs: Any, **named: Any) -> dict[str, Any]:
+    """The flat settings that decide a generator's records, for :meth:`TrajectoryFolder.claim`."""
+    settings: dict[str, Any] = {"generator": generator, "format": RECORD_FORMAT}
+    for config in configs:
+        prefix = type(config).__name__.removesuffix("Config").lower()
+        for key, value in asdict(config).items():
+            if key not in _RUN_ONLY:
+                settings[f"{prefix}.{key}"] = value
+    settings.update(named)
+    return settings
+
+
+def _factory_name(factory: Any) -> str | None:
+    if factory is None:
+        return None
+    return getattr(factory, "__name__", type(factory).__name__)
 
 
 def read_record(path: str | os.PathLike[str]) -> TrajectoryRecord:
@@ -1010,6 +1062,15 @@ def generate_teacher(
 
     jobs = _jobs(questions, 1)
     try:
+        folder.claim(
+            run_settings(
+                "teacher",
+                config,
+                hint_config or HintConfig(),
+                teacher=backend_for(0).identity,
+                answerer=_factory_name(answerer_factory) or "caption_answerer",
+            )
+        )
         return _run(
             jobs,
             work,
@@ -1451,6 +1512,14 @@ def generate_oracle(
     """
     config = config or OracleConfig()
     folder = TrajectoryFolder(out_dir)
+    folder.claim(
+        run_settings(
+            "oracle",
+            config,
+            hint_config or HintConfig(),
+            answerer=_factory_name(answerer_factory) or "synthetic_answerer",
+        )
+    )
 
     def work(job: _Job, worker: int) -> TrajectoryRecord:
         try:
