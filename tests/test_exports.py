@@ -203,6 +203,27 @@ def test_dataset_info_entries():
     assert share["formatting"] == "sharegpt" and share["tags"]["assistant_tag"] == "gpt"
 
 
+def test_llamafactory_exports_are_entered_in_dataset_info(tmp_path: Path):
+    items = synthetic_dataset(3, seed=3)
+    trees = MappingTrees([i.ctree for i in items])
+    generate_oracle([i.question for i in items], trees, tmp_path / "traj")
+    registry = tmp_path / "dataset_info.json"
+    registry.write_text(json.dumps({"alpaca_en": {"file_name": "alpaca_en.json"}}))
+    lf = export_trajectories(tmp_path / "traj", tmp_path / "lf.jsonl", ExportConfig("llamafactory"))
+    share = export_trajectories(tmp_path / "traj", tmp_path / "s.json", ExportConfig("sharegpt"))
+    assert lf.registered == share.registered == registry
+    assert "entered as 'lf' in" in lf.summary()
+    entries = json.loads(registry.read_text())
+    assert sorted(entries) == ["alpaca_en", "lf", "s"]  # other datasets are kept
+    assert entries["lf"] == dataset_info("lf", "lf.jsonl", "llamafactory")["lf"]
+    assert entries["s"]["formatting"] == "sharegpt"
+    trl = export_trajectories(tmp_path / "traj", tmp_path / "t.jsonl", ExportConfig("trl"))
+    assert trl.registered is None and "t" not in json.loads(registry.read_text())
+    registry.write_text("[]")
+    with pytest.raises(ExportError, match="is not a JSON object of datasets"):
+        export_trajectories(tmp_path / "traj", tmp_path / "lf.jsonl", ExportConfig("llamafactory"))
+
+
 def test_unreadable_exports_are_one_line_errors(tmp_path: Path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')

@@ -77,6 +77,11 @@ class ExportConfig:
         False,
         "Add the record id (and round) to each row; some trainers refuse unknown columns.",
     )
+    dataset_info: bool = _option(
+        True,
+        "llamafactory and sharegpt: also enter the export in dataset_info.json beside it "
+        "(LLaMA-Factory's dataset registry), named after the file without its extension.",
+    )
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -165,11 +170,15 @@ class ExportReport:
     rows: int = 0
     joined_user_turns: int = 0
     filtered: FilterReport | None = None
+    registered: Path | None = None
+    """The ``dataset_info.json`` the export was entered in, if any."""
 
     def summary(self) -> str:
         line = f"{self.rows} {self.format} rows from {self.records} trajectories -> {self.path}"
         if self.joined_user_turns:
             line += f" ({self.joined_user_turns} consecutive user turns joined)"
+        if self.registered is not None:
+            line += f", entered as {self.path.stem!r} in {self.registered}"
         if self.filtered is not None:
             line += f"; {self.filtered.summary()}"
         return line
@@ -232,7 +241,33 @@ def export_trajectories(
     chosen = filtered.kept if filtered is not None else records
     report = export_records(chosen, path, config.format, config.include_ids)
     report.filtered = filtered
+    if config.dataset_info and config.format != "trl" and report.rows:
+        report.registered = register_dataset(report.path, config.format)
     return report
+
+
+def register_dataset(path: Path, format: ExportFormat) -> Path:
+    """Enter an export in the ``dataset_info.json`` of its folder, keeping other entries.
+
+    LLaMA-Factory finds datasets only through that file (``dataset_dir``), so
+    an export without its entry is one manual step away from training.
+    """
+    registry = path.parent / "dataset_info.json"
+    entries: dict[str, Any] = {}
+    if registry.exists():
+        try:
+            entries = json.loads(registry.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot read {registry}: {exc}") from None
+        if not isinstance(entries, dict):
+            raise ExportError(f"{registry} is not a JSON object of datasets")
+    entries.update(dataset_info(path.stem, path.name, format))
+    try:
+        with atomic_writer(registry) as handle:
+            handle.write(json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise ExportError(f"cannot write {registry}: {exc.strerror or exc}") from None
+    return registry
 
 
 def dataset_info(name: str, file_name: str, format: ExportFormat) -> dict[str, Any]:
