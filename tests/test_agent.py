@@ -502,6 +502,35 @@ def test_a_model_repeating_one_unusable_reply_ends_early(world: World):
     assert [r.kind for r in trace.rounds] == ["parse_error"] * 3
 
 
+def test_a_model_repeating_one_call_is_told_and_must_answer(world: World):
+    """The same call returns the same caption; the fourth in a row is not run."""
+    script = [GET_3_2] * 4 + [ANSWER_B]
+    with ScriptedChatServer(script) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    notice = "You already made get_caption((3, 2)) 3 times in a row, so that call was not run."
+    assert server.messages(4)[-3:] == [
+        assistant(GET_3_2),
+        user(notice),
+        user(protocol.last_round_message()),
+    ]
+    assert [r.observation for r in trace.rounds[:3]] == [OBS_3_2] * 3
+    assert trace.rounds[3].observation is None and trace.rounds[3].notice == notice
+    assert trace.status == "answered" and trace.answer == "B" and trace.rounds[4].forced
+    assert trace.cost.caption_calls == 4 + 3  # the four high captions, then three of (3, 2)
+
+
+def test_a_call_repeated_with_a_break_or_off_is_run(world: World):
+    script = [GET_3_2, GET_3_2, GET_3_2_4, GET_3_2, GET_3_2, ANSWER_B]
+    with ScriptedChatServer(script) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and not any(r.notice for r in trace.rounds)
+    with ScriptedChatServer([GET_3_2] * 5 + [ANSWER_B]) as server:
+        trace = world.navigator(server, max_repeated_calls=None).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and not any(r.notice for r in trace.rounds)
+    with pytest.raises(ConfigError, match="max_repeated_calls must be at least 1"):
+        AgentConfig(max_repeated_calls=0)
+
+
 def test_different_bad_replies_are_not_a_loop(world: World):
     script = ["no tags", "still no tags", "<tool>get_caption((3, 2))</tool><answer>B</answer>"]
     with ScriptedChatServer([*script, ANSWER_B]) as server:

@@ -98,6 +98,12 @@ class AgentConfig:
         "times in a row (None: never). A deterministic model that repeats itself after an "
         "error message will not recover; the remaining rounds would only cost time.",
     )
+    max_repeated_calls: int | None = _option(
+        3,
+        "Refuse a tool call that the model has already made this many times in a row, each "
+        "time with a result (None: never); the model is told why and must answer in the next "
+        "round. The same call returns the same result, so a model looping on it is stuck.",
+    )
     first_message_parts: bool = _option(
         False,
         "Send the first user message as OpenAI text parts, as the reference did, instead of "
@@ -111,6 +117,10 @@ class AgentConfig:
         if self.max_repeated_errors is not None and self.max_repeated_errors < 2:
             raise ConfigError(
                 f"max_repeated_errors must be at least 2, got {self.max_repeated_errors}"
+            )
+        if self.max_repeated_calls is not None and self.max_repeated_calls < 1:
+            raise ConfigError(
+                f"max_repeated_calls must be at least 1, got {self.max_repeated_calls}"
             )
         for name in ("max_video_qa", "max_caption_calls"):
             value = getattr(self, name)
@@ -425,6 +435,9 @@ class Navigator:
     def _spent(self, ep: _Episode, action: Action | None) -> str | None:
         """The budget this action (or the run so far) has used up, worded as a cause."""
         cfg, counts, cost = self.config, ep.box.counts, ep.trace.cost
+        if action is not None and _repeats(ep.trace.rounds[:-1], action, cfg.max_repeated_calls):
+            call = protocol.format_call(action)
+            return f"you already made {call} {cfg.max_repeated_calls} times in a row"
         if action is not None:
             if action.tool == "video_qa" and _over(counts.video_qa_calls, cfg.max_video_qa):
                 return (
@@ -478,6 +491,21 @@ def _over(used: float, limit: float | None) -> bool:
 
 def _calls(n: int | None) -> str:
     return f"{n} call{'' if n == 1 else 's'}"
+
+
+def _repeats(earlier: list[Round], action: Action, limit: int | None) -> bool:
+    """The last ``limit`` rounds made this very call, and each got its result."""
+    if limit is None or len(earlier) < limit:
+        return False
+    node_id = tuple(action.node_id)
+    return all(
+        r.kind == action.tool
+        and r.node_id == node_id
+        and r.query == action.query
+        and r.error is None
+        and r.notice is None
+        for r in earlier[-limit:]
+    )
 
 
 def _note_reply(ep: _Episode, rnd: Round, parsed: Reply) -> None:

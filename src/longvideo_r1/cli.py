@@ -117,6 +117,14 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-seconds", type=float, metavar="S", help="wall-clock seconds")
     group.add_argument(
+        "--max-repeated-calls",
+        type=int,
+        default=3,
+        metavar="N",
+        help="refuse a tool call already made N times in a row and ask for the answer "
+        "(default 3; 0: never)",
+    )
+    group.add_argument(
         "--qa-anywhere",
         action="store_true",
         help="allow video_qa on a leaf whose caption was not fetched (the protocol forbids it)",
@@ -579,6 +587,7 @@ def _agent_config(args: argparse.Namespace):
         max_tokens=args.max_tokens,
         max_seconds=args.max_seconds,
         require_fetched_leaf=not args.qa_anywhere,
+        max_repeated_calls=args.max_repeated_calls or None,
     )
 
 
