@@ -21,7 +21,7 @@ from longvideo_r1.agent import AgentConfig
 from longvideo_r1.config import Settings
 from longvideo_r1.evaluate import AgentMethod, EvalOptions, Evaluator
 from longvideo_r1.questions import TESTBENCH_FILE, Question
-from longvideo_r1.store import CaptionRecord, CaptionStore
+from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.trace import Trace
 from longvideo_r1.tree import Tree, format_node_id
 from longvideo_r1.video import Video
@@ -39,9 +39,17 @@ def caption_text(node_id: tuple[int, ...]) -> str:
 
 
 def import_captions(video_path: Path, store_path: Path) -> Tree:
-    """Every node's caption under :data:`IDENTITY`, as a reference import would store it."""
+    """Every node's caption under :data:`IDENTITY`, as ``lvr1 caption --import-reference``
+    would store it (the video registered, so trees are found without opening it)."""
     with Video.open(video_path) as video:
         tree = Tree.for_video(video.info.duration, video.info.n_frames)
+        registered = VideoRecord(
+            fingerprint=video.fingerprint,
+            path=str(video.info.path),
+            duration=float(video.info.duration),
+            n_frames=int(video.info.n_frames),
+            width=tree.width,
+        )
         records = [
             CaptionRecord(
                 fingerprint=video.fingerprint,
@@ -53,6 +61,7 @@ def import_captions(video_path: Path, store_path: Path) -> Tree:
             for node in tree.walk()
         ]
     with CaptionStore(store_path) as store:
+        store.register_video(registered)
         store.put_captions(records, replace=True)
     return tree
 

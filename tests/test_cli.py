@@ -294,6 +294,34 @@ def test_data_oracle_on_synthetic_questions_resumes(tmp_path, store, capsys):
     assert "0 of 6 trajectories written (none), 6 already done" in out
 
 
+def test_data_oracle_on_the_shipped_test_bench(tmp_path, store, capsys, test_video):
+    """Real questions over the real test video's tree (captions imported, not generated)."""
+    from helpers_eval import IDENTITY, import_captions
+
+    from longvideo_r1.questions import load_testbench
+
+    import_captions(test_video.path, store)
+    out_dir = tmp_path / "traj"
+    argv = ["data", "oracle", "testbench", "--videos", str(test_video.path.parent)]
+    argv += ["--captioner", IDENTITY, "--out", str(out_dir), "--quiet"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    records = load_records(out_dir)
+    bench = {q.id: q for q in load_testbench()}
+    assert sorted(r.id for r in records) == sorted(bench)
+    for record in records:
+        assert record.outcome == "correct", (record.id, record.reason)
+        assert record.predicted == record.answer == bench[record.id].answer
+        assert record.visited("get_caption")  # it walked down to the clue, not just answered
+    assert f"{len(bench)} of {len(bench)} trajectories written (correct {len(bench)})" in out
+    # the same folder with other settings is refused in one line, nothing rewritten
+    before = {p.name: p.read_bytes() for p in (out_dir / "records").iterdir()}
+    code, _, err = run(capsys, *argv, "--detour-rate", "0.9")
+    assert code == 2 and "oracle.detour_rate was 0.25, now 0.9" in err
+    assert len(err.strip().splitlines()) == 1
+    assert before == {p.name: p.read_bytes() for p in (out_dir / "records").iterdir()}
+
+
 def test_data_filter_and_export_read_back(tmp_path, store, capsys):
     out_dir = tmp_path / "traj"
     code, _, err = run(capsys, "data", "oracle", "synthetic:3", "--out", str(out_dir), "--quiet")
