@@ -38,6 +38,7 @@ from longvideo_r1.trajectories import (
     generate_teacher,
     load_records,
     oracle_trajectory,
+    rotate_choices,
     synthetic_dataset,
     synthetic_tree_captions,
     teach_question,
@@ -533,6 +534,39 @@ def test_a_teacher_folder_refuses_another_teacher(tmp_path: Path):
         generate_teacher([question()], trees, named("teacher-a"), tmp_path, TeacherConfig())
         with pytest.raises(TrajectoryError, match="teacher was .*teacher-a.*, now .*teacher-b"):
             generate_teacher([question()], trees, named("teacher-b"), tmp_path)
+
+
+def test_rotated_choices_move_the_right_letter():
+    q = question(choices=CHOICES, answer="B")
+    turned = rotate_choices(q, 1)
+    assert turned.choices == ["a blue bus", "a green bike", "a black van", "a red car"]
+    assert turned.answer == "A" and turned.choices[0] == q.choices[1]
+    assert rotate_choices(q, 3).answer == "C" and rotate_choices(q, 4) == q
+    for options in (
+        ["a cat", "a dog", "both A and B", "neither"],
+        ["red", "blue", "all of the above", "green"],
+        ["red", "blue", "option A again", "green"],
+    ):
+        kept = question(choices=options, answer="C")
+        assert rotate_choices(kept, 1) == kept
+
+
+def test_oracle_variants_with_rotated_choices_cover_every_letter(tmp_path: Path):
+    items = ITEMS[:3]
+    config = OracleConfig(variants=4, rotate_choices=True)
+    report = generate_oracle(
+        [i.question for i in items], MappingTrees([i.ctree for i in items]), tmp_path, config
+    )
+    assert report.outcomes == {"correct": 12}
+    records = load_records(tmp_path)
+    for item in items:
+        mine = [r for r in records if r.question_id == item.question.id]
+        assert sorted(r.answer for r in mine) == ["A", "B", "C", "D"]
+        assert all(r.predicted == r.answer for r in mine)
+        assert all(sorted(r.choices) == sorted(item.question.choices) for r in mine)
+        right = item.question.choices[ord(item.question.answer) - ord("A")]
+        assert all(r.choices[ord(r.answer) - ord("A")] == right for r in mine)
+        assert all(f"<answer>{r.answer}</answer>" in r.messages[-1]["content"] for r in mine)
 
 
 def test_oracle_runs_show_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -43,7 +43,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -1138,6 +1138,12 @@ class OracleConfig:
     lows_per_interval: int = _option(
         1, "Low nodes opened per interval at most (those overlapping it most)."
     )
+    rotate_choices: bool = _option(
+        False,
+        "Variant k shows the options rotated by k places, so the right letter moves across "
+        "variants and a model trained on them cannot lean on a favourite letter. Questions "
+        "whose options refer to each other ('both A and B', 'all of the above') keep their order.",
+    )
     workers: int = _option(1, "Threads; the oracle is cheap, so one is usually enough.")
     retry_failed: bool = _option(False, "Rerun records that are errors or were skipped.")
 
@@ -1153,6 +1159,29 @@ class OracleConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+
+
+_REFERS_TO_OPTIONS = re.compile(
+    r"\b(above|below|previous|preceding)\b|\boptions?\s+[A-Z]\b|\b[A-Z]\s*(?:and|or|&|,)\s*[A-Z]\b"
+)
+
+
+def rotate_choices(question: Question, k: int) -> Question:
+    """The question with its options rotated ``k`` places left and the answer letter moved.
+
+    Left as it is when its options point at each other by letter or place,
+    which a new order would make false.
+    """
+    n = len(question.choices)
+    if n < 2 or k % n == 0 or question.answer is None:
+        return question
+    if any(_REFERS_TO_OPTIONS.search(choice) for choice in question.choices):
+        return question
+    k %= n
+    right = (LETTERS.index(question.answer) - k) % n
+    return replace(
+        question, choices=question.choices[k:] + question.choices[:k], answer=LETTERS[right]
+    )
 
 
 StepKind = Literal["medium", "detour", "low", "video_qa", "answer"]
@@ -1526,9 +1555,12 @@ def generate_oracle(
             ctree = trees.get(job.question)
         except LVR1Error as exc:
             return skipped_record(job.record_id, "oracle", "oracle", job.question, str(exc))
-        answerer = answerer_factory(ctree, job.question) if answerer_factory else None
+        question = job.question
+        if config.rotate_choices:
+            question = rotate_choices(question, job.variant)
+        answerer = answerer_factory(ctree, question) if answerer_factory else None
         return oracle_trajectory(
-            job.question, ctree, config, job.variant, answerer, hint_config, job.record_id
+            question, ctree, config, job.variant, answerer, hint_config, job.record_id
         )
 
     jobs = _jobs(questions, config.variants)
