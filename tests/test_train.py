@@ -36,6 +36,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_balanced_synthetic_data_has_every_letter_in_turn():
+    plain = synthetic_records(8, seed=5)
+    balanced = synthetic_records(8, seed=5, balance_letters=True)
+    assert [r.answer for r in balanced] == list("ABCDABCD")
+    for before, after in zip(plain, balanced, strict=True):
+        assert after.outcome == "correct" and after.predicted == after.answer
+        right = before.choices[ord(before.answer) - ord("A")]
+        assert after.choices[ord(after.answer) - ord("A")] == right
+        assert sorted(after.choices) == sorted(before.choices)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
     """A tiny Qwen3 with a BPE tokenizer trained on the data, saved like a hub checkpoint."""

@@ -82,6 +82,12 @@ class SFTRecipe:
         "synthetic:16",
         "TRL conversational JSONL (exports.py), a folder of trajectory records, or synthetic:N.",
     )
+    balance_letters: bool = _option(
+        False,
+        "synthetic:N only: rotate each question's options so the right letters run A, B, C, "
+        "D, A, ... and no letter is right more often than another (a small model otherwise "
+        "learns the most frequent one).",
+    )
     output_dir: str = _option("runs/sft", "Where checkpoints and the final model are written.")
     finetune: Finetune = _option("full", "full (every weight) or lora (peft adapters, merged).")
     lora_r: int = _option(16, "LoRA rank.")
@@ -262,12 +268,24 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> SF
 # data ------------------------------------------------------------------------------------
 
 
-def synthetic_records(n: int, seed: int) -> list[Any]:
-    """Oracle trajectories over synthetic videos: training data without any video or model."""
-    from .trajectories import OracleConfig, oracle_trajectory, synthetic_dataset
+def synthetic_records(n: int, seed: int, balance_letters: bool = False) -> list[Any]:
+    """Oracle trajectories over synthetic videos: training data without any video or model.
 
-    items = synthetic_dataset(n, seed=seed)
-    return [oracle_trajectory(i.question, i.ctree, OracleConfig(seed=seed)) for i in items]
+    With ``balance_letters`` question i is rotated so that its right letter
+    is the i-th of A, B, C, D, ... in turn.
+    """
+    from .questions import LETTERS
+    from .trajectories import OracleConfig, oracle_trajectory, rotate_choices, synthetic_dataset
+
+    records = []
+    for index, item in enumerate(synthetic_dataset(n, seed=seed)):
+        question = item.question
+        if balance_letters and question.answer is not None:
+            n_choices = len(question.choices)
+            shift = LETTERS.index(question.answer) - index % n_choices
+            question = rotate_choices(question, shift % n_choices)
+        records.append(oracle_trajectory(question, item.ctree, OracleConfig(seed=seed)))
+    return records
 
 
 def prepare_data(recipe: SFTRecipe) -> Path:
@@ -285,7 +303,7 @@ def prepare_data(recipe: SFTRecipe) -> Path:
     except ConfigError as exc:
         raise ConfigError(f"data: {exc}") from None
     if count is not None:
-        export_records(synthetic_records(count, recipe.seed), out)
+        export_records(synthetic_records(count, recipe.seed, recipe.balance_letters), out)
         return out
     source = Path(recipe.data).expanduser()
     if source.is_dir():
