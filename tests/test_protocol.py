@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from longvideo_r1.agent import check_question
+from longvideo_r1.errors import ConfigError
 from longvideo_r1.protocol import (
     TIME_DECIMALS,
     Action,
     Answer,
     ParseError,
     Reply,
+    ReplyRules,
+    answer_in_form,
     caption_observation,
     error_message,
     first_user_content,
@@ -30,6 +35,8 @@ from longvideo_r1.protocol import (
     render_answer,
     render_reply,
     render_tool_call,
+    reply_constraint,
+    reply_grammars,
     system_prompt,
 )
 from longvideo_r1.tree import Tree
@@ -153,7 +160,7 @@ def test_system_prompt_teaches_the_protocol():
         "only the question and the captions of the 4 high-level segments",
         "<think>...</think>",
         "<answer>...</answer>",
-        "<answer>B</answer>",
+        "answer with the letter of the option you choose",
         "<tool>get_caption((h, m))</tool>",
         "<tool>get_caption((h, m, l))</tool>",
         '<tool>video_qa((h, m, l), "query")</tool>',
@@ -163,6 +170,19 @@ def test_system_prompt_teaches_the_protocol():
         assert needle in prompt
     assert "7 consecutive segments" in system_prompt(7)
     assert "343 low segments" in system_prompt(7)
+    # No example letter: small models copy it (the 0.5B model answered B to everything).
+    assert not re.search(r"<answer>[A-Z]</answer>", prompt)
+
+
+def test_prompts_ask_for_the_answer_form():
+    text = system_prompt(4, "text")
+    assert "copied exactly as it is written, without its letter" in text
+    assert "letter of the option or" not in text
+    assert "letter of the option you choose or with its text" in system_prompt(4, "either")
+    assert last_round_message("text").endswith("answer with the option's exact text.")
+    assert last_round_message().endswith("answer with the option's letter.")
+    with pytest.raises(ConfigError, match="answer form must be one of letter, text, either"):
+        system_prompt(4, "number")  # type: ignore[arg-type]
 
 
 def test_last_round_and_error_messages():
@@ -509,3 +529,179 @@ def test_normalize_answer_edges():
     assert normalize_answer("  keep me  ", None) == "keep me"
     assert normalize_answer("A. a red car", ["A. a red car", "B. a blue bus"]) == "A"
     assert normalize_answer("a blue bus", ["A. a red car", "B. a blue bus"]) == "B"
+
+
+# the reply grammar ------------------------------------------------------------------------
+
+
+def _respects(rules: ReplyRules, text: str) -> bool:
+    """Whether the parser reads ``text`` as canonical and the reply keeps the round's rules."""
+    tree = Tree(duration=100.0, n_frames=1000, width=rules.width)
+    fetched = rules.fetched if rules.require_fetched_leaf else None
+    reply = parse_reply(text, tree, rules.choices, fetched)
+    if not reply.canonical:
+        return False
+    if reply.answer is not None:
+        if not rules.choices:
+            return True
+        letters = [chr(65 + i) for i in range(len(rules.choices))]
+        if reply.answer.letter not in letters:
+            return False
+        return rules.answer_form != "letter" or reply.answer.text in letters
+    action = reply.action
+    assert action is not None
+    if not rules.tools:
+        return False
+    if action.tool == "get_caption":
+        return rules.get_caption and action.node_id not in rules.fetched
+    return (
+        rules.video_qa
+        and action.node_id not in rules.refused
+        and (not rules.require_fetched_leaf or action.node_id in rules.fetched)
+    )
+
+
+def _all_ids(width: int) -> list[tuple[int, ...]]:
+    """Every id of the tree, high to low."""
+    tree = Tree(duration=100.0, n_frames=1000, width=width)
+    return [node.id for depth in (1, 2, 3) for node in tree.nodes(depth)]
+
+
+_OPTION_TEXT = st.one_of(
+    st.sampled_from(["B", "a red car", "A. a red car", "seven", "7", "(C)", "x < y", "both"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+).filter(lambda t: t.strip())
+
+
+@st.composite
+def reply_rules(draw) -> ReplyRules:
+    width = draw(st.integers(1, 5))
+    ids = [
+        (h, m, *rest)
+        for h in range(1, width + 1)
+        for m in range(1, width + 1)
+        for rest in ((), *((k,) for k in range(1, width + 1)))
+    ]
+    fetched = draw(st.sets(st.sampled_from(ids), max_size=len(ids)))
+    leaves = [i for i in ids if len(i) == 3]
+    choices = draw(st.one_of(st.none(), st.lists(_OPTION_TEXT, min_size=2, max_size=5)))
+    return ReplyRules(
+        width=width,
+        fetched=frozenset({*((h,) for h in range(1, width + 1)), *fetched}),
+        choices=tuple(choices) if choices else None,
+        answer_form=draw(st.sampled_from(["letter", "text", "either"])),
+        tools=draw(st.booleans()),
+        get_caption=draw(st.booleans()),
+        video_qa=draw(st.booleans()),
+        require_fetched_leaf=draw(st.booleans()),
+        refused=frozenset(draw(st.sets(st.sampled_from(leaves), max_size=4))),
+    )
+
+
+@settings(max_examples=150)
+@given(rules=reply_rules(), rng=st.randoms(use_true_random=False))
+def test_every_reply_the_grammar_admits_is_canonical_and_keeps_the_rules(rules, rng):
+    try:
+        check_question("q", list(rules.choices) if rules.choices else None)
+    except ConfigError:
+        return  # lettered-by-hand option lists the agent refuses before any model call
+    whole, tail = reply_grammars(rules)
+    for _ in range(12):
+        text = whole.sample(rng, max_repeat=8)
+        assert _respects(rules, text), text
+        after = "<think>free text, with <b> tags too</think>" + tail.sample(rng, max_repeat=8)
+        assert _respects(rules, after), after
+
+
+@settings(max_examples=60)
+@given(rules=reply_rules())
+def test_the_grammar_admits_exactly_the_allowed_calls_and_answers(rules):
+    try:
+        check_question("q", list(rules.choices) if rules.choices else None)
+    except ConfigError:
+        return
+    whole, _tail = reply_grammars(rules)
+    calls = [Action("get_caption", i) for i in _all_ids(rules.width)]
+    calls += [Action("video_qa", i, "what colour is it?") for i in _all_ids(rules.width)]
+    calls += [Action("get_caption", (rules.width + 1, 1)), Action("get_caption", (0, 1))]
+    for action in calls:
+        try:
+            text = render_reply("why", action)
+        except ValueError:
+            text = f"<think>why</think>\n<tool>{action.tool}({action.node_id})</tool>"
+        # admitted exactly when the reply is canonical and keeps the rules
+        assert whole.admits(text) == _respects(rules, text), text
+    letters = [chr(65 + i) for i in range(len(rules.choices or ()))]
+    bodies = ["E", "(A)", "A.", "the answer is A", "", " A", *letters, *(rules.choices or ())]
+    bodies += option_lines(rules.choices) if rules.choices else ["free text", "7"]
+    for body in bodies:
+        text = f"<think>why</think>\n<answer>{body}</answer>"
+        if whole.admits(text):
+            assert _respects(rules, text), text
+    # every option stays answerable, whatever its text
+    for letter in letters:
+        written = answer_in_form(letter, rules.choices, rules.answer_form)
+        assert whole.admits(f"<think>x</think>\n<answer>{written}</answer>")
+
+
+def test_near_misses_are_not_admitted():
+    rules = ReplyRules(
+        width=4,
+        fetched=frozenset({(1,), (2,), (3,), (4,), (3, 2), (3, 2, 4)}),
+        choices=("A. a red car", "B. a blue bus", "C. seven", "D. B"),
+        answer_form="text",
+        refused=frozenset(),
+    )
+    whole, _tail = reply_grammars(rules)
+    good = [
+        "<think>x</think>\n<tool>get_caption((3, 1))</tool>",
+        "<think>x</think>\n<tool>get_caption((3, 2, 1))</tool>",
+        '<think>x</think>\n<tool>video_qa((3, 2, 4), "what is written on the bus?")</tool>',
+        "<think>x</think>\n<answer>a blue bus</answer>",
+        "<think>x</think>\n<answer>D. B</answer>",  # the text "B" would read as option B
+    ]
+    bad = [
+        "<think>x</think>\n<tool>get_caption((3, 2))</tool>",  # already fetched
+        "<think>x</think>\n<tool>get_caption((2,))</tool>",  # high level
+        "<think>x</think>\n<tool>get_caption((5, 1))</tool>",  # out of range
+        "<think>x</think>\n<tool>get_caption((3,1))</tool>",  # not canonical spacing
+        '<think>x</think>\n<tool>video_qa((3, 2, 1), "what?")</tool>',  # leaf not fetched
+        '<think>x</think>\n<tool>video_qa((3, 2, 4), "")</tool>',  # empty query
+        "<think>x</think>\n<answer>B</answer>",  # a letter, but text was asked for
+        "<think>x</think>\n<answer>E</answer>",
+        "<think>x</think>\n<answer>a blue bus</answer> and more",
+        "<think>x</think>\n<tool>get_caption((3, 1))</tool>\n<answer>a blue bus</answer>",
+        "<tool>get_caption((3, 1))</tool>",  # no think
+        "<think>a <tool>get_caption((3, 1))</tool></think>\n<answer>seven</answer>",
+        "Sure! <think>x</think>\n<answer>seven</answer>",
+    ]
+    for text in good:
+        assert whole.admits(text), text
+    for text in bad:
+        assert not whole.admits(text), text
+    last = reply_grammars(ReplyRules(width=4, choices=rules.choices, tools=False))[0]
+    assert not last.admits(good[0]) and last.admits("<think>x</think>\n<answer>B</answer>")
+
+
+def test_the_constraint_is_gbnf_for_every_engine():
+    rules = ReplyRules(width=2, fetched=frozenset({(1,), (2,)}), choices=("red", "blue"))
+    constraint = reply_constraint(rules, free_tokens=300)
+    assert constraint.grammar.startswith('root ::= "<think>" think "</think>\\n" action\n')
+    assert constraint.tail.startswith('root ::= "\\n" action\n')
+    assert (constraint.head, constraint.stop, constraint.free_tokens) == (
+        "<think>",
+        "</think>",
+        300,
+    )
+    assert 'answer ::= "<answer>" ("A" | "B") "</answer>"' in constraint.grammar
+    assert "_" not in "".join(line.split(" ::= ")[0] for line in constraint.grammar.splitlines())
+
+
+def test_answers_in_each_form():
+    choices = ["A. a red car", "B. seven", "C. B", "D. seven"]
+    assert answer_in_form("A", choices, "letter") == "A"
+    assert answer_in_form("A", choices, "text") == "a red car"
+    assert answer_in_form("C", choices, "text") == "C. B"  # "B" alone would name option B
+    assert answer_in_form("B", choices, "text") == "B. seven"  # two options read "seven"
+    with pytest.raises(ValueError):
+        answer_in_form("E", choices, "text")

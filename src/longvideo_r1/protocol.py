@@ -23,10 +23,12 @@ import ast
 import json
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .errors import TreeError
+from . import gbnf
+from .errors import ConfigError, TreeError
+from .gbnf import Chars, Constraint, Grammar, Ref, Rep, alt, opt, seq
 from .tree import LEVELS, Node, NodeId, Tree, format_node_id, parse_node_id
 
 TIME_DECIMALS = 1
@@ -34,6 +36,16 @@ TIME_DECIMALS = 1
 
 TOOLS: tuple[str, ...] = ("get_caption", "video_qa")
 ToolName = Literal["get_caption", "video_qa"]
+
+PARSER_VERSION = 2
+"""Bumped when the parser accepts or reads a reply differently; run manifests record it.
+2: no scorer reads a letter outside ``<answer>`` any more, and answers may be option texts."""
+
+AnswerForm = Literal["letter", "text", "either"]
+ANSWER_FORMS: tuple[str, ...] = ("letter", "text", "either")
+"""What ``<answer>`` holds for a multiple-choice question: the option's letter (what the
+released checkpoints learned), the option's exact text (small models pick the right text
+far more often than the right letter), or either of them."""
 
 _QUOTE_LIMIT = 60
 
@@ -111,11 +123,29 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.{TIME_DECIMALS}f}"
 
 
-def system_prompt(width: int) -> str:
+def answer_instruction(answer_form: AnswerForm = "letter") -> str:
+    """How a multiple-choice answer is written; no example letter (small models copy it)."""
+    if answer_form == "letter":
+        return "For a multiple-choice question, answer with the letter of the option you choose."
+    if answer_form == "text":
+        return (
+            "For a multiple-choice question, answer with the text of the option you choose, "
+            "copied exactly as it is written, without its letter."
+        )
+    if answer_form == "either":
+        return (
+            "For a multiple-choice question, answer with the letter of the option you choose "
+            "or with its text copied exactly."
+        )
+    raise ConfigError(f"answer form must be one of {', '.join(ANSWER_FORMS)}, got {answer_form!r}")
+
+
+def system_prompt(width: int, answer_form: AnswerForm = "letter") -> str:
     """Teach the tree, the round format and the tools for this video's width."""
     if width < 1:
         raise ValueError(f"tree width must be at least 1, got {width}")
     w = width
+    how_to_answer = answer_instruction(answer_form)
     return f"""You answer questions about a long video that you cannot watch directly. The video has been cut into a tree of segments, each described by a text caption, and you explore this tree step by step until you know enough to answer.
 
 The tree has three levels, and every split has the same width, {w}:
@@ -127,7 +157,7 @@ Every number in an id counts from 1 to {w}, in time order.
 At first you get only the question and the captions of the {w} high-level segments. Finer captions come only when you ask for them, so look where the answer is most likely to be.
 
 In every round, first reason inside <think>...</think>: what the captions so far tell you, what is still missing, and which segment most likely holds it. Then do exactly one of these two things:
-- If what you know is enough, give your final answer inside <answer>...</answer>. For a multiple-choice question, answer with the letter of the option, for example <answer>B</answer>.
+- If what you know is enough, give your final answer inside <answer>...</answer>. {how_to_answer}
 - Otherwise call exactly one tool, and wait for its result in the next message:
   <tool>get_caption((h, m))</tool> returns the caption of medium-level segment (h, m).
   <tool>get_caption((h, m, l))</tool> returns the caption of low-level segment (h, m, l).
@@ -246,12 +276,19 @@ def budget_notice(cause: str, call_not_run: bool) -> str:
     return sentence + (", so that call was not run." if call_not_run else ".")
 
 
-def last_round_message() -> str:
+def last_round_message(answer_form: AnswerForm = "letter") -> str:
     """Sent before the final round so the model answers instead of exploring."""
+    how = {
+        "letter": "the option's letter",
+        "text": "the option's exact text",
+        "either": "the option's letter or its exact text",
+    }
+    if answer_form not in how:
+        answer_instruction(answer_form)  # raises the one-line error
     return (
         "This is your last round: no more tools can be called. Think it over in "
         "<think>...</think> and then give your best final answer in <answer>...</answer>; "
-        "for a multiple-choice question, answer with the option letter."
+        f"for a multiple-choice question, answer with {how[answer_form]}."
     )
 
 
@@ -290,6 +327,21 @@ def render_answer(answer: Answer | str) -> str:
     if isinstance(answer, Answer):
         answer = answer.letter or answer.text
     return f"<answer>{answer}</answer>"
+
+
+def answer_in_form(letter: str, choices: Sequence[str], answer_form: AnswerForm) -> str:
+    """What ``<answer>`` holds for option ``letter`` in this form (for training targets).
+
+    ``text`` and ``either`` write the option's text; where that text would be
+    read as another option (an option whose text is a letter, or two options
+    with one text) the ``A. text`` line or the letter is written instead.
+    """
+    letters = _letters(len(choices))
+    if letter not in letters:
+        raise ValueError(f"{letter!r} is not one of the options {letters}")
+    if answer_form == "letter":
+        return letter
+    return _answer_bodies(choices, "text")[letter][0]
 
 
 def render_reply(think: str | None, result: Action | Answer | str) -> str:
@@ -799,7 +851,7 @@ def _parse_call_expr(arg_text: str) -> tuple[ast.Call | None, str]:
     tries = 0
     for close in re.finditer(r"\)", arg_text):
         tries += 1
-        if tries > 64:
+        if tries > 256:  # a query of the grammar's longest length fits
             break
         try:
             expr = ast.parse("f" + arg_text[: close.end()], mode="eval").body
@@ -1058,3 +1110,195 @@ def _quote(fragment: str, limit: int = _QUOTE_LIMIT) -> str:
     if len(flat) > limit:
         flat = flat[: limit - 3].rstrip() + "..."
     return f"`{flat}`"
+
+
+# ---------------------------------------------------------------------------------
+# The reply grammar: constrained decoding admits exactly what the parser reads as canonical
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+QUERY_MAX_CHARS = 200
+"""Longest video_qa query the grammar admits (a precise question is short)."""
+OPEN_ANSWER_MAX_CHARS = 300
+"""Longest answer to an open question (no choices) the grammar admits."""
+TAIL_MAX_CHARS = 400
+"""At least the longest text after ``</think>`` any reply grammar admits, so a tail given
+this many tokens always finishes (a token is at least one character)."""
+THINK_CHARS_PER_TOKEN = 3
+"""A think of N tokens, bounded in characters for engines that constrain the whole reply."""
+_QUERY_FIRST = r'^"\\<\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000'
+"""A query starts with a character ``str.strip`` keeps: no space of any script."""
+
+
+@dataclass(frozen=True)
+class ReplyRules:
+    """What one round may contain, from the round's state.
+
+    ``fetched`` holds every id whose caption the model has been given (the
+    high ones from the start): get_caption is offered only for the others,
+    since a small model otherwise asks for the same node again and again.
+    ``refused`` holds leaves whose video_qa was refused as a repeated call.
+    """
+
+    width: int
+    fetched: frozenset[NodeId] = frozenset()
+    choices: tuple[str, ...] | None = None
+    answer_form: AnswerForm = "letter"
+    tools: bool = True
+    """False on the last round: only an answer is admitted."""
+    get_caption: bool = True
+    """False once the get_caption budget is spent."""
+    video_qa: bool = True
+    """False once the video_qa budget is spent (or where there is no video_qa)."""
+    require_fetched_leaf: bool = True
+    refused: frozenset[NodeId] = frozenset()
+    think_max_chars: int | None = None
+    """Bound the ``<think>`` in the grammar (None: only the reply's token limit bounds it)."""
+
+
+def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
+    """(whole reply, what follows ``</think>``) as grammar trees; see :func:`reply_constraint`."""
+    if rules.width < 1:
+        raise ValueError(f"tree width must be at least 1, got {rules.width}")
+    think_char = Chars("^<")
+    think = (
+        Rep(think_char)
+        if rules.think_max_chars is None
+        else Rep(think_char, 0, rules.think_max_chars)
+    )
+    actions: list[Ref] = []
+    rules_out: dict[str, gbnf.Expr] = {}
+    if rules.tools:
+        caption_ids = _caption_id_expr(rules) if rules.get_caption else None
+        qa_ids = _qa_id_expr(rules) if rules.video_qa else None
+        calls = []
+        if caption_ids is not None:
+            rules_out["caption-call"] = seq("get_caption(", caption_ids, ")")
+            calls.append(Ref("caption-call"))
+        if qa_ids is not None:
+            rules_out["qa-call"] = seq("video_qa(", qa_ids, ', "', Ref("query"), '")')
+            rules_out["query"] = seq(
+                Chars(_QUERY_FIRST), Rep(Chars(r'^"\\<\x00-\x1F'), 0, QUERY_MAX_CHARS - 1)
+            )
+            calls.append(Ref("qa-call"))
+        if calls:
+            rules_out["tool"] = seq("<tool>", alt(*calls), "</tool>")
+            actions.append(Ref("tool"))
+    rules_out["answer"] = seq("<answer>", _answer_expr(rules), "</answer>")
+    actions.append(Ref("answer"))
+    rules_out["action"] = alt(*actions)
+    whole = {"root": seq(THINK_OPEN, Ref("think"), THINK_CLOSE + "\n", Ref("action")),
+             "think": think, **rules_out}  # fmt: skip
+    tail = {"root": seq("\n", Ref("action")), **rules_out}
+    return Grammar(whole), Grammar(tail)
+
+
+def reply_constraint(rules: ReplyRules, free_tokens: int = 768) -> Constraint:
+    """The round's grammar for a backend: GBNF text for llama.cpp, vLLM and SGLang alike.
+
+    Every reply it admits is one :func:`parse_reply` reads as canonical with
+    the same tree, choices and fetched ids; ``free_tokens`` caps the think
+    when a backend writes it freely and constrains only the rest.
+    """
+    whole, tail = reply_grammars(rules)
+    chars = rules.think_max_chars or free_tokens * THINK_CHARS_PER_TOKEN
+    bounded = reply_grammars(replace(rules, think_max_chars=chars))[0]
+    return Constraint(
+        grammar=whole.gbnf(),
+        head=THINK_OPEN,
+        stop=THINK_CLOSE,
+        tail=tail.gbnf(),
+        free_tokens=free_tokens,
+        bounded=bounded.gbnf(),
+        tail_tokens=TAIL_MAX_CHARS,
+    )
+
+
+def _id_trie(ids: Collection[NodeId]) -> gbnf.Expr | None:
+    """``(h, m)`` / ``(h, m, l)`` for exactly these ids, shared prefixes written once."""
+    if not ids:
+        return None
+
+    def level(prefix: NodeId) -> gbnf.Expr:
+        heads = sorted(
+            {i[len(prefix)] for i in ids if len(i) > len(prefix) and i[: len(prefix)] == prefix}
+        )
+        branches = []
+        for head in heads:
+            here = (*prefix, head)
+            ends = here in ids
+            deeper = any(len(i) > len(here) and i[: len(here)] == here for i in ids)
+            rest = seq(", ", level(here)) if deeper else None
+            if ends and rest is not None:
+                branches.append(seq(str(head), opt(rest)))
+            elif rest is not None:
+                branches.append(seq(str(head), rest))
+            else:
+                branches.append(seq(str(head)))
+        return alt(*branches)
+
+    return seq("(", level(()), ")")
+
+
+def _caption_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
+    w, fetched = rules.width, {tuple(f) for f in rules.fetched}
+    ids = [
+        (h, m, *rest)
+        for h in range(1, w + 1)
+        for m in range(1, w + 1)
+        for rest in ((), *((k,) for k in range(1, w + 1)))
+        if (h, m, *rest) not in fetched
+    ]
+    return _id_trie(set(ids))
+
+
+def _qa_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
+    w, fetched = rules.width, {tuple(f) for f in rules.fetched}
+    refused = {tuple(r) for r in rules.refused}
+    leaves = {
+        (h, m, k)
+        for h in range(1, w + 1)
+        for m in range(1, w + 1)
+        for k in range(1, w + 1)
+        if (not rules.require_fetched_leaf or (h, m, k) in fetched) and (h, m, k) not in refused
+    }
+    return _id_trie(leaves)
+
+
+def _answer_expr(rules: ReplyRules) -> gbnf.Expr:
+    if not rules.choices:
+        return seq(Chars("A-Za-z0-9"), Rep(Chars("^<"), 0, OPEN_ANSWER_MAX_CHARS - 1))
+    bodies = _answer_bodies(rules.choices, rules.answer_form)
+    return alt(*(b for letter in sorted(bodies) for b in bodies[letter]))
+
+
+def _answer_bodies(choices: Sequence[str], answer_form: AnswerForm) -> dict[str, list[str]]:
+    """For each option letter, the ``<answer>`` texts of this form that read back as it.
+
+    Each candidate is checked with the parser itself; an option text that
+    reads as another option falls back to its ``A. text`` line, then to its
+    letter, so every option stays answerable.
+    """
+    if answer_form not in ANSWER_FORMS:
+        answer_instruction(answer_form)  # raises the one-line error
+    letters = _letters(len(choices))
+    lines = option_lines(choices)
+    out: dict[str, list[str]] = {}
+    for choice, line, letter in zip(choices, lines, letters, strict=True):
+        text = " ".join(_choice_body(choice, letter).split())
+        if answer_form == "letter":
+            candidates = [letter]
+        elif answer_form == "text":
+            candidates = [text, line, letter]
+        else:
+            candidates = [letter, text, line]
+        good = [c for c in dict.fromkeys(candidates) if _reads_as(c, letter, choices)]
+        out[letter] = good[:1] if answer_form == "text" else good
+    return out
+
+
+def _reads_as(body: str, letter: str, choices: Sequence[str]) -> bool:
+    if "<" in body or not body.strip():
+        return False
+    reply = parse_reply(f"{THINK_OPEN}x{THINK_CLOSE}\n<answer>{body}</answer>", choices=choices)
+    return reply.canonical and reply.answer is not None and reply.answer.letter == letter
