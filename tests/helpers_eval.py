@@ -103,15 +103,20 @@ def evaluator(
 class RuleServer(ScriptedChatServer):
     """Answers each request with ``rule(body)``; records every request like the scripted one."""
 
-    def __init__(self, rule: Callable[[dict[str, Any]], Step], model: str = "scripted-model"):
-        super().__init__([], model)
+    def __init__(
+        self,
+        rule: Callable[[dict[str, Any]], Step],
+        model: str = "scripted-model",
+        grammar_field: str | None = None,
+    ):
+        super().__init__([], model, grammar_field)
         self.rule = rule
         self.count_lock = threading.Lock()
 
     def _next(self, body: dict[str, Any]) -> Step | None:
         with self._lock:
-            self.requests.append(body)
-        return self.rule(body)
+            probe = self._intercept(body)
+        return probe if probe is not None else self.rule(body)
 
 
 def user_text(body: dict[str, Any]) -> str:

@@ -10,6 +10,14 @@ stop the whole server, as a crashed endpoint would). A request after the
 script ran out gets a 500 that says so, so a test that expected fewer calls
 fails loudly.
 
+Grammars: a server built with ``grammar_field`` (one of :data:`GRAMMAR_FIELDS`)
+takes a grammar in that request field, as vLLM, SGLang or llama.cpp's server
+do; :attr:`ScriptedChatServer.grammars` records what each scripted request
+carried there. The backend's one-time probe (a grammar admitting one
+made-up word) is answered apart from the script, with that word where the
+field is the server's own and with other text where it is not (a server that
+ignores unknown fields), and recorded in :attr:`ScriptedChatServer.probes`.
+
 Only the standard library: ``http.server`` in a daemon thread on 127.0.0.1,
 port chosen by the OS.
 """
@@ -17,6 +25,7 @@ port chosen by the OS.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -53,13 +62,34 @@ class Hangup:
 
 Step = str | Say | Fail | Hangup
 
+GRAMMAR_FIELDS = ("structured_outputs", "guided_grammar", "ebnf", "grammar")
+_PROBE = re.compile(r'^root ::= "([a-z]+)"\s*$')
+
+
+def grammar_of(body: dict[str, Any], field: str) -> str | None:
+    """The grammar text a request body carries in ``field``, if any."""
+    value = body.get(field)
+    if field == "structured_outputs":
+        value = value.get("grammar") if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
 
 class ScriptedChatServer:
     """Plays ``script`` to whoever calls it; records the JSON body of every request."""
 
-    def __init__(self, script: Iterable[Step], model: str = "scripted-model") -> None:
+    def __init__(
+        self,
+        script: Iterable[Step],
+        model: str = "scripted-model",
+        grammar_field: str | None = None,
+    ) -> None:
+        if grammar_field is not None and grammar_field not in GRAMMAR_FIELDS:
+            raise ValueError(f"grammar_field must be one of {GRAMMAR_FIELDS}")
         self.model = model
+        self.grammar_field = grammar_field
         self.requests: list[dict[str, Any]] = []
+        self.grammars: list[str | None] = []
+        self.probes: list[dict[str, Any]] = []
         self._script = [Say(s) if isinstance(s, str) else s for s in script]
         self._lock = threading.Lock()
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
@@ -103,8 +133,29 @@ class ScriptedChatServer:
 
     def _next(self, body: dict[str, Any]) -> Step | None:
         with self._lock:
-            self.requests.append(body)
+            probe = self._intercept(body)
+            if probe is not None:
+                return probe
             return self._script.pop(0) if self._script else None
+
+    def _intercept(self, body: dict[str, Any]) -> Say | None:
+        """Record a request (caller holds the lock); a grammar probe is answered here."""
+        probe = self._probe_reply(body)
+        if probe is not None:
+            self.probes.append(body)
+            return Say(probe, prompt_tokens=5, completion_tokens=2)
+        self.requests.append(body)
+        field = self.grammar_field
+        self.grammars.append(grammar_of(body, field) if field else None)
+        return None
+
+    def _probe_reply(self, body: dict[str, Any]) -> str | None:
+        """The answer to a grammar probe, or ``None`` when the request is not one."""
+        for field in GRAMMAR_FIELDS:
+            match = _PROBE.match(grammar_of(body, field) or "")
+            if match is not None:
+                return match.group(1) if field == self.grammar_field else "Sure."
+        return None
 
     def _completion(self, step: Say) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1 import weights
+from longvideo_r1 import protocol, weights
 from longvideo_r1.backends import (
     EmbeddedBackend,
     OpenAIBackend,
@@ -22,6 +22,7 @@ from longvideo_r1.backends import (
 )
 from longvideo_r1.config import EndpointSettings
 from longvideo_r1.errors import ConfigError, EndpointError
+from longvideo_r1.tree import Tree
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -413,3 +414,47 @@ def test_qwen_replies_and_reuses_the_prefix():
     other = backend.chat([{"role": "user", "content": "Another conversation."}])
     assert backend.history()[-1].prompt_evaluated > other.usage.prompt_tokens // 2
     backend.close()
+
+
+@pytest.mark.parametrize(("mode", "temperature"), [("split", 0.0), ("split", 0.7), ("whole", 0.0)])
+def test_smollm2_under_the_reply_grammar_writes_a_canonical_reply(smollm2, mode, temperature):
+    """Real llama.cpp: the grammar text parses there, and what comes out is canonical."""
+    tree = Tree(duration=151.6, n_frames=3790, width=4)
+    choices = ("A. a red car", "B. a blue bus", "C. seven", "D. B")
+    messages = [
+        {"role": "system", "content": "Think in <think></think>, then call a tool or answer."},
+        {"role": "user", "content": "Which vehicle stops?\n" + "\n".join(choices)},
+    ]
+    rules = protocol.ReplyRules(
+        width=4,
+        fetched=frozenset({(1,), (2,), (3,), (4,), (2, 1), (2, 1, 3)}),
+        choices=choices,
+        answer_form="text",
+        think_max_chars=None if mode == "split" else 40,
+    )
+    smollm2.constraint_mode = mode
+    try:
+        reply = smollm2.chat(
+            messages,
+            max_tokens=64,
+            temperature=temperature,
+            constraint=protocol.reply_constraint(rules, free_tokens=24),
+        )
+    finally:
+        smollm2.constraint_mode = "split"
+    parsed = protocol.parse_reply(reply.text, tree, choices, rules.fetched)
+    assert parsed.canonical, reply.text
+    if mode == "whole":
+        assert protocol.reply_grammars(rules)[0].admits(reply.text), reply.text
+    action = parsed.action
+    assert action is None or action.tool == "video_qa" or action.node_id not in rules.fetched
+    assert reply.usage.completion_tokens > 0
+
+
+def test_an_embedded_backend_says_it_can_constrain(tmp_path: Path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    assert EmbeddedBackend(path).supports_constraints()
+    assert EmbeddedBackend(path).default_answer_form == "text"
+    with pytest.raises(ConfigError, match="constraint mode must be one of split, whole"):
+        EmbeddedBackend(path, constraint_mode="both")

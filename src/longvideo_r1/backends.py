@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -49,6 +50,7 @@ import openai
 
 from . import weights
 from .errors import ConfigError, EndpointError, LVR1Error
+from .gbnf import Constraint
 from .vlm import ChatClient, ChatEndpointError, ChatReply, Message, Usage, one_line
 
 if TYPE_CHECKING:
@@ -139,6 +141,9 @@ class ChatBackend(ABC):
     """
 
     identity: str
+    default_answer_form: str = "either"
+    """What ``--answer-form auto`` asks of this backend's model: a served model may be a
+    checkpoint trained on letters, so either a letter or an option's text."""
 
     def __init__(self, identity: str, history: int = 1000) -> None:
         self.identity = identity
@@ -152,13 +157,20 @@ class ChatBackend(ABC):
         max_tokens: int | None = None,
         temperature: float | None = None,
         stop: Sequence[str] | None = None,
+        constraint: Constraint | None = None,
     ) -> ChatReply:
-        """One completion; raises :class:`EndpointError` (one line) on failure."""
+        """One completion; raises :class:`EndpointError` (one line) on failure.
+
+        With ``constraint`` the reply is decoded under its grammar; ask
+        :meth:`supports_constraints` first, a backend that cannot apply it refuses.
+        """
         if not messages:
             raise EndpointError(f"{self.identity}: cannot chat without messages")
+        if constraint is not None and not self.supports_constraints():
+            raise EndpointError(f"{self.identity}: this backend cannot constrain replies")
         started = time.perf_counter()
         try:
-            served = self._serve(list(messages), max_tokens, temperature, stop)
+            served = self._serve(list(messages), max_tokens, temperature, stop, constraint)
         except _CallFailed as failed:
             seconds = time.perf_counter() - started
             self._record(CallRecord(failed.endpoint, seconds, ok=False, error=str(failed.error)))
@@ -182,8 +194,13 @@ class ChatBackend(ABC):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        constraint: Constraint | None = None,
     ) -> Served:
         """Make the call; wrap user-facing failures in :class:`_CallFailed`."""
+
+    def supports_constraints(self) -> bool:
+        """Whether :meth:`chat` can decode under a grammar (see :class:`Constraint`)."""
+        return False
 
     def _record(self, record: CallRecord) -> None:
         with self._record_lock:
@@ -292,7 +309,13 @@ class OpenAIBackend(ChatBackend):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         history: int = 1000,
+        grammar_dialect: str | None = "auto",
     ) -> None:
+        if grammar_dialect not in (None, "auto", *GRAMMAR_DIALECTS):
+            raise ConfigError(
+                f"grammar dialect must be auto or one of {', '.join(GRAMMAR_DIALECTS)}, "
+                f"got {grammar_dialect!r}"
+            )
         urls = split_base_urls(base_urls)
         if not urls:
             raise ConfigError(
@@ -323,6 +346,48 @@ class OpenAIBackend(ChatBackend):
         ]
         self._lock = threading.Lock()
         self._turn = itertools.count()
+        self._dialect = grammar_dialect
+        self._dialect_lock = threading.Lock()
+
+    def supports_constraints(self) -> bool:
+        return self.grammar_dialect() is not None
+
+    def grammar_dialect(self) -> str | None:
+        """How these servers take a grammar, probed once: ``None`` when none works.
+
+        Each dialect's request field is tried with a grammar that admits one
+        made-up word; a server that ignores the field (or refuses it with a
+        4xx) writes something else. Servers of one role run the same software,
+        so the first that answers decides for all.
+        """
+        with self._dialect_lock:
+            if self._dialect == "auto":
+                self._dialect = self._probe_dialect()
+            return self._dialect
+
+    def _probe_dialect(self) -> str | None:
+        probe = [{"role": "user", "content": "Write one word."}]
+        for endpoint in self._order(probe):
+            client = endpoint.client
+            try:
+                for dialect, field in GRAMMAR_DIALECTS.items():
+                    try:
+                        reply = client.chat(
+                            probe,
+                            max_tokens=8,
+                            temperature=0.0,
+                            extra_body=field(f'root ::= "{_PROBE_WORD}"'),
+                        )
+                    except ChatEndpointError as exc:
+                        if exc.status is not None and 400 <= exc.status < 500:
+                            continue  # the server refuses the field: not this dialect
+                        raise
+                    if reply.text.strip() == _PROBE_WORD:
+                        return dialect
+                return None
+            except _Unreachable:
+                self._mark_down(endpoint)
+        return None
 
     @classmethod
     def from_settings(
@@ -390,14 +455,18 @@ class OpenAIBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        constraint: Constraint | None = None,
     ) -> Served:
         started = time.perf_counter()
         failures: list[str] = []
         attempts = 0
+        extra = None
+        if constraint is not None:
+            extra = GRAMMAR_DIALECTS[self.grammar_dialect() or ""](constraint.grammar)
         for endpoint in self._order(messages):
             url = endpoint.client.base_url
             try:
-                reply = endpoint.client.chat(messages, max_tokens, temperature, stop)
+                reply = endpoint.client.chat(messages, max_tokens, temperature, stop, extra)
             except _Unreachable as exc:
                 self._mark_down(endpoint)
                 failures.append(str(exc))
@@ -449,6 +518,18 @@ class OpenAIBackend(ChatBackend):
             endpoint.down_until = 0.0
 
 
+GRAMMAR_DIALECTS: Mapping[str, Callable[[str], dict[str, Any]]] = {
+    "vllm": lambda g: {"structured_outputs": {"grammar": g}},
+    "vllm-guided": lambda g: {"guided_grammar": g},
+    "sglang": lambda g: {"ebnf": g},
+    "llama.cpp": lambda g: {"grammar": g},
+}
+"""How each server takes a GBNF grammar in a chat request's body, in the order probed:
+vLLM >= 0.12 (``structured_outputs``), older vLLM (``guided_grammar``), SGLang (``ebnf``)
+and llama.cpp's server (``grammar``)."""
+_PROBE_WORD = "zqxv"
+
+
 def _conversation_key(messages: Sequence[Message]) -> int:
     """Stable across processes (unlike hash()): the opening that every round repeats."""
     opening = json.dumps(
@@ -490,6 +571,9 @@ class EmbeddedBackend(ChatBackend):
     trained with; 16k holds a 30-round agent conversation.
     """
 
+    default_answer_form = "text"
+    """Small local models name the right option's text far more often than its letter."""
+
     def __init__(
         self,
         model_path: str | Path,
@@ -502,7 +586,13 @@ class EmbeddedBackend(ChatBackend):
         temperature: float | None = None,
         chat_format: str | None = None,
         history: int = 1000,
+        constraint_mode: str = "split",
     ) -> None:
+        if constraint_mode not in CONSTRAINT_MODES:
+            raise ConfigError(
+                f"constraint mode must be one of {', '.join(CONSTRAINT_MODES)}, "
+                f"got {constraint_mode!r}"
+            )
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise ConfigError(f"embedded model file not found: {path}")
@@ -516,7 +606,9 @@ class EmbeddedBackend(ChatBackend):
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.chat_format = chat_format
+        self.constraint_mode = constraint_mode
         self.load_seconds: float | None = None
+        self._formatter: Any = None
         self._lock = threading.Lock()
         self._llama: Any = None
         self._evals: list[int] = []
@@ -575,7 +667,10 @@ class EmbeddedBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        constraint: Constraint | None = None,
     ) -> Served:
+        if constraint is not None:
+            return self._serve_constrained(messages, max_tokens, temperature, stop, constraint)
         options: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens}
         temp = temperature if temperature is not None else self.temperature
         if temp is not None:
@@ -606,6 +701,146 @@ class EmbeddedBackend(ChatBackend):
             model=self.name,
         )
         return Served(reply, str(self.model_path), evaluated)
+
+    def supports_constraints(self) -> bool:
+        return True
+
+    def _serve_constrained(
+        self,
+        messages: list[Message],
+        max_tokens: int | None,
+        temperature: float | None,
+        stop: Sequence[str] | None,
+        constraint: Constraint,
+    ) -> Served:
+        """A reply under a grammar, in one of two ways (:data:`CONSTRAINT_MODES`).
+
+        llama.cpp checks every vocabulary entry against the grammar at each
+        constrained token, which is slow over a long free-text think. In
+        ``split`` mode the think is written freely up to ``constraint.stop``
+        (at most ``constraint.free_tokens`` tokens; the stop is written for the
+        model when it runs out), and only the short rest is constrained, on a
+        prompt whose prefix the KV cache already holds. ``whole`` constrains
+        the whole reply in one call, its think capped in characters.
+        ``benchmarks/bench_constrained.py`` measures both. Either way the part
+        after the think gets the tokens it needs to finish (``tail_tokens``),
+        even past ``max_tokens``: a cut-off tool call would waste the round.
+        """
+        limit = int(max_tokens or self.max_tokens or 1024)
+        sampling = {"temperature": 0.2 if temperature is None else float(temperature)}
+        llama_cpp = _import_llama_cpp()
+        with self._lock:
+            try:
+                llm = self._load()
+                prompt, template_stops = self._format(llm, messages)
+            except EndpointError as exc:
+                raise _CallFailed(exc, str(self.model_path)) from None
+            stops = [*(stop or ()), *template_stops]
+            started = time.perf_counter()
+            try:
+                if self.constraint_mode == "whole":
+                    text_grammar = constraint.bounded or constraint.grammar
+                    grammar = llama_cpp.LlamaGrammar.from_string(text_grammar, verbose=False)
+                    cap = max(limit, constraint.free_tokens * 4 + constraint.tail_tokens)
+                    out = self._complete(llm, prompt, cap, stops, grammar, sampling)
+                    text, finish = out["choices"][0]["text"], out["choices"][0]["finish_reason"]
+                    prompt_tokens = int(out["usage"]["prompt_tokens"])
+                    completion_tokens = int(out["usage"]["completion_tokens"])
+                    evaluated = self._evals[0] if self._evals else 0
+                else:
+                    head = prompt + constraint.head
+                    free_cap = max(1, min(constraint.free_tokens, limit))
+                    free = self._complete(
+                        llm, head, free_cap, [constraint.stop, *stops], None, sampling
+                    )
+                    evaluated = self._evals[0] if self._evals else 0
+                    think = _cut_at(free["choices"][0]["text"], constraint.stop)
+                    used = int(free["usage"]["completion_tokens"])
+                    grammar = llama_cpp.LlamaGrammar.from_string(constraint.tail, verbose=False)
+                    rest = self._complete(
+                        llm,
+                        head + think + constraint.stop,
+                        max(constraint.tail_tokens, limit - used),
+                        stops,
+                        grammar,
+                        sampling,
+                    )
+                    evaluated += self._evals[0] if self._evals else 0
+                    tail = rest["choices"][0]["text"]
+                    text = constraint.head + think + constraint.stop + tail
+                    finish = rest["choices"][0]["finish_reason"]
+                    prompt_tokens = int(free["usage"]["prompt_tokens"])
+                    completion_tokens = used + int(rest["usage"]["completion_tokens"])
+            except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+                error = EndpointError(f"embedded model {self.name}: {one_line(exc)}")
+                raise _CallFailed(error, str(self.model_path)) from None
+            seconds = time.perf_counter() - started
+        reply = ChatReply(
+            text=text,
+            usage=Usage(prompt_tokens, completion_tokens),
+            seconds=seconds,
+            finish_reason=finish,
+            model=self.name,
+        )
+        return Served(reply, str(self.model_path), evaluated)
+
+    def _complete(
+        self,
+        llm: Any,
+        prompt: str,
+        max_tokens: int,
+        stops: list[str],
+        grammar: Any,
+        sampling: dict[str, Any],
+    ) -> Any:
+        """One raw completion, its evaluated-token count in ``self._evals[0]``."""
+        self._evals.clear()
+        return llm.create_completion(
+            prompt=prompt,
+            max_tokens=max_tokens,
+            stop=stops or None,
+            grammar=grammar,
+            **sampling,
+        )
+
+    def _format(self, llm: Any, messages: list[Message]) -> tuple[str, list[str]]:
+        """The conversation as the GGUF's chat template writes it, ready for a raw completion.
+
+        The same template ``create_chat_completion`` uses, so free and
+        constrained rounds of one conversation share their KV-cache prefix.
+        """
+        if self._formatter is None:
+            from llama_cpp import llama_chat_format
+
+            template = llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise EndpointError(
+                    f"embedded model {self.name} has no chat template in its GGUF, so its "
+                    "replies cannot be constrained; use --constrain off"
+                )
+            eos, bos = llm.token_eos(), llm.token_bos()
+            self._formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
+                bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
+                stop_token_ids=[eos],
+            )
+        formatted = self._formatter(messages=messages)
+        stop = formatted.stop
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return formatted.prompt, stops
+
+
+CONSTRAINT_MODES: tuple[str, ...] = ("split", "whole")
+"""How the embedded backend applies a grammar; see :meth:`EmbeddedBackend._serve_constrained`."""
+
+
+def _cut_at(text: str, stop: str) -> str:
+    """The free part up to any spelling of ``stop`` the stop string missed (``</think >``)."""
+    if not stop.startswith("</") or not stop.endswith(">"):
+        return text.split(stop, 1)[0]
+    name = re.escape(stop[2:-1].strip())
+    return re.split(rf"</\s*{name}\s*>", text, maxsplit=1, flags=re.IGNORECASE)[0]
 
 
 def _count_evals(llm: Any) -> list[int]:

@@ -165,9 +165,14 @@ class ChatClient:
         max_tokens: int | None = None,
         temperature: float | None = None,
         stop: Sequence[str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> ChatReply:
-        """Send one conversation; retry what may pass; raise :class:`ChatEndpointError` otherwise."""
-        request = self._request(messages, max_tokens, temperature, stop)
+        """Send one conversation; retry what may pass; raise :class:`ChatEndpointError` otherwise.
+
+        ``extra_body`` is merged over the client's own for this call only (a
+        grammar differs from round to round).
+        """
+        request = self._request(messages, max_tokens, temperature, stop, extra_body)
         started = time.perf_counter()
         attempt = 0
         while True:
@@ -197,6 +202,7 @@ class ChatClient:
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.model, "messages": list(messages)}
         tokens = max_tokens if max_tokens is not None else self.max_tokens
@@ -207,8 +213,9 @@ class ChatClient:
             request["temperature"] = float(temp)
         if stop:
             request["stop"] = list(stop)
-        if self.extra_body:
-            request["extra_body"] = dict(self.extra_body)
+        body = {**self.extra_body, **(extra_body or {})}
+        if body:
+            request["extra_body"] = body
         return request
 
     def _reply(self, completion: Any, attempts: int, seconds: float) -> ChatReply:
