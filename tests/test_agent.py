@@ -127,7 +127,7 @@ def test_a_correct_trajectory_end_to_end(world: World):
     assert trace.status == "answered" and trace.reason is None
     assert (trace.answer, trace.raw_answer) == ("B", "(B)")
 
-    system = {"role": "system", "content": protocol.system_prompt(4)}
+    system = {"role": "system", "content": protocol.system_prompt(4, "either")}
     first = user(FIRST_MESSAGE)
     assert server.messages(0) == [system, first]
     assert server.messages(1) == [system, first, assistant(GET_3_2), user(OBS_3_2)]
@@ -278,7 +278,7 @@ def test_a_spent_video_qa_budget_forces_an_answer(world: World):
     assert server.messages(2)[-3:] == [
         assistant(ASK_3_2_4),
         user(notice),
-        user(protocol.last_round_message()),
+        user(protocol.last_round_message("either")),
     ]
     assert world.answerer.asked == []
     assert trace.status == "answered" and trace.answer == "B"
@@ -312,7 +312,7 @@ def test_a_spent_token_budget_forces_the_next_round(world: World):
     with ScriptedChatServer(script) as server:
         trace = world.navigator(server, max_tokens=1000).run(QUESTION, CHOICES)
     notice = "The token budget for this question (1000 tokens) is spent, so that call was not run."
-    assert server.messages(1)[-2:] == [user(notice), user(protocol.last_round_message())]
+    assert server.messages(1)[-2:] == [user(notice), user(protocol.last_round_message("either"))]
     assert trace.status == "answered" and trace.rounds[1].forced
 
 
@@ -322,7 +322,7 @@ def test_a_spent_time_budget_stops_the_tools(world: World):
         trace = world.navigator(server, max_seconds=0.2).run(QUESTION, CHOICES)
     assert server.messages(1)[-2:] == [
         user("The time budget for this question (0.2 s) is spent, so that call was not run."),
-        user(protocol.last_round_message()),
+        user(protocol.last_round_message("either")),
     ]
     assert trace.status == "no_answer" and "time budget" in trace.reason
     assert trace.cost.caption_calls == 4  # the opening only
@@ -336,7 +336,7 @@ def test_the_request_before_the_last_round_says_so(world: World):
     assert server.messages(2)[-3:] == [
         assistant(GET_3_2_4),
         user(OBS_3_2_4),
-        user(protocol.last_round_message()),
+        user(protocol.last_round_message("either")),
     ]
     assert trace.status == "answered" and [r.forced for r in trace.rounds] == [False, False, True]
 
@@ -357,7 +357,7 @@ def test_a_model_that_never_answers_ends_with_no_answer(world: World):
 def test_a_single_round_is_the_last_round(world: World):
     with ScriptedChatServer(["<answer>B</answer>"]) as server:
         trace = world.navigator(server, max_rounds=1).run(QUESTION, CHOICES)
-    assert server.messages(0)[-1] == user(protocol.last_round_message())
+    assert server.messages(0)[-1] == user(protocol.last_round_message("either"))
     assert trace.status == "answered" and trace.rounds[0].forced
 
 
@@ -511,7 +511,7 @@ def test_a_model_repeating_one_call_is_told_and_must_answer(world: World):
     assert server.messages(4)[-3:] == [
         assistant(GET_3_2),
         user(notice),
-        user(protocol.last_round_message()),
+        user(protocol.last_round_message("either")),
     ]
     assert [r.observation for r in trace.rounds[:3]] == [OBS_3_2] * 3
     assert trace.rounds[3].observation is None and trace.rounds[3].notice == notice
@@ -536,3 +536,110 @@ def test_different_bad_replies_are_not_a_loop(world: World):
     with ScriptedChatServer([*script, ANSWER_B]) as server:
         trace = world.navigator(server).run(QUESTION, CHOICES)
     assert trace.status == "answered" and len(trace.rounds) == 4
+
+
+# constrained replies ----------------------------------------------------------------------
+
+HIGHS = {(1,), (2,), (3,), (4,)}
+
+
+def expected_grammar(fetched: set, **rules) -> str:
+    """The grammar the builder makes for a round with these ids read and these budgets."""
+    options = {"width": 4, "choices": tuple(CHOICES), "answer_form": "either", **rules}
+    constraint = protocol.reply_constraint(
+        protocol.ReplyRules(fetched=frozenset(HIGHS | fetched), **options),
+        free_tokens=AgentConfig().max_think_tokens,
+    )
+    return constraint.grammar
+
+
+def test_each_round_sends_the_grammar_of_what_it_may_still_do(world: World):
+    script = [
+        GET_3_2,
+        GET_3_2_4,
+        ASK_3_2_4,
+        "<think>It says City Line 7.</think>\n<answer>a blue bus</answer>",
+    ]
+    with ScriptedChatServer(script, grammar_field="structured_outputs") as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+
+    assert (trace.status, trace.answer, trace.raw_answer) == ("answered", "B", "a blue bus")
+    assert [r.constrained for r in trace.rounds] == [True] * 4
+    assert trace.config["constrained"] and trace.config["answer_form"] == "either"
+    assert trace.config["parser_version"] == protocol.PARSER_VERSION
+    assert len(server.probes) == 1  # vLLM's field is tried first, and this server takes it
+    assert server.grammars == [
+        expected_grammar(set()),
+        expected_grammar({(3, 2)}),  # (3, 2) is no longer offered
+        expected_grammar({(3, 2), (3, 2, 4)}),  # now video_qa on (3, 2, 4) is
+        expected_grammar({(3, 2), (3, 2, 4)}),
+    ]
+    assert 'qa-call ::= "video_qa((3, 2, 4), \\""' in server.grammars[2]
+    assert "qa-call" not in server.grammars[0] and "qa-call" not in server.grammars[1]
+    assert server.messages(0)[0]["content"] == protocol.system_prompt(4, "either")
+
+
+def test_spent_budgets_and_the_last_round_narrow_the_grammar(world: World):
+    script = [GET_3_2, GET_3_2_4, "<think>A bus.</think>\n<answer>B</answer>"]
+    with ScriptedChatServer(script, grammar_field="grammar") as server:
+        trace = world.navigator(server, max_rounds=3, max_video_qa=0).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and trace.answer == "B"
+    assert server.grammars == [
+        expected_grammar(set(), video_qa=False),
+        expected_grammar({(3, 2)}, video_qa=False),
+        expected_grammar({(3, 2), (3, 2, 4)}, video_qa=False, tools=False),  # last round
+    ]
+    assert "tool ::=" not in server.grammars[2]
+
+
+@pytest.mark.parametrize(
+    ("field", "dialect"),
+    [
+        ("structured_outputs", "vllm"),
+        ("guided_grammar", "vllm-guided"),
+        ("ebnf", "sglang"),
+        ("grammar", "llama.cpp"),
+    ],
+)
+def test_the_probe_finds_the_field_each_server_takes(field: str, dialect: str):
+    with ScriptedChatServer(
+        ["<think>x</think>\n<answer>B</answer>"], grammar_field=field
+    ) as server:
+        backend = OpenAIBackend(server.base_url, model=server.model, max_retries=0)
+        assert backend.grammar_dialect() == dialect
+        assert backend.grammar_dialect() == dialect  # probed once
+        probes = len(server.probes)
+        constraint = protocol.reply_constraint(protocol.ReplyRules(width=4, tools=False))
+        backend.chat(HELLO_MESSAGES, constraint=constraint)
+    assert probes == ["structured_outputs", "guided_grammar", "ebnf", "grammar"].index(field) + 1
+    assert server.grammars == [constraint.grammar]
+
+
+HELLO_MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_a_server_without_grammars_runs_unconstrained_or_is_refused(world: World, caplog):
+    with ScriptedChatServer([ANSWER_B]) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and trace.rounds[0].constrained is False
+    assert len(server.probes) == 4 and server.grammars == [None]
+    assert "takes no grammar; its replies are not constrained" in caplog.text
+
+    with ScriptedChatServer([ANSWER_B]) as server:
+        trace = world.navigator(server, constrain="on").run(QUESTION, CHOICES)
+    assert trace.status == "error" and server.requests == []
+    assert "--constrain on, but openai:scripted-model takes no grammar" in (trace.reason or "")
+
+
+def test_constrain_off_sends_no_probe_and_no_grammar(world: World):
+    with ScriptedChatServer([ANSWER_B], grammar_field="structured_outputs") as server:
+        trace = world.navigator(server, constrain="off", answer_form="letter").run(
+            QUESTION, CHOICES
+        )
+    assert trace.status == "answered" and not trace.rounds[0].constrained
+    assert server.probes == [] and server.grammars == [None]
+    assert server.messages(0)[0]["content"] == protocol.system_prompt(4, "letter")
+    with pytest.raises(ConfigError, match="constrain must be one of auto, on, off"):
+        AgentConfig(constrain="always")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="answer_form must be auto or one of"):
+        AgentConfig(answer_form="number")  # type: ignore[arg-type]

@@ -23,12 +23,14 @@ from helpers_eval import (
 )
 from scripted_server import Say
 
+from longvideo_r1 import protocol
 from longvideo_r1.baselines import (
-    ANSWER_INSTRUCTION,
     IMAGE_PART_STUB,
+    AnswerStep,
     CaptionAll,
     RandomWalk,
     UniformFrames,
+    answer_instruction,
     parse_answer,
     random_walk,
     uniform_times,
@@ -75,9 +77,11 @@ def uniform_decoded(test_video) -> int:
     return frames.decoded
 
 
-def question_tail(q) -> str:
-    """How every baseline prompt ends: the question, its lettered options, the instruction."""
-    return "\n".join([f"Question: {q.question}", *q.choice_lines(), ANSWER_INSTRUCTION])
+def question_tail(q, form: str = "either") -> str:
+    """How every baseline prompt ends: the question, its lettered options, the instruction
+    (a server's answer form is ``either`` unless set)."""
+    instruction = answer_instruction(form)
+    return "\n".join([f"Question: {q.question}", *q.choice_lines(), instruction])
 
 
 # reading replies --------------------------------------------------------------------------
@@ -89,9 +93,10 @@ def question_tail(q) -> str:
         ("<think>it is yellow</think>\n<answer>B</answer>", "B"),
         ("<answer>(C)</answer>", "C"),
         ("<answer>yellow</answer>", "B"),
-        ("B", "B"),
-        ("The answer is D.", "D"),
-        ("<think>hmm</think>A.", "A"),
+        # Outside <answer> nothing is scored, as for the agent: no lone letter is fished out.
+        ("B", None),
+        ("The answer is D.", None),
+        ("<think>hmm</think>A.", None),
         ("I think B is right", None),
         ("<answer>E</answer>", None),
         ("<tool>get_caption((1, 2))</tool>", None),
@@ -229,6 +234,27 @@ def test_an_unparsable_baseline_answer_is_a_failure(bench, test_video, store, tm
     assert all(r.reason.startswith("unparsable answer") for r in outcome.records)
 
 
+def test_a_baseline_answer_is_constrained_like_the_agents(bench, test_video, store, tmp_path):
+    """The one call of a baseline gets the agent's grammar with only <answer> admitted."""
+    reply = "<think>The captions say yellow.</think>\n<answer>yellow</answer>"
+    with RuleServer(lambda body: Say(reply), grammar_field="ebnf") as llm:
+        settings = settings_for(store, llm.base_url)
+        method = CaptionAll(answer=AnswerStep(constrain="on", answer_form="text"))
+        outcome = run(method, bench, test_video, tmp_path, settings)
+        grammars, bodies = list(llm.grammars), list(llm.requests)
+    q = bench[0]
+    rules = protocol.ReplyRules(
+        width=4, choices=tuple(q.choice_lines()), answer_form="text", tools=False
+    )
+    assert grammars[0] == protocol.reply_constraint(rules).grammar
+    assert "tool ::=" not in grammars[0] and '"yellow"' in grammars[0]
+    assert bodies[0]["messages"][1]["content"].endswith(question_tail(q, "text"))
+    record = min(outcome.records, key=lambda r: r.question_id)
+    assert record.answer == "B" and record.correct
+    assert outcome.manifest.params["constrain"] == "on"
+    assert outcome.manifest.params["answer_form"] == "text"
+
+
 # random-walk ------------------------------------------------------------------------------
 
 
@@ -257,6 +283,7 @@ def test_random_walk_reads_high_captions_then_its_budget_seeded(bench, test_vide
     assert record.cost.caption_calls == 9 and record.cost.rounds == 1
     assert len(outcome.records) == len(again.records) == 2
     assert outcome.manifest.params["walk_calls"] == 5
-    assert outcome.manifest.params["prompt_version"] == "v2"
+    assert outcome.manifest.params["prompt_version"] == "v3"
+    assert outcome.manifest.params["parser_version"] == protocol.PARSER_VERSION
     trace = json.loads((tmp_path / "a" / "random-walk" / record.trace).read_text())
     assert len(trace["evidence"]) == 9 and len(trace["high_captions"]) == 4

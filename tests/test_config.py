@@ -52,3 +52,20 @@ def test_missing_explicit_config_is_an_error(tmp_path):
 def test_min_width_above_max_width_is_rejected():
     with pytest.raises(ConfigError, match="min_width"):
         load_settings(env={}, overrides={"min_width": 9, "max_width": 8})
+
+
+def test_constrain_and_answer_form_come_from_file_environment_or_flags(tmp_path):
+    assert (load_settings(env={}).constrain, load_settings(env={}).answer_form) == ("auto", "auto")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("constrain: off\nanswer_form: letter\n")
+    from_file = load_settings(config_path=cfg, env={})
+    # YAML reads a bare off as false; the setting takes the word
+    assert (from_file.answer_form, from_file.constrain) == ("letter", "off")
+    env = {"LVR1_CONSTRAIN": "on", "LVR1_ANSWER_FORM": "text"}
+    settings = load_settings(config_path=cfg, env=env)
+    assert (settings.constrain, settings.answer_form) == ("on", "text")
+    flags = load_settings(env=env, overrides={"constrain": "off", "answer_form": None})
+    assert (flags.constrain, flags.answer_form) == ("off", "text")
+    with pytest.raises(ConfigError, match="invalid setting constrain") as info:
+        load_settings(env={"LVR1_CONSTRAIN": "sometimes"})
+    assert "\n" not in str(info.value)

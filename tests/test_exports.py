@@ -68,7 +68,7 @@ def expected_conversation(record: TrajectoryRecord) -> list[dict[str, str]]:
     """The same conversation built from the protocol functions directly."""
     highs = [(TREE.node((h,)), CAPTIONS[(h,)]) for h in range(1, 5)]
     return [
-        {"role": "system", "content": protocol.system_prompt(4)},
+        {"role": "system", "content": protocol.system_prompt(4, "text")},  # the oracle's default
         {
             "role": "user",
             "content": protocol.first_user_text(QUESTION.question, QUESTION.choices, 150.0, highs),
@@ -96,7 +96,9 @@ def test_the_record_holds_the_protocol_strings(record: TrajectoryRecord):
             protocol.Action("video_qa", (3, 2, 1), record.trace.rounds[2].query)  # type: ignore[union-attr]
         )
     )
-    assert record.messages[-1]["content"].endswith(protocol.render_answer("B"))
+    written = protocol.answer_in_form("B", QUESTION.choices, "text")
+    assert written == QUESTION.choices[1]  # the option's own text, not its letter
+    assert record.messages[-1]["content"].endswith(protocol.render_answer(written))
 
 
 def test_trl_round_trip(tmp_path: Path, records: list[TrajectoryRecord]):
@@ -122,7 +124,7 @@ def test_llamafactory_has_one_row_per_round(tmp_path: Path, records: list[Trajec
     for k, row in enumerate(first):
         assert set(row) == {"instruction", "input", "output", "system", "history", "id"}
         assert row["id"] == f"bus#{k + 1}"
-        assert row["system"] == protocol.system_prompt(4)
+        assert row["system"] == protocol.system_prompt(4, "text")
         assert row["instruction"] == messages[1 + 2 * k]["content"]
         assert row["output"] == messages[2 + 2 * k]["content"]
         assert row["input"] == ""

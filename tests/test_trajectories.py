@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_eval import RuleServer
 from scripted_server import Fail, Say, ScriptedChatServer, Step
 
 from longvideo_r1 import protocol
@@ -103,7 +104,7 @@ def first_messages() -> list[dict[str, str]]:
         "What vehicle passes the bakery?", CHOICES, TREE.duration, highs
     )
     return [
-        {"role": "system", "content": protocol.system_prompt(4)},
+        {"role": "system", "content": protocol.system_prompt(4, "text")},  # the teacher's default
         {"role": "user", "content": first},
     ]
 
@@ -200,19 +201,6 @@ def test_a_question_without_an_answer_is_skipped_without_a_call():
         record = teach_question(question(answer=None), CTREE, backend(server))
     assert record.outcome == "skipped" and "no known answer" in (record.reason or "")
     assert server.requests == []
-
-
-class RuleServer(ScriptedChatServer):
-    """Answers every request by rule, whatever order threads send them in."""
-
-    def __init__(self, rule):
-        super().__init__([])
-        self.rule = rule
-
-    def _next(self, body: dict[str, Any]) -> Step | None:
-        with self._lock:
-            self.requests.append(body)
-        return self.rule(body)
 
 
 def test_concurrent_teacher_runs_are_resumable(tmp_path: Path):
@@ -385,7 +373,7 @@ def test_the_filter_catches_a_tampered_record():
 def test_forced_rounds_are_dropped_unless_allowed():
     with ScriptedChatServer([GET_3_2, RIGHT]) as server:
         record = teach_question(question(), CTREE, backend(server), TeacherConfig(max_rounds=2))
-    assert record.messages[4]["content"] == protocol.last_round_message()
+    assert record.messages[4]["content"] == protocol.last_round_message("text")
     assert check_record(record) == "forced_or_notice"
     assert check_record(record, FilterConfig(allow_forced=True)) is None
 
@@ -430,7 +418,8 @@ def test_oracle_trajectories_are_canonical_and_cover_the_clue():
         for interval in intervals[:3]:
             assert any(len(n) == 2 and overlaps(tree, n, interval) for n in visited)
             assert any(len(n) == 3 and overlaps(tree, n, interval) for n in visited)
-        assert record.messages[-1]["content"].endswith(f"<answer>{item.question.answer}</answer>")
+        written = protocol.answer_in_form(item.question.answer, item.question.choices, "text")
+        assert record.messages[-1]["content"].endswith(f"<answer>{written}</answer>")
         assert record.generator == "oracle" and record.seed is not None
 
 
@@ -566,7 +555,9 @@ def test_oracle_variants_with_rotated_choices_cover_every_letter(tmp_path: Path)
         assert all(sorted(r.choices) == sorted(item.question.choices) for r in mine)
         right = item.question.choices[ord(item.question.answer) - ord("A")]
         assert all(r.choices[ord(r.answer) - ord("A")] == right for r in mine)
-        assert all(f"<answer>{r.answer}</answer>" in r.messages[-1]["content"] for r in mine)
+        for r in mine:
+            written = protocol.answer_in_form(r.answer, r.choices, "text")
+            assert r.messages[-1]["content"].endswith(f"<answer>{written}</answer>")
 
 
 def test_oracle_runs_show_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -244,7 +245,7 @@ def test_registry_entries_are_complete():
         assert name == spec.name
         assert spec.licence and spec.upstream
         for file in spec.files:
-            assert len(file.sha256) == 64 and int(file.sha256, 16) >= 0
+            assert re.fullmatch(r"[0-9a-f]{64}", file.sha256), file.sha256
             assert file.size > 0 and file.parts
         if spec.entry:
             assert spec.entry in {f.name for f in spec.files}

@@ -25,10 +25,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol
 from .errors import ConfigError, LVR1Error
+from .gbnf import Constraint
 from .protocol import Action, Answer, ParseError, Reply
 from .tools import ToolBox, ToolResult
 from .trace import Evidence, HighCaption, Round, Status, Trace
@@ -48,6 +49,11 @@ _CONTEXT_OVERFLOW = re.compile(
     re.IGNORECASE,
 )
 _ANY_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s")
+
+
+ConstrainMode = Literal["auto", "on", "off"]
+CONSTRAIN_MODES: tuple[str, ...] = ("auto", "on", "off")
+AnswerFormSetting = Literal["auto", "letter", "text", "either"]
 
 
 def _option(default: Any, help: str) -> Any:
@@ -104,6 +110,27 @@ class AgentConfig:
         "time with a result (None: never); the model is told why and must answer in the next "
         "round. The same call returns the same result, so a model looping on it is stuck.",
     )
+    constrain: ConstrainMode = _option(
+        "auto",
+        "Decode every reply under a grammar that admits only replies the protocol reads as "
+        "canonical (a think, then one tool call with ids that exist and were not fetched yet, "
+        "or an answer in the answer form): 'on', 'off', or 'auto', which is on for the embedded "
+        "model and, for a server, on when a one-time probe shows it takes a grammar (vLLM, "
+        "SGLang, llama.cpp's server), with one notice when it does not.",
+    )
+    answer_form: AnswerFormSetting = _option(
+        "auto",
+        "What <answer> holds for a multiple-choice question, as the prompt asks and the grammar "
+        "admits: 'letter' (what the released checkpoints learned), 'text' (the option's exact "
+        "text; small models pick the right text far more often than the right letter), "
+        "'either', or 'auto': text for the embedded model, either for a server.",
+    )
+    max_think_tokens: int = _option(
+        768,
+        "Tokens the <think> of a constrained reply may take (at most max_reply_tokens); "
+        "</think> is written for the model when they run out, and the tool call or answer "
+        "after it always gets the tokens it needs to finish.",
+    )
     first_message_parts: bool = _option(
         False,
         "Send the first user message as OpenAI text parts, as the reference did, instead of "
@@ -132,6 +159,17 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if self.temperature is not None and self.temperature < 0:
             raise ConfigError(f"temperature must be 0 or more, got {self.temperature}")
+        if self.constrain not in CONSTRAIN_MODES:
+            raise ConfigError(
+                f"constrain must be one of {', '.join(CONSTRAIN_MODES)}, got {self.constrain!r}"
+            )
+        if self.answer_form not in ("auto", *protocol.ANSWER_FORMS):
+            raise ConfigError(
+                f"answer_form must be auto or one of {', '.join(protocol.ANSWER_FORMS)}, "
+                f"got {self.answer_form!r}"
+            )
+        if self.max_think_tokens < 1:
+            raise ConfigError(f"max_think_tokens must be positive, got {self.max_think_tokens}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,6 +251,10 @@ class _Episode:
     """Why the coming round must be the last one."""
     told_last_round: bool = False
     seen: set[tuple[NodeId, str]] = field(default_factory=set)
+    answer_form: protocol.AnswerForm = "letter"
+    constrained: bool = False
+    refused: set[NodeId] = field(default_factory=set)
+    """Leaves whose video_qa was refused as a repeated call: not offered again."""
 
 
 class Navigator:
@@ -291,7 +333,13 @@ class Navigator:
         return _Episode(box=box, trace=trace, choices=choices, started=self._clock())
 
     def _open(self, ep: _Episode) -> None:
-        """Fetch the high-level captions and write the first two messages."""
+        """Decide the answer form and the constraint, fetch the high-level captions, and
+        write the first two messages."""
+        ep.answer_form = resolve_answer_form(self.config.answer_form, self.backend)
+        ep.constrained = use_constraint(self.config.constrain, self.backend)
+        ep.trace.config["answer_form"] = ep.answer_form
+        ep.trace.config["constrained"] = ep.constrained
+        ep.trace.config["parser_version"] = protocol.PARSER_VERSION
         started = self._clock()
         results = ep.box.high_captions()
         ep.trace.cost.tool_seconds += self._clock() - started
@@ -311,7 +359,7 @@ class Navigator:
             ep.trace.question, ep.choices, self.tree.duration, highs
         )
         ep.messages = [
-            {"role": "system", "content": protocol.system_prompt(self.tree.width)},
+            {"role": "system", "content": protocol.system_prompt(self.tree.width, ep.answer_form)},
             first.message(as_parts=self.config.first_message_parts),
         ]
 
@@ -321,7 +369,7 @@ class Navigator:
             if index == last and ep.forced_by is None:
                 ep.forced_by = f"the round limit ({last} rounds) is reached"
             if ep.forced_by is not None and not ep.told_last_round:
-                ep.messages.append(_user(protocol.last_round_message()))
+                ep.messages.append(_user(protocol.last_round_message(ep.answer_form)))
                 ep.told_last_round = True
             if self._round(ep, index, on_round):
                 return
@@ -393,12 +441,15 @@ class Navigator:
         ``<think>`` whose opening tag a server stripped.
         """
         cost = ep.trace.cost
+        constraint = self._constraint(ep) if ep.constrained else None
+        rnd.constrained = constraint is not None
         started = self._clock()
         try:
             reply = self.backend.chat(
                 ep.messages,
                 max_tokens=self.config.max_reply_tokens,
                 temperature=self.config.temperature,
+                constraint=constraint,
             )
         finally:
             rnd.model_seconds = self._clock() - started
@@ -411,6 +462,22 @@ class Navigator:
         cost.reasoning_prompt_tokens += reply.usage.prompt_tokens
         cost.reasoning_completion_tokens += reply.usage.completion_tokens
         return reply
+
+    def _constraint(self, ep: _Episode) -> Constraint:
+        """This round's grammar: what the budgets, the fetched ids and the form still allow."""
+        cfg, counts = self.config, ep.box.counts
+        rules = protocol.ReplyRules(
+            width=self.tree.width,
+            fetched=frozenset(ep.box.fetched),
+            choices=tuple(ep.choices) if ep.choices else None,
+            answer_form=ep.answer_form,
+            tools=ep.forced_by is None,
+            get_caption=not _over(counts.agent_caption_calls, cfg.max_caption_calls),
+            video_qa=not _over(counts.video_qa_calls, cfg.max_video_qa),
+            require_fetched_leaf=cfg.require_fetched_leaf,
+            refused=frozenset(ep.refused),
+        )
+        return protocol.reply_constraint(rules, free_tokens=cfg.max_think_tokens)
 
     def _act(self, ep: _Episode, rnd: Round, action: Action) -> ToolResult:
         started = self._clock()
@@ -436,6 +503,8 @@ class Navigator:
         """The budget this action (or the run so far) has used up, worded as a cause."""
         cfg, counts, cost = self.config, ep.box.counts, ep.trace.cost
         if action is not None and _repeats(ep.trace.rounds[:-1], action, cfg.max_repeated_calls):
+            if action.tool == "video_qa":
+                ep.refused.add(tuple(action.node_id))
             call = protocol.format_call(action)
             return f"you already made {call} {cfg.max_repeated_calls} times in a row"
         if action is not None:
@@ -476,6 +545,37 @@ class Navigator:
         cost.agent_overhead_seconds = max(
             0.0, cost.end_to_end_seconds - cost.model_seconds - cost.tool_seconds
         )
+
+
+# how replies are asked for ----------------------------------------------------------
+
+
+def resolve_answer_form(setting: str, backend: ChatBackend) -> protocol.AnswerForm:
+    """``auto`` becomes the backend's own default: text for embedded models, either else."""
+    if setting != "auto":
+        return setting  # type: ignore[return-value]
+    return getattr(backend, "default_answer_form", "either")
+
+
+def use_constraint(setting: str, backend: ChatBackend) -> bool:
+    """Whether replies are constrained; ``on`` refuses a backend that cannot, ``auto`` says
+    once per backend that it goes on without."""
+    if setting == "off":
+        return False
+    if backend.supports_constraints():
+        return True
+    if setting == "on":
+        raise ConfigError(
+            f"--constrain on, but {backend.identity} takes no grammar (the probe found no "
+            "request field it obeys); use --constrain auto or off"
+        )
+    if not getattr(backend, "_told_unconstrained", False):
+        backend._told_unconstrained = True  # type: ignore[attr-defined]
+        log.warning(
+            "%s takes no grammar; its replies are not constrained (--constrain auto)",
+            backend.identity,
+        )
+    return False
 
 
 # small helpers --------------------------------------------------------------------

@@ -25,10 +25,12 @@ evaluator records and scores it exactly like the agent:
   it, again and again, never twice the same node. The reasoning model then
   answers from what was visited, in one call.
 
-The reply is read with the protocol's parser (an ``<answer>`` block), and
-failing that with :func:`~longvideo_r1.protocol.normalize_answer` on the
-whole reply (models often write just "B"). A reply that names no option is a
-failure (status ``no_answer``, reason ``unparsable ...``), never a guess.
+The answer step is the agent's: the prompt asks for the same answer form
+(``--answer-form``), the reply is decoded under the protocol's grammar with
+only ``<answer>`` admitted (``--constrain``), and it is read by the same
+strict parser. Nothing outside ``<answer>`` is scored. A reply that names no
+option is a failure (status ``no_answer``, reason ``unparsable ...``), never a
+guess.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from typing import Any
 from pydantic import Field
 
 from . import protocol
-from .agent import RunInterrupted, check_question, describe_failure
+from .agent import (
+    RunInterrupted,
+    check_question,
+    describe_failure,
+    resolve_answer_form,
+    use_constraint,
+)
 from .captioners import frame_parts, text_part
 from .config import Settings
 from .errors import ConfigError, LVR1Error, VideoError
@@ -53,18 +61,30 @@ from .trace import Evidence, HighCaption, Round, Trace
 from .tree import LEVELS, Node, Tree, format_node_id
 from .vlm import ChatReply
 
-ANSWER_INSTRUCTION = (
-    "Reason briefly inside <think>...</think>, then write only the letter of the option you "
-    "choose inside <answer>...</answer>."
-)
-"""No example letter: small models copy it (with ``<answer>B</answer>`` as the example,
-the embedded 0.5B model answered B to every question of the test bench)."""
+
+def answer_instruction(answer_form: protocol.AnswerForm = "letter") -> str:
+    """Reason, then answer in the form asked for.
+
+    No example letter: small models copy it (with ``<answer>B</answer>`` as the
+    example, the embedded 0.5B model answered B to every question of the test bench).
+    """
+    what = {
+        "letter": "only the letter of the option you choose",
+        "text": "the text of the option you choose, copied exactly, without its letter",
+        "either": "the letter of the option you choose or its text copied exactly",
+    }[answer_form]
+    return (
+        f"Reason briefly inside <think>...</think>, then write {what} inside <answer>...</answer>."
+    )
+
+
+ANSWER_INSTRUCTION = answer_instruction("letter")
 TEXT_SYSTEM_PROMPT = (
     "You answer multiple-choice questions about a video that you cannot watch. Instead you "
-    "get text about the video: {what}. Use only that text. " + ANSWER_INSTRUCTION
+    "get text about the video: {what}. Use only that text. {instruction}"
 )
 IMAGE_PART_STUB = "(image omitted from the trace)"
-PROMPT_VERSION = "v2"
+PROMPT_VERSION = "v3"
 """In every baseline's parameters: a changed prompt makes results a new configuration."""
 
 
@@ -98,32 +118,45 @@ class ParsedAnswer:
 
 
 def parse_answer(text: str, choices: Sequence[str]) -> ParsedAnswer:
-    """The protocol parser first; then the whole reply (outside ``<think>``) as an answer."""
+    """The agent's strict parser: an ``<answer>`` naming one option, or the reason it is not."""
     reply = protocol.parse_reply(text, None, choices)
     if reply.answer is not None and reply.answer.letter is not None:
         return ParsedAnswer(reply.answer.letter, reply.answer.text, None, reply.notes)
     if reply.action is not None:
         return ParsedAnswer(None, None, "the reply calls a tool; this method has none")
-    rest = text.rsplit("</think>", 1)[-1] if "</think>" in text else text
-    letter = protocol.normalize_answer(rest, choices) if rest.strip() else None
-    if letter is not None:
-        return ParsedAnswer(letter, rest.strip(), None, ("no <answer> block",))
     problem = reply.error.message if reply.error is not None else "the reply names no option"
     return ParsedAnswer(None, None, problem)
 
 
-def question_block(question: Question) -> str:
+def question_block(question: Question, answer_form: protocol.AnswerForm = "letter") -> str:
     """The question and lettered options, last in every prompt (prefix caches reuse the rest)."""
     lines = [f"Question: {question.question.strip()}", *question.choice_lines()]
-    return "\n".join([*lines, ANSWER_INSTRUCTION])
+    return "\n".join([*lines, answer_instruction(answer_form)])
 
 
-def text_prompt(what: str, context: str, question: Question) -> list[dict[str, Any]]:
+def text_prompt(
+    what: str, context: str, question: Question, answer_form: protocol.AnswerForm = "letter"
+) -> list[dict[str, Any]]:
     """System prompt naming what the text is, then the text, then the question."""
+    system = TEXT_SYSTEM_PROMPT.format(what=what, instruction=answer_instruction(answer_form))
     return [
-        {"role": "system", "content": TEXT_SYSTEM_PROMPT.format(what=what)},
-        {"role": "user", "content": f"{context}\n\n{question_block(question)}"},
+        {"role": "system", "content": system},
+        {"role": "user", "content": f"{context}\n\n{question_block(question, answer_form)}"},
     ]
+
+
+@dataclass(frozen=True)
+class AnswerStep:
+    """How every baseline asks for its one answer: the agent's settings, the agent's rules."""
+
+    constrain: str = "auto"
+    answer_form: str = "auto"
+
+    def form(self, backend: Any) -> protocol.AnswerForm:
+        return resolve_answer_form(self.answer_form, backend)
+
+    def params(self) -> dict[str, Any]:
+        return {"constrain": self.constrain, "answer_form": self.answer_form}
 
 
 def caption_lines(items: Sequence[tuple[Node, str]]) -> list[str]:
@@ -204,15 +237,35 @@ class _Episode:
         )
         return record.text
 
-    def ask(self, chat: Callable[[], ChatReply], vlm: bool) -> None:
-        """The one model call, then the verdict: answered, or unparsable (never a guess)."""
+    def ask(
+        self,
+        backend: Any,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        step: AnswerStep,
+        vlm: bool,
+    ) -> None:
+        """The one model call, constrained to an answer, then the verdict: answered, or
+        unparsable (never a guess)."""
         self.check()
         cost = self.trace.cost
-        rnd = Round(index=1)
+        form = step.form(backend)
+        constraint = None
+        if use_constraint(step.constrain, backend):
+            rules = protocol.ReplyRules(
+                width=self.trace.width, choices=tuple(self.choices), answer_form=form, tools=False
+            )
+            constraint = protocol.reply_constraint(rules)
+        self.trace.config.update(
+            answer_form=form,
+            constrained=constraint is not None,
+            parser_version=protocol.PARSER_VERSION,
+        )
+        rnd = Round(index=1, constrained=constraint is not None)
         self.trace.rounds.append(rnd)
         started = time.perf_counter()
         try:
-            reply = chat()
+            reply: ChatReply = backend.chat(messages, max_tokens=max_tokens, constraint=constraint)
         finally:
             rnd.model_seconds = time.perf_counter() - started
             cost.model_seconds += rnd.model_seconds
@@ -311,13 +364,16 @@ class UniformFrames:
     detect_frames: int = 8
     ocr_frames: int = 4
     descriptor_side: int = 640
+    answer: AnswerStep = field(default_factory=AnswerStep)
     name: str = "uniform-frames"
     _captioner: Any = field(default=None, repr=False)
+    _vlm: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled for Ray workers without this process's captioner and lock: each makes its own."""
-        state = {**self.__dict__, "_captioner": None}
+        """Pickled for Ray workers without this process's captioner, VLM client and lock: each
+        makes its own."""
+        state = {**self.__dict__, "_captioner": None, "_vlm": None}
         del state["_lock"]
         return state
 
@@ -340,6 +396,7 @@ class UniformFrames:
                 "frame_side": self.frame_side,
                 "max_reply_tokens": self.max_reply_tokens,
                 "prompt_version": PROMPT_VERSION,
+                **self.answer.params(),
             }
         return {
             "frames": self.frames,
@@ -348,6 +405,7 @@ class UniformFrames:
             "descriptor_side": self.descriptor_side,
             "detect_frames": self.detect_frames,
             "ocr_frames": self.ocr_frames,
+            **self.answer.params(),
         }
 
     def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
@@ -393,7 +451,12 @@ class UniformFrames:
         return frames
 
     def vlm_messages(
-        self, question: Question, frames: Sequence[Any], cues: Sequence[Any], duration: float
+        self,
+        question: Question,
+        frames: Sequence[Any],
+        cues: Sequence[Any],
+        duration: float,
+        answer_form: protocol.AnswerForm = "letter",
     ) -> list[dict[str, Any]]:
         """Frames with timestamps and woven subtitles, then the question (one user turn)."""
         intro = (
@@ -403,20 +466,25 @@ class UniformFrames:
             + " Answer the multiple-choice question after them."
         )
         parts = frame_parts(frames, cues, 0.0, duration, self.frame_side)
-        content = [text_part(intro), *parts, text_part(question_block(question))]
+        content = [text_part(intro), *parts, text_part(question_block(question, answer_form))]
         return [{"role": "user", "content": content}]
 
     def _vlm_body(self, ep: _Episode, question: Question, session: Any, backend: Any) -> None:
-        from .vlm import ChatClient
-
         frames = self._decode(ep, session, self.frame_side)
-        messages = self.vlm_messages(question, frames, session.cues, session.tree.duration)
+        vlm = self.vlm_backend(session.settings)
+        form = self.answer.form(vlm)
+        messages = self.vlm_messages(question, frames, session.cues, session.tree.duration, form)
         ep.trace.prompt = stub_images(messages)
-        client = ChatClient.from_settings(session.settings.video_qa, "video_qa")
-        try:
-            ep.ask(lambda: client.chat(messages, max_tokens=self.max_reply_tokens), vlm=True)
-        finally:
-            client.close()
+        ep.ask(vlm, messages, self.max_reply_tokens, self.answer, vlm=True)
+
+    def vlm_backend(self, settings: Settings) -> Any:
+        """One backend for the video_qa model per run, so its grammar probe runs once."""
+        from .backends import OpenAIBackend
+
+        with self._lock:
+            if self._vlm is None:
+                self._vlm = OpenAIBackend.from_settings(settings.video_qa, "video_qa")
+            return self._vlm
 
     def descriptor_text(self, session: Any, frames: Sequence[Any], captioner: Any) -> str:
         """One line per frame with what the CPU captioner measured, speech or subtitles after."""
@@ -472,9 +540,9 @@ class UniformFrames:
             f"measurements of {self.frames} evenly spread frames by a CPU frame analyzer, "
             "with subtitles or transcribed speech"
         )
-        messages = text_prompt(what, context, question)
+        messages = text_prompt(what, context, question, self.answer.form(backend))
         ep.trace.prompt = messages
-        ep.ask(lambda: backend.chat(messages, max_tokens=self.max_reply_tokens), vlm=False)
+        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)
 
 
 def _describe_frame(desc: Any, cut: bool) -> str:
@@ -497,12 +565,17 @@ class CaptionAll:
     """Every leaf caption at once, as dense-caption agents read a video."""
 
     max_reply_tokens: int = 1024
+    answer: AnswerStep = field(default_factory=AnswerStep)
     name: str = "caption-all"
     variant: str = "leaf-captions"
     needs_reasoning: bool = True
 
     def params(self) -> dict[str, Any]:
-        return {"max_reply_tokens": self.max_reply_tokens, "prompt_version": PROMPT_VERSION}
+        return {
+            "max_reply_tokens": self.max_reply_tokens,
+            "prompt_version": PROMPT_VERSION,
+            **self.answer.params(),
+        }
 
     def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
         from .evaluate import caption_identity
@@ -524,9 +597,10 @@ class CaptionAll:
             f"all its {len(leaves)} low-level clips, in time order:\n"
             + "\n".join(caption_lines(items))
         )
-        messages = text_prompt("captions of every short clip of the video", context, question)
+        form = self.answer.form(backend)
+        messages = text_prompt("captions of every short clip of the video", context, question, form)
         ep.trace.prompt = messages
-        ep.ask(lambda: backend.chat(messages, max_tokens=self.max_reply_tokens), vlm=False)
+        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)
 
 
 def random_walk(tree: Tree, calls: int, rng: random.Random) -> list[Node]:
@@ -564,6 +638,7 @@ class RandomWalk:
     calls: int
     seed: int = 0
     max_reply_tokens: int = 1024
+    answer: AnswerStep = field(default_factory=AnswerStep)
     name: str = "random-walk"
     variant: str = "random-descent"
     needs_reasoning: bool = True
@@ -574,6 +649,7 @@ class RandomWalk:
             "seed": self.seed,
             "max_reply_tokens": self.max_reply_tokens,
             "prompt_version": PROMPT_VERSION,
+            **self.answer.params(),
         }
 
     def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
@@ -608,6 +684,7 @@ class RandomWalk:
             f"{len(items) - tree.width} finer segments picked at random, in time order:\n"
             + "\n".join(caption_lines(items))
         )
-        messages = text_prompt("captions of some segments of the video", context, question)
+        form = self.answer.form(backend)
+        messages = text_prompt("captions of some segments of the video", context, question, form)
         ep.trace.prompt = messages
-        ep.ask(lambda: backend.chat(messages, max_tokens=self.max_reply_tokens), vlm=False)
+        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)

@@ -129,6 +129,14 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow video_qa on a leaf whose caption was not fetched (the protocol forbids it)",
     )
+    from .agent import AgentConfig
+
+    _config_options(
+        parser,
+        AgentConfig,
+        "replies ($LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file set them too)",
+        only=("constrain", "answer_form", "max_think_tokens"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,6 +427,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         "captioner": getattr(args, "captioner", None),
         "min_width": getattr(args, "min_width", None),
         "max_width": getattr(args, "max_width", None),
+        "constrain": getattr(args, "constrain", None),
+        "answer_form": getattr(args, "answer_form", None),
     }
     for role in ROLES:
         values = {
@@ -577,10 +587,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _agent_config(args: argparse.Namespace):
+def _agent_config(args: argparse.Namespace, settings: Settings):
     from .agent import AgentConfig
 
     return AgentConfig(
+        constrain=settings.constrain,
+        answer_form=settings.answer_form,
+        max_think_tokens=getattr(args, "max_think_tokens", AgentConfig.max_think_tokens),
         max_rounds=args.max_rounds,
         max_video_qa=args.max_video_qa,
         max_caption_calls=args.max_caption_calls,
@@ -713,7 +726,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     check_question(args.question, args.choice or None)
     settings = _settings(args)
-    config = _agent_config(args)
+    config = _agent_config(args, settings)
     with _session(args, settings) as session:
         backend = make_reasoning_backend(settings)
         try:
@@ -756,7 +769,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 for line in choices:
                     out.print(f"  {line}", highlight=False)
                 trace, trace_path = _ask(
-                    session, backend, item["question"], choices, _agent_config(args), None, False
+                    session,
+                    backend,
+                    item["question"],
+                    choices,
+                    _agent_config(args, settings),
+                    None,
+                    False,
                 )
                 print_answer(trace, trace_path, out)
                 right += trace.answer == item["answer"]
@@ -832,10 +851,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         import_ray()  # refuse before any video is built or question read
     out_dir = Path(args.out).expanduser()
+    settings = _settings(args)
     method_options = resolve_walk_calls(
         MethodOptions(
             method=args.method,
-            agent=_agent_config(args),
+            agent=_agent_config(args, settings),
             frames=args.frames,
             frame_side=args.frame_side,
             walk_calls=args.walk_calls,
@@ -843,7 +863,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ),
         out_dir,
     )
-    settings = _settings(args)
     questions, source, benchmark, videos = _eval_questions(args)
     if not questions:
         raise ConfigError(f"{source} holds no questions")

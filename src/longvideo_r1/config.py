@@ -13,7 +13,8 @@ Environment variables, per role ``CAPTION``, ``VIDEO_QA``, ``REASONING``::
     LVR1_<ROLE>_TIMEOUT    seconds per request
 
 and ``LVR1_STORE`` (caption database), ``LVR1_CONFIG`` (config file),
-``LVR1_CAPTIONER`` (``embedded`` or ``vlm``).
+``LVR1_CAPTIONER`` (``embedded`` or ``vlm``), ``LVR1_CONSTRAIN`` (``auto``, ``on``
+or ``off``) and ``LVR1_ANSWER_FORM`` (``auto``, ``letter``, ``text`` or ``either``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -85,11 +86,29 @@ class Settings(BaseModel):
         default="embedded",
         description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
     )
+    constrain: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Constrain the navigator's replies to the protocol's grammar: auto (on for "
+        "the embedded model and for servers that take a grammar), on or off.",
+    )
+    answer_form: Literal["auto", "letter", "text", "either"] = Field(
+        default="auto",
+        description="What <answer> holds for a multiple-choice question: auto (text for the "
+        "embedded model, either for a server), letter, text or either.",
+    )
     min_width: int = Field(default=4, ge=1, description="Smallest tree width.")
     max_width: int = Field(default=8, ge=1, description="Largest tree width.")
     caption: EndpointSettings = Field(default_factory=EndpointSettings)
     video_qa: EndpointSettings = Field(default_factory=EndpointSettings)
     reasoning: EndpointSettings = Field(default_factory=EndpointSettings)
+
+    @field_validator("constrain", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` as a boolean; take the word that was meant."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
     def store_path(self) -> Path:
         from .store import default_store_path
@@ -100,7 +119,13 @@ class Settings(BaseModel):
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Nested dict of the settings named by LVR1_* variables."""
     out: dict[str, Any] = {}
-    for key, name in (("store", "LVR1_STORE"), ("captioner", "LVR1_CAPTIONER")):
+    plain = (
+        ("store", "LVR1_STORE"),
+        ("captioner", "LVR1_CAPTIONER"),
+        ("constrain", "LVR1_CONSTRAIN"),
+        ("answer_form", "LVR1_ANSWER_FORM"),
+    )
+    for key, name in plain:
         if env.get(name):
             out[key] = env[name]
     for role in ROLES:

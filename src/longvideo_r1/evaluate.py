@@ -422,19 +422,24 @@ def make_method(options: MethodOptions, settings: Settings) -> Method:
         return AgentMethod(options.agent)
     from . import baselines
 
+    answer = baselines.AnswerStep(options.agent.constrain, options.agent.answer_form)
     if options.method == "uniform-frames":
         return baselines.UniformFrames(
             frames=options.frames,
             frame_side=options.frame_side,
             use_vlm=bool(settings.video_qa.base_url),
             max_reply_tokens=options.max_reply_tokens,
+            answer=answer,
         )
     if options.method == "caption-all":
-        return baselines.CaptionAll(max_reply_tokens=options.max_reply_tokens)
+        return baselines.CaptionAll(max_reply_tokens=options.max_reply_tokens, answer=answer)
     if options.walk_calls is None:
         raise ConfigError("random-walk needs a number of get_caption calls (--walk-calls N)")
     return baselines.RandomWalk(
-        calls=options.walk_calls, seed=options.seed, max_reply_tokens=options.max_reply_tokens
+        calls=options.walk_calls,
+        seed=options.seed,
+        max_reply_tokens=options.max_reply_tokens,
+        answer=answer,
     )
 
 
@@ -804,6 +809,7 @@ class Evaluator:
                 **self.method.params(),
                 "min_width": self.settings.min_width,
                 "max_width": self.settings.max_width,
+                "parser_version": protocol.PARSER_VERSION,
             },
         )
 

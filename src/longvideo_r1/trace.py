@@ -64,6 +64,9 @@ class Round(BaseModel):
     forced: bool = Field(
         default=False, description="The last-round instruction preceded this round."
     )
+    constrained: bool = Field(
+        default=False, description="The reply was decoded under the protocol's grammar."
+    )
     finish_reason: str | None = None
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
@@ -171,14 +174,15 @@ class Trace(BaseModel):
         highs = [(Node(c.node_id, c.start, c.end, 0, 0), c.text) for c in self.high_captions]
         first = protocol.first_user_message(self.question, self.choices, self.duration, highs)
         parts = bool(self.config.get("first_message_parts", False))
+        form = self.answer_form
         out: list[dict[str, Any]] = [
-            {"role": "system", "content": protocol.system_prompt(self.width)},
+            {"role": "system", "content": protocol.system_prompt(self.width, form)},
             first.message(as_parts=parts),
         ]
         told = False
         for rnd in self.rounds:
             if rnd.forced and not told:
-                out.append({"role": "user", "content": protocol.last_round_message()})
+                out.append({"role": "user", "content": protocol.last_round_message(form)})
                 told = True
             if rnd.output is None:
                 break
@@ -187,6 +191,12 @@ class Trace(BaseModel):
                 if text is not None:
                     out.append({"role": "user", "content": text})
         return out
+
+    @property
+    def answer_form(self) -> protocol.AnswerForm:
+        """The answer form the prompts asked for (traces from before it existed: letter)."""
+        form = self.config.get("answer_form")
+        return form if form in protocol.ANSWER_FORMS else "letter"
 
     def summary(self) -> str:
         """A few readable lines: the question, each round, the outcome and the cost."""

@@ -51,17 +51,18 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
-from .agent import AgentConfig, Navigator
+from .agent import AgentConfig, AnswerFormSetting, ConstrainMode, Navigator
 from .backends import ChatBackend, Served  # Served: the ChatBackend subclass contract
 from .captioners import CallCost
 from .captions import Fetched
 from .config import first_difference
 from .errors import CaptionError, ConfigError, LVR1Error
 from .files import safe_name, write_atomic
+from .gbnf import Constraint
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
 from .hints import nodes_for_interval as interval_nodes
 from .progress import progress_bar
-from .protocol import Action, Answer
+from .protocol import Action
 from .questions import LETTERS, Question
 from .store import CaptionRecord, CaptionStore, VideoRecord
 from .tools import CaptionClipAnswerer, ClipAnswerer, GetCaption, ToolBox, VideoQA
@@ -685,7 +686,11 @@ class TrajectoryFolder:
 
 def run_settings(generator: Generator, *configs: Any, **named: Any) -> dict[str, Any]:
     """The flat settings that decide a generator's records, for :meth:`TrajectoryFolder.claim`."""
-    settings: dict[str, Any] = {"generator": generator, "format": RECORD_FORMAT}
+    settings: dict[str, Any] = {
+        "generator": generator,
+        "format": RECORD_FORMAT,
+        "parser_version": protocol.PARSER_VERSION,
+    }
     for config in configs:
         prefix = type(config).__name__.removesuffix("Config").lower()
         for key, value in asdict(config).items():
@@ -874,6 +879,16 @@ class TeacherConfig:
         "Stop starting questions after this many error records in a row, which means the "
         "endpoint is down (None: never stop).",
     )
+    constrain: ConstrainMode = _option(
+        "auto",
+        "Constrain the teacher's replies to the protocol's grammar: on, off, or auto (on when "
+        "the server takes a grammar), as for lvr1 ask.",
+    )
+    answer_form: AnswerFormSetting = _option(
+        "text",
+        "What the teacher's <answer> holds: letter, text (the option's exact text, what "
+        "navigators run on the embedded model are asked for) or either.",
+    )
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -889,6 +904,8 @@ class TeacherConfig:
             max_reply_tokens=self.max_reply_tokens,
             require_fetched_leaf=True,
             first_message_parts=False,
+            constrain=self.constrain,
+            answer_form=self.answer_form,
         )
 
 
@@ -906,6 +923,7 @@ class HintingBackend(ChatBackend):
     def __init__(self, teacher: ChatBackend, question: Question, ladder: HintLadder) -> None:
         super().__init__(teacher.identity)
         self.teacher = teacher
+        self.default_answer_form = teacher.default_answer_form
         self.question = question
         self.ladder = ladder
         self.hints: list[HintRecord] = []
@@ -918,10 +936,13 @@ class HintingBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        constraint: Constraint | None = None,
     ) -> Served:
         round_index = 1 + sum(1 for m in messages if m.get("role") == "assistant")
         while True:
-            reply = self.teacher.chat(self.view(messages), max_tokens, temperature, stop)
+            reply = self.teacher.chat(
+                self.view(messages), max_tokens, temperature, stop, constraint
+            )
             letter = self._wrong_letter(reply.text)
             if letter is None:
                 return Served(reply, self.teacher.identity)
@@ -939,6 +960,9 @@ class HintingBackend(ChatBackend):
                 self.gave_up = True
                 return Served(reply, self.teacher.identity)
             self.hints.append(_hint_record(hint, round_index, len(messages) - 1))
+
+    def supports_constraints(self) -> bool:
+        return self.teacher.supports_constraints()
 
     def view(self, messages: Sequence[Message]) -> list[Message]:
         """The navigator's messages with each hint appended to its user turn."""
@@ -1143,6 +1167,11 @@ class OracleConfig:
         "Variant k shows the options rotated by k places, so the right letter moves across "
         "variants and a model trained on them cannot lean on a favourite letter. Questions "
         "whose options refer to each other ('both A and B', 'all of the above') keep their order.",
+    )
+    answer_form: protocol.AnswerForm = _option(
+        "text",
+        "What the final <answer> holds: letter, text (the option's exact text, what navigators "
+        "run on the embedded model are asked for) or either (written as text).",
     )
     workers: int = _option(1, "Threads; the oracle is cheap, so one is usually enough.")
     retry_failed: bool = _option(False, "Rerun records that are errors or were skipped.")
@@ -1380,12 +1409,14 @@ class _OraclePlayer:
         ctree: CaptionTree,
         steps: list[OracleStep],
         rng: random.Random,
+        form: str = "letter",
     ) -> None:
         self.question = question
         self.ctree = ctree
         self.tree = ctree.tree
         self.steps = steps
         self.rng = rng
+        self.form: protocol.AnswerForm = "letter" if form == "letter" else "text"
         self.position = 0
         self.last: OracleStep | None = None
         self.info: str | None = None
@@ -1409,7 +1440,9 @@ class _OraclePlayer:
     def _render(self, step: OracleStep) -> str:
         think = self._think(step)
         if step.kind == "answer":
-            return protocol.render_reply(think, Answer(self.question.answer or ""))
+            letter = self.question.answer or ""
+            body = protocol.answer_in_form(letter, self.question.choices or [], self.form)
+            return protocol.render_reply(think, body)
         assert step.node is not None
         if step.kind == "video_qa":
             action = Action("video_qa", step.node.id, step.query)
@@ -1482,6 +1515,7 @@ class OracleBackend(ChatBackend):
         max_tokens: int | None,
         temperature: float | None,
         stop: Sequence[str] | None,
+        constraint: Constraint | None = None,
     ) -> Served:
         return Served(ChatReply(self.player.reply(messages), model="oracle"), "oracle")
 
@@ -1509,9 +1543,14 @@ def oracle_trajectory(
     answerer = answerer or SyntheticClipAnswerer(
         question.answer_text or "", random.Random(seed + 1)
     )
-    agent = AgentConfig(max_rounds=len(steps) + 1, max_reply_tokens=None)
+    agent = AgentConfig(
+        max_rounds=len(steps) + 1,
+        max_reply_tokens=None,
+        constrain="off",  # the oracle writes canonical replies itself
+        answer_form=config.answer_form,
+    )
     navigator = Navigator(
-        OracleBackend(_OraclePlayer(question, ctree, steps, rng)),
+        OracleBackend(_OraclePlayer(question, ctree, steps, rng, config.answer_form)),
         make_toolbox(ctree, answerer),
         ctree.tree,
         agent,
@@ -1917,7 +1956,8 @@ def check_record(record: TrajectoryRecord, config: FilterConfig | None = None) -
     if len(messages) < 3 or [m["role"] for m in messages[:2]] != ["system", "user"]:
         return "malformed_conversation"
     tree = record.tree()
-    if messages[0]["content"] != protocol.system_prompt(tree.width):
+    prompts = {protocol.system_prompt(tree.width, form) for form in protocol.ANSWER_FORMS}
+    if messages[0]["content"] not in prompts:
         return "system_prompt_mismatch"
     return _check_turns(record, tree, config)
 
@@ -1971,7 +2011,7 @@ def _turn_problem(
         if loose.action is not None and loose.action.tool == "video_qa":
             return "leaf_rule"
         return "parse_error"
-    if not reply.canonical or (config.strict_format and not _exact(text, reply)):
+    if not reply.canonical or (config.strict_format and not _exact(text, reply, record.choices)):
         return "not_canonical"
     if not reply.think or not reply.think.strip():
         return "no_reasoning"
@@ -1987,17 +2027,24 @@ def _turn_problem(
 _REPLY = re.compile(r"^<think>(.*)</think>\s*(.*?)$", re.DOTALL)
 
 
-def _exact(text: str, reply: protocol.Reply) -> bool:
+def _exact(text: str, reply: protocol.Reply, choices: Sequence[str] | None = None) -> bool:
     """Whether the reply is written exactly as :func:`protocol.render_reply` would write it.
 
     The parser accepts many spellings (JSON calls, ``(B)``, ids without
     spaces); a student trained on them would learn all of them. Whitespace
-    around the blocks is the only freedom left.
+    around the blocks is the only freedom left, and an answer may be the
+    option's letter or its text as :func:`protocol.answer_in_form` writes it.
     """
     match = _REPLY.match(text.strip())
     if match is None or reply.think is None or "<think>" in match.group(1):
         return False
-    result = reply.answer.letter or reply.answer.text if reply.answer else reply.action
+    answer = reply.answer
+    if answer is not None and answer.letter is not None and choices:
+        return match.group(2) in {
+            protocol.render_answer(protocol.answer_in_form(answer.letter, choices, form))
+            for form in ("letter", "text")
+        }
+    result = answer.text if answer is not None else reply.action
     if result is None:
         return False
     return match.group(2) == protocol.render_reply(None, result)
