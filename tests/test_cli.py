@@ -14,13 +14,13 @@ from longvideo_r1 import protocol
 from longvideo_r1.cli import main
 from longvideo_r1.exports import ExportConfig, load_export
 from longvideo_r1.hints import HintConfig
+from longvideo_r1.options import field_help
 from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.trajectories import (
     FilterConfig,
     OracleConfig,
     TeacherConfig,
     TrajectoryFolder,
-    config_help,
     load_records,
 )
 from longvideo_r1.tree import Tree
@@ -274,7 +274,7 @@ def test_data_flags_carry_the_config_fields_own_help(step, configs, capsys, monk
         main(["data", step, "--help"])
     out = capsys.readouterr().out
     for cls in configs:
-        for name, text in config_help(cls).items():
+        for name, text in field_help(cls).items():
             flag = "--" + name.replace("_", "-")
             assert flag in out and " ".join(text.split()) in " ".join(out.split()), (flag, text)
 

@@ -21,6 +21,7 @@ from longvideo_r1 import protocol
 from longvideo_r1.backends import OpenAIBackend
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.hints import HINT_KINDS, HintConfig, ground, hint_text
+from longvideo_r1.options import field_help
 from longvideo_r1.questions import Question, load_questions
 from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.trajectories import (
@@ -33,7 +34,6 @@ from longvideo_r1.trajectories import (
     TrajectoryError,
     TrajectoryFolder,
     check_record,
-    config_help,
     filter_records,
     generate_oracle,
     generate_teacher,
@@ -616,7 +616,7 @@ def test_synthetic_captions_place_each_fact_down_its_branch():
 
 def test_configs_carry_help_for_the_command_line():
     for cls in (TeacherConfig, OracleConfig, FilterConfig):
-        assert all(config_help(cls).values()), cls
+        assert all(field_help(cls).values()), cls
     with pytest.raises(ConfigError):
         OracleConfig(detour_rate=2.0)
     with pytest.raises(ConfigError):

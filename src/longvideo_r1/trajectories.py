@@ -43,7 +43,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -61,6 +61,7 @@ from .files import safe_name, write_atomic
 from .gbnf import Constraint
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
 from .hints import nodes_for_interval as interval_nodes
+from .options import option
 from .progress import progress_bar
 from .protocol import Action
 from .questions import LETTERS, Question
@@ -85,16 +86,6 @@ Generator = Literal["teacher", "oracle"]
 
 class TrajectoryError(LVR1Error):
     """A trajectory could not be generated, stored or read (one line, names the item)."""
-
-
-def _option(default: Any, help: str) -> Any:
-    """A config field that carries its own documentation (for ``--help`` and docs)."""
-    return field(default=default, metadata={"help": help})
-
-
-def config_help(cls: type) -> dict[str, str]:
-    """Each field's documentation of a config dataclass, for command-line flags."""
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -863,28 +854,28 @@ def _stable_seed(*parts: object) -> int:
 class TeacherConfig:
     """How the teacher plays the agent."""
 
-    workers: int = _option(4, "Questions in flight at once; each worker has its own backend.")
-    max_rounds: int = _option(30, "Navigator rounds per question, as at inference.")
-    temperature: float | None = _option(
+    workers: int = option(4, "Questions in flight at once; each worker has its own backend.")
+    max_rounds: int = option(30, "Navigator rounds per question, as at inference.")
+    temperature: float | None = option(
         None, "Sampling temperature of the teacher (None: the backend's default)."
     )
-    max_reply_tokens: int | None = _option(
+    max_reply_tokens: int | None = option(
         4096, "Completion tokens per teacher reply (None: the backend's default)."
     )
-    retry_failed: bool = _option(
+    retry_failed: bool = option(
         False, "Rerun questions whose record is an error or was skipped (others are kept)."
     )
-    max_consecutive_errors: int | None = _option(
+    max_consecutive_errors: int | None = option(
         8,
         "Stop starting questions after this many error records in a row, which means the "
         "endpoint is down (None: never stop).",
     )
-    constrain: ConstrainMode = _option(
+    constrain: ConstrainMode = option(
         "auto",
         "Constrain the teacher's replies to the protocol's grammar: on, off, or auto (on when "
         "the server takes a grammar), as for lvr1 ask.",
     )
-    answer_form: AnswerFormSetting = _option(
+    answer_form: AnswerFormSetting = option(
         "text",
         "What the teacher's <answer> holds: letter, text (the option's exact text, what "
         "navigators run on the embedded model are asked for) or either.",
@@ -1142,39 +1133,39 @@ _VISUAL = re.compile(
 class OracleConfig:
     """How the oracle walks from the clue to the answer."""
 
-    seed: int = _option(0, "Seed of every random choice; a record's own seed mixes in its id.")
-    variants: int = _option(
+    seed: int = option(0, "Seed of every random choice; a record's own seed mixes in its id.")
+    variants: int = option(
         1, "Trajectories per question, each with its own random choices (ids get ~k)."
     )
-    detour_rate: float = _option(
+    detour_rate: float = option(
         0.25, "Chance of opening a wrong medium node first, then noticing and correcting."
     )
-    video_qa: VideoQAMode = _option(
+    video_qa: VideoQAMode = option(
         "rule",
         "When to ask video_qa on the clue's leaf: never, rule (questions about a visual "
         "detail, plus video_qa_rate of the others), random (video_qa_rate), always.",
     )
-    video_qa_rate: float = _option(0.15, "Chance of video_qa where the mode leaves it to chance.")
-    max_intervals: int = _option(3, "Merged clue intervals visited at most, first ones first.")
-    mediums_per_interval: int = _option(
+    video_qa_rate: float = option(0.15, "Chance of video_qa where the mode leaves it to chance.")
+    max_intervals: int = option(3, "Merged clue intervals visited at most, first ones first.")
+    mediums_per_interval: int = option(
         2, "Medium nodes opened per interval at most (those overlapping it most)."
     )
-    lows_per_interval: int = _option(
+    lows_per_interval: int = option(
         1, "Low nodes opened per interval at most (those overlapping it most)."
     )
-    rotate_choices: bool = _option(
+    rotate_choices: bool = option(
         False,
         "Variant k shows the options rotated by k places, so the right letter moves across "
         "variants and a model trained on them cannot lean on a favourite letter. Questions "
         "whose options refer to each other ('both A and B', 'all of the above') keep their order.",
     )
-    answer_form: protocol.AnswerForm = _option(
+    answer_form: protocol.AnswerForm = option(
         "text",
         "What the final <answer> holds: letter, text (the option's exact text, what navigators "
         "run on the embedded model are asked for) or either (written as text).",
     )
-    workers: int = _option(1, "Threads; the oracle is cheap, so one is usually enough.")
-    retry_failed: bool = _option(False, "Rerun records that are errors or were skipped.")
+    workers: int = option(1, "Threads; the oracle is cheap, so one is usually enough.")
+    retry_failed: bool = option(False, "Rerun records that are errors or were skipped.")
 
     def __post_init__(self) -> None:
         for name in ("detour_rate", "video_qa_rate"):
@@ -1863,7 +1854,7 @@ def _distractor_facts(
     """The wrong options, said of other people at times away from the clue."""
     out: list[Fact] = []
     others = [p for p in _PEOPLE if p != person]
-    for option in wrong:
+    for wrong_option in wrong:
         for _ in range(20):
             start = round(rng.uniform(0.0, max(0.0, duration - 10.0)), 1)
             if all(start + 10.0 < s - 30.0 or start > e + 30.0 for s, e in clues):
@@ -1872,10 +1863,10 @@ def _distractor_facts(
             continue
         who = rng.choice(others)
         sentence = {
-            "colour": f"{who} holds something {option}",
-            "object": f"{who} looks at {option}",
-            "count": f"{option} people stand near {who}",
-            "sequence": f"{who} {option}",
+            "colour": f"{who} holds something {wrong_option}",
+            "object": f"{who} looks at {wrong_option}",
+            "count": f"{wrong_option} people stand near {who}",
+            "sequence": f"{who} {wrong_option}",
         }[kind]
         out.append(((start, start + rng.uniform(2.0, 8.0)), sentence))
     return out
@@ -1913,24 +1904,24 @@ def synthetic_dataset(n: int, seed: int = 0, **options: Any) -> list[SyntheticIt
 class FilterConfig:
     """What a trajectory must satisfy to be trained on."""
 
-    allow_forced: bool = _option(
+    allow_forced: bool = option(
         False,
         "Keep trajectories that needed the last-round or a budget notice (two user turns in "
         "a row, which per-round exports must join).",
     )
-    allow_repeats: bool = _option(
+    allow_repeats: bool = option(
         True, "Keep trajectories that call the same tool on the same node twice."
     )
-    max_rounds: int | None = _option(None, "Drop trajectories longer than this (None: any).")
-    max_chars: int | None = _option(
+    max_rounds: int | None = option(None, "Drop trajectories longer than this (None: any).")
+    max_chars: int | None = option(
         None,
         "Drop conversations longer than this many characters, a tokenizer-free stand-in for "
         "the trainer's sequence cutoff (about 4 characters a token; None: any).",
     )
-    reject_hint_mentions: bool = _option(
+    reject_hint_mentions: bool = option(
         True, "Drop trajectories whose reasoning mentions a hint (it should read as its own)."
     )
-    strict_format: bool = _option(
+    strict_format: bool = option(
         True,
         "Require every reply to be <think>...</think> followed by the tool call or answer "
         "exactly as the protocol renders it (ids as (h, m), the answer as a bare letter).",
