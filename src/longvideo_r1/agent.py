@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol
-from .errors import ConfigError, LVR1Error
+from .errors import ConfigError, LVR1Error, one_line
 from .gbnf import Constraint
 from .options import field_help, option
 from .protocol import Action, Answer, ParseError, Reply
 from .tools import ToolBox, ToolResult
 from .trace import Evidence, HighCaption, Round, Status, Trace
 from .tree import NodeId, Tree
-from .vlm import ChatReply, one_line
+from .vlm import ChatReply
 
 if TYPE_CHECKING:
     from .backends import ChatBackend

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any
 import openai
 
 from . import weights
-from .errors import ConfigError, EndpointError, LVR1Error
+from .errors import ConfigError, EndpointError, LVR1Error, one_line
 from .gbnf import Constraint
-from .vlm import ChatClient, ChatEndpointError, ChatReply, Message, Usage, one_line
+from .vlm import ChatClient, ChatEndpointError, ChatReply, Message, Usage
 
 if TYPE_CHECKING:
     from .config import EndpointSettings

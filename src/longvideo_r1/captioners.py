@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
-from .errors import CaptionError, ConfigError
+from .errors import CaptionError, ConfigError, one_line
 from .subtitles import Cue, cues_between, weave
 from .tree import Node, NodeId, Tree, format_node_id
-from .vlm import ChatClient, ChatReply, one_line
+from .vlm import ChatClient, ChatReply
 
 if TYPE_CHECKING:
     from .store import ArtifactCache

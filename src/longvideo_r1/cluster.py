@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from . import __version__
 from .config import ROLES
-from .errors import ConfigError, LVR1Error
+from .errors import ConfigError, LVR1Error, one_line
 from .evaluate import Answered, Job, RunWhere, failed_record, split_address
 from .questions import Question
 
@@ -383,6 +383,5 @@ def _death(exc: BaseException) -> str:
 
 
 def _one_line(exc: object, limit: int = 200) -> str:
-    from .vlm import one_line
-
+    """The error in one line, or its type's name when its message is empty."""
     return one_line(exc, limit) or type(exc).__name__

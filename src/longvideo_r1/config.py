@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, validation_line
 
 ROLES = ("caption", "video_qa", "reasoning")
 DEFAULT_CONFIG_PATH = Path("~/.config/longvideo-r1/config.yaml")
@@ -181,9 +181,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+        raise ConfigError(f"invalid setting {validation_line(exc, 'settings')}") from None
     if settings.min_width > settings.max_width:
         raise ConfigError(
             f"min_width {settings.min_width} is larger than max_width {settings.max_width}"

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError, LVR1Error
-from .vlm import one_line
+from .errors import ConfigError, LVR1Error, one_line
 
 GGUFType = Literal["q8_0", "f16", "f32"]
 GGUF_TYPES: tuple[str, ...] = ("q8_0", "f16", "f32")

@@ -8,6 +8,25 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+_SPACE_RE = re.compile(r"\s+")
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """Collapse whitespace and shorten, so any error fits a one-line message or table cell."""
+    flat = _SPACE_RE.sub(" ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def validation_line(exc: Any, whole: str = "file") -> str:
+    """``where: what`` of a pydantic ValidationError's first problem (``whole`` when the
+    problem is with the input as a whole)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    return f"{where}: {first['msg']}"
+
 
 class LVR1Error(Exception):
     """A failure explained in one line, shown to the user without a traceback."""

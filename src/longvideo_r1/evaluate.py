@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__, protocol
 from .agent import AgentConfig, RunInterrupted
 from .config import Settings, first_difference
-from .errors import ConfigError, LVR1Error
+from .errors import ConfigError, LVR1Error, validation_line
 from .files import safe_name, write_atomic
 from .questions import Question
 from .trace import Cost, Status, Trace
@@ -323,8 +323,7 @@ class RunFolder:
 
 def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc']) or 'file'}: {first['msg']}"
+        return validation_line(exc)
     return str(getattr(exc, "strerror", None) or exc)
 
 

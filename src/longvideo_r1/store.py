@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import StoreError, one_line
 from .tree import NodeId, format_node_id, parse_node_id
 
 SCHEMA_VERSION = 1
@@ -510,7 +510,7 @@ class CaptionStore:
                 "ON CONFLICT(fingerprint, width, node, identity) DO UPDATE SET "
                 "error = excluded.error, attempts = failures.attempts + 1, "
                 "last_at = excluded.last_at",
-                (*_key_params(key), _one_line(error), time.time()),
+                (*_key_params(key), one_line(error, 500), time.time()),
             )
             row = conn.execute(
                 "SELECT fingerprint, width, node, identity, error, attempts, last_at "
@@ -666,12 +666,6 @@ def _failure_from_row(row: tuple[Any, ...]) -> FailureRecord:
     return FailureRecord(fp, int(width), parse_node_id(node), identity, error, attempts, last_at)
 
 
-def _one_line(text: str, limit: int = 500) -> str:
-    """Errors are shown in tables and progress lines: one line, bounded length."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     """Turn SQLite's message into one line a user can act on."""
     message = str(exc)
@@ -685,4 +679,4 @@ def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"cannot open caption store {path} ({message})")
     if "locked" in message:
         return StoreError(f"caption store {path} stayed locked by another process ({message})")
-    return StoreError(f"caption store {path}: {_one_line(message)}")
+    return StoreError(f"caption store {path}: {one_line(message, 500)}")

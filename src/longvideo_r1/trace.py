@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
-from .errors import LVR1Error
+from .errors import LVR1Error, validation_line
 from .files import write_atomic
 from .tree import Node, format_node_id
 
@@ -228,9 +228,7 @@ class Trace(BaseModel):
         except OSError as exc:
             raise TraceError(f"cannot read trace {path}: {exc.strerror or exc}") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "file"
-            raise TraceError(f"{path} is not a trace: {where}: {first['msg']}") from None
+            raise TraceError(f"{path} is not a trace: {validation_line(exc)}") from None
 
 
 # summary lines ------------------------------------------------------------------------

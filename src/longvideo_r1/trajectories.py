@@ -56,7 +56,7 @@ from .backends import ChatBackend, Served  # Served: the ChatBackend subclass co
 from .captioners import CallCost
 from .captions import Fetched
 from .config import first_difference
-from .errors import CaptionError, ConfigError, LVR1Error
+from .errors import CaptionError, ConfigError, LVR1Error, validation_line
 from .files import safe_name, write_atomic
 from .gbnf import Constraint
 from .hints import Grounding, Hint, HintConfig, HintKind, HintLadder, append_hint, ground
@@ -704,10 +704,8 @@ def read_record(path: str | os.PathLike[str]) -> TrajectoryRecord:
     except OSError as exc:
         raise TrajectoryError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "file"
         raise TrajectoryError(
-            f"{path} is not a trajectory record: {where}: {first['msg']}"
+            f"{path} is not a trajectory record: {validation_line(exc)}"
         ) from None
 
 

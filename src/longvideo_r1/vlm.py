@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from .errors import ConfigError, EndpointError
+from .errors import ConfigError, EndpointError, one_line
 
 if TYPE_CHECKING:
     from .config import EndpointSettings
@@ -36,7 +36,6 @@ _HINTS = {
     404: "check the base URL, which usually ends in /v1, and the model name",
     413: "the request is too large; send fewer or smaller frames",
 }
-_SPACE_RE = re.compile(r"\s+")
 _HTML_TAG_RE = re.compile(r"<[^<>]+>")
 
 Message = Mapping[str, Any]
@@ -83,12 +82,6 @@ class ChatReply:
     def truncated(self) -> bool:
         """Whether the server stopped at the token limit (the reply may be cut off)."""
         return self.finish_reason == "length"
-
-
-def one_line(text: object, limit: int = 200) -> str:
-    """Collapse whitespace and shorten, so server errors fit our one-line messages."""
-    flat = _SPACE_RE.sub(" ", str(text)).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class ChatClient:
