@@ -20,6 +20,7 @@ from longvideo_r1.protocol import (
     ReplyRules,
     answer_in_form,
     caption_observation,
+    check_action,
     error_message,
     first_user_content,
     first_user_message,
@@ -39,7 +40,7 @@ from longvideo_r1.protocol import (
     reply_grammars,
     system_prompt,
 )
-from longvideo_r1.tree import Tree
+from longvideo_r1.tree import Tree, format_node_id
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -705,3 +706,31 @@ def test_answers_in_each_form():
     assert answer_in_form("B", choices, "text") == "B. seven"  # two options read "seven"
     with pytest.raises(ValueError):
         answer_in_form("E", choices, "text")
+
+
+def test_the_parser_and_the_tools_check_calls_with_one_rule_set():
+    fetched = {(1,), (2,), (3,), (4,), (3, 2), (3, 2, 4)}
+    calls = [
+        Action("get_caption", (3, 1)),
+        Action("get_caption", (2,)),
+        Action("get_caption", (5, 1)),
+        Action("video_qa", (3, 2, 4), "what is written?"),
+        Action("video_qa", (3, 2, 1), "what is written?"),
+        Action("video_qa", (3, 2), "what?"),
+        Action("video_qa", (3, 2, 4), "   "),
+    ]
+    for action in calls:
+        try:
+            text = render_tool_call(action)
+        except ValueError:  # shapes the renderer refuses: write them as a model would
+            ids = format_node_id(action.node_id)
+            args = ids if action.query is None else f"{ids}, {action.query!r}"
+            text = f"<tool>{action.tool}({args})</tool>"
+        reply = parse_reply(text, TREE, fetched=fetched)
+        problem = check_action(action, TREE, fetched)
+        assert (reply.error.message if reply.error else None) == problem, text
+    assert check_action(Action("video_qa", (1, 1, 1), None), TREE).startswith(
+        "the video_qa query is empty"
+    )
+    assert "unknown tool" in check_action(Action("look", (1, 2)), TREE)  # type: ignore[arg-type]
+    assert "not a segment id" in check_action(Action("get_caption", ("a", 2)), TREE)  # type: ignore[arg-type]

@@ -961,22 +961,46 @@ def _resolve(
     node_id = _to_node_id(raw_id)
     if isinstance(node_id, ParseError):
         return node_id
-    problem = _check_id(name, node_id, tree)
+    action = Action(name, node_id, query if name == "video_qa" else None)  # type: ignore[arg-type]
+    problem = check_action(action, tree, fetched)
+    return action if problem is None else ParseError(problem)
+
+
+def check_action(
+    action: Action, tree: Tree | None = None, fetched: Collection[NodeId] | None = None
+) -> str | None:
+    """Why a tool call may not run, worded for the model; ``None`` when it may.
+
+    The parser checks every call it reads with it, and the tools check the
+    calls that reach them from elsewhere (RL environments, scripts), so both
+    keep one set of rules and one wording. ``fetched`` turns on the leaf rule.
+    """
+    if action.tool not in TOOLS:
+        return _unknown_tool(str(action.tool)).message
+    try:
+        node_id = tuple(int(part) for part in action.node_id)
+    except (TypeError, ValueError):
+        return (
+            f"{_quote(repr(action.node_id))} is not a segment id; ids are tuples of integers "
+            "like (2, 3)"
+        )
+    problem = _check_id(action.tool, node_id, tree)
     if problem is not None:
-        return problem
-    if name == "get_caption":
-        return Action("get_caption", node_id)
+        return problem.message
+    if action.tool == "get_caption":
+        return None
+    query = "" if action.query is None else action.query
     if not isinstance(query, str):
-        return ParseError(f"the video_qa query must be a quoted string, got {_quote(repr(query))}")
+        return f"the video_qa query must be a quoted string, got {_quote(repr(query))}"
     if not query.strip():
-        return ParseError("the video_qa query is empty; ask one precise question about the clip")
+        return "the video_qa query is empty; ask one precise question about the clip"
     if fetched is not None and node_id not in {tuple(f) for f in fetched}:
         label = format_node_id(node_id)
-        return ParseError(
+        return (
             f"video_qa on {label} needs its low-level caption first; call "
             f"get_caption({label}) before asking about that clip"
         )
-    return Action("video_qa", node_id, query)
+    return None
 
 
 def _split_args(name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, Any] | ParseError:

@@ -32,7 +32,7 @@ from . import protocol
 from .captioners import CallCost, VLMClipQA
 from .errors import ConfigError
 from .protocol import Action
-from .tree import Node, NodeId, Tree, format_node_id
+from .tree import Node, NodeId, Tree
 
 CAPTION_ONLY_NOTE = (
     "[No vision model is configured: these are the CPU captioner's notes on this clip, "
@@ -129,24 +129,10 @@ def rejection(tree: Tree, action: Action, fetched: Collection[NodeId] | None = N
     """Why ``action`` may not run, in the parser's words; ``None`` when it may.
 
     Actions reach the tools from callers other than the parser (RL
-    environments, scripts, tests), so the tools check again. Re-reading the
-    canonical call with :func:`protocol.parse_reply` keeps one set of rules
-    and one wording for every path. ``fetched`` turns on the leaf rule.
+    environments, scripts, tests), so the tools check again, with the
+    parser's own :func:`protocol.check_action`. ``fetched`` turns on the leaf rule.
     """
-    text = f"<tool>{_call_text(action)}</tool>"
-    reply = protocol.parse_reply(text, tree, fetched=fetched)
-    return reply.error.message if reply.error is not None else None
-
-
-def _call_text(action: Action) -> str:
-    """The call as the model would write it, even for shapes ``format_call`` refuses."""
-    try:
-        return protocol.format_call(action)
-    except ValueError:
-        # A wrong-shaped id is reported before the query is looked at, and a
-        # missing query is reported as an empty one, so "" stands in for it.
-        ids = format_node_id(tuple(action.node_id))
-        return f'video_qa({ids}, "")' if action.tool == "video_qa" else f"{action.tool}({ids})"
+    return protocol.check_action(action, tree, fetched)
 
 
 def refused(action: Action, problem: str, tree: Tree | None = None) -> ToolResult:
