@@ -540,9 +540,7 @@ class UniformFrames:
             f"measurements of {self.frames} evenly spread frames by a CPU frame analyzer, "
             "with subtitles or transcribed speech"
         )
-        messages = text_prompt(what, context, question, self.answer.form(backend))
-        ep.trace.prompt = messages
-        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)
+        _ask_about_text(ep, backend, question, what, context, self.answer, self.max_reply_tokens)
 
 
 def _describe_frame(desc: Any, cut: bool) -> str:
@@ -560,8 +558,60 @@ def _describe_frame(desc: Any, cut: bool) -> str:
     return "; ".join(parts)
 
 
+def _ask_about_text(
+    ep: _Episode,
+    backend: Any,
+    question: Question,
+    what: str,
+    context: str,
+    step: AnswerStep,
+    max_tokens: int,
+) -> None:
+    """The text-only baselines' one call: what the text is, the text, the question."""
+    messages = text_prompt(what, context, question, step.form(backend))
+    ep.trace.prompt = messages
+    ep.ask(backend, messages, max_tokens, step, vlm=False)
+
+
+class _ReadsCaptions:
+    """What the baselines that read captions share: their identities and their one episode.
+
+    A subclass says which captions it reads (:meth:`_read`); the answer step is common.
+    """
+
+    name: str
+    variant: str
+    max_reply_tokens: int
+    answer: AnswerStep
+
+    def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
+        from .evaluate import caption_identity
+
+        return {"reasoning": reasoning or "", "caption": caption_identity(settings)}
+
+    def run(self, question: Question, session: Any, backend: Any, stop: threading.Event) -> Trace:
+        backends = {"reasoning": backend.identity, "caption": session.captioner.identity}
+        config = {"method": self.name, "variant": self.variant, **self.params()}
+        ep = _start(self.name, self.variant, question, session, backends, config)
+
+        def body(ep: _Episode) -> None:
+            what, context = self._read(ep, question, session)
+            _ask_about_text(
+                ep, backend, question, what, context, self.answer, self.max_reply_tokens
+            )
+
+        return _run_episode(ep, stop, body)
+
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _read(self, ep: _Episode, question: Question, session: Any) -> tuple[str, str]:
+        """(what the text is, the text) for the prompt; captions fetched through ``ep``."""
+        raise NotImplementedError
+
+
 @dataclass
-class CaptionAll:
+class CaptionAll(_ReadsCaptions):
     """Every leaf caption at once, as dense-caption agents read a video."""
 
     max_reply_tokens: int = 1024
@@ -577,18 +627,7 @@ class CaptionAll:
             **self.answer.params(),
         }
 
-    def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
-        from .evaluate import caption_identity
-
-        return {"reasoning": reasoning or "", "caption": caption_identity(settings)}
-
-    def run(self, question: Question, session: Any, backend: Any, stop: threading.Event) -> Trace:
-        backends = {"reasoning": backend.identity, "caption": session.captioner.identity}
-        config = {"method": self.name, "variant": self.variant, **self.params()}
-        ep = _start(self.name, self.variant, question, session, backends, config)
-        return _run_episode(ep, stop, lambda e: self._body(e, question, session, backend))
-
-    def _body(self, ep: _Episode, question: Question, session: Any, backend: Any) -> None:
+    def _read(self, ep: _Episode, question: Question, session: Any) -> tuple[str, str]:
         tree: Tree = session.tree
         leaves = tree.nodes(len(LEVELS))
         items = [(leaf, ep.fetch(session.service, leaf)) for leaf in leaves]
@@ -597,10 +636,7 @@ class CaptionAll:
             f"all its {len(leaves)} low-level clips, in time order:\n"
             + "\n".join(caption_lines(items))
         )
-        form = self.answer.form(backend)
-        messages = text_prompt("captions of every short clip of the video", context, question, form)
-        ep.trace.prompt = messages
-        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)
+        return "captions of every short clip of the video", context
 
 
 def random_walk(tree: Tree, calls: int, rng: random.Random) -> list[Node]:
@@ -632,7 +668,7 @@ def random_walk(tree: Tree, calls: int, rng: random.Random) -> list[Node]:
 
 
 @dataclass
-class RandomWalk:
+class RandomWalk(_ReadsCaptions):
     """The agent's caption budget spent on random nodes, then one answer from what was seen."""
 
     calls: int
@@ -652,22 +688,11 @@ class RandomWalk:
             **self.answer.params(),
         }
 
-    def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
-        from .evaluate import caption_identity
-
-        return {"reasoning": reasoning or "", "caption": caption_identity(settings)}
-
     def rng(self, question: Question) -> random.Random:
         """Seeded per question, so the walk does not depend on worker order or earlier questions."""
         return random.Random(f"{self.seed}:{question.benchmark}:{question.id}")
 
-    def run(self, question: Question, session: Any, backend: Any, stop: threading.Event) -> Trace:
-        backends = {"reasoning": backend.identity, "caption": session.captioner.identity}
-        config = {"method": self.name, "variant": self.variant, **self.params()}
-        ep = _start(self.name, self.variant, question, session, backends, config)
-        return _run_episode(ep, stop, lambda e: self._body(e, question, session, backend))
-
-    def _body(self, ep: _Episode, question: Question, session: Any, backend: Any) -> None:
+    def _read(self, ep: _Episode, question: Question, session: Any) -> tuple[str, str]:
         tree: Tree = session.tree
         items: list[tuple[Node, str]] = []
         for high in tree.nodes(1):
@@ -684,7 +709,4 @@ class RandomWalk:
             f"{len(items) - tree.width} finer segments picked at random, in time order:\n"
             + "\n".join(caption_lines(items))
         )
-        form = self.answer.form(backend)
-        messages = text_prompt("captions of some segments of the video", context, question, form)
-        ep.trace.prompt = messages
-        ep.ask(backend, messages, self.max_reply_tokens, self.answer, vlm=False)
+        return "captions of some segments of the video", context
