@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up what they need first.
-.PHONY: demo test setup setup-test lint
+.PHONY: demo test test-fast setup setup-test lint
 
 demo: setup          ## build the real test video, caption it on CPU, show the tree
 	.venv/bin/lvr1 demo
@@ -7,6 +7,10 @@ demo: setup          ## build the real test video, caption it on CPU, show the t
 test: setup-test     ## lint and run every test, slow ones included
 	.venv/bin/ruff check src tests scripts benchmarks
 	.venv/bin/python -m pytest
+
+test-fast: setup-test ## lint and run the tests that load no model and build no video (minutes)
+	.venv/bin/ruff check src tests scripts benchmarks
+	.venv/bin/python -m pytest -m "not slow"
 
 setup:
 	scripts/setup.sh

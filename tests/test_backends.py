@@ -344,6 +344,7 @@ def smollm2():
     backend.close()
 
 
+@pytest.mark.slow
 def test_smollm2_chats_and_serialises_threads(smollm2):
     replies = []
 
@@ -360,6 +361,7 @@ def test_smollm2_chats_and_serialises_threads(smollm2):
     assert smollm2.n_ctx == 512
 
 
+@pytest.mark.slow
 def test_smollm2_reuses_the_previous_prompt(smollm2):
     question = [{"role": "user", "content": "Name three colours of cars, briefly."}]
     smollm2.chat(question, temperature=0)
@@ -371,6 +373,7 @@ def test_smollm2_reuses_the_previous_prompt(smollm2):
     assert smollm2.history()[-1].prompt_evaluated > 3
 
 
+@pytest.mark.slow
 def test_context_overflow_is_one_line(smollm2):
     long = [{"role": "user", "content": "word " * 1000}]
     with pytest.raises(EndpointError) as info:
@@ -379,6 +382,7 @@ def test_context_overflow_is_one_line(smollm2):
     assert str(info.value).startswith("embedded model smollm2:")
 
 
+@pytest.mark.slow
 def test_context_is_capped_at_the_trained_length():
     backend = EmbeddedBackend(_model_or_skip(weights.SMOLLM2_135M), n_ctx=1 << 20)
     backend.load()
@@ -416,6 +420,7 @@ def test_qwen_replies_and_reuses_the_prefix():
     backend.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "temperature"), [("split", 0.0), ("split", 0.7), ("whole", 0.0)])
 def test_smollm2_under_the_reply_grammar_writes_a_canonical_reply(smollm2, mode, temperature):
     """Real llama.cpp: the grammar text parses there, and what comes out is canonical."""

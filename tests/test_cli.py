@@ -117,6 +117,7 @@ def test_unknown_level_is_a_clear_error(test_video, store, capsys):
     assert code == 2 and "high,medium,low" in err
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_fails_nodes_keeps_going_and_retries(test_video, store, capsys):
     args = [
         "caption",

@@ -184,6 +184,7 @@ def test_video_without_audio_has_no_speech_line_and_no_error():
     assert video.audio_calls == []
 
 
+@pytest.mark.slow
 def test_real_whisper_on_silent_audio_says_no_speech_detected():
     video = FakeVideo(has_audio=True)
     tree = fake_tree(video)
@@ -193,6 +194,7 @@ def test_real_whisper_on_silent_audio_says_no_speech_detected():
     assert 'Speech: "' not in result.text and "Speech:" not in result.text
 
 
+@pytest.mark.slow
 def test_leaf_transcripts_are_cached_and_reused_by_higher_levels():
     video = FakeVideo(has_audio=True)
     tree = fake_tree(video)
@@ -223,6 +225,7 @@ def test_each_word_lands_in_exactly_one_leaf():
     assert said == [f"w{i}" for i in range(int(video.info.duration))]
 
 
+@pytest.mark.slow
 def test_concurrent_leaves_transcribe_each_window_once():
     video = FakeVideo(has_audio=True)
     tree = fake_tree(video)
@@ -250,6 +253,7 @@ def test_without_artifacts_transcripts_are_kept_in_memory():
     assert transcriber.calls == 1
 
 
+@pytest.mark.slow
 def test_word_limits_hold_with_long_subtitles_and_keywords_summarise():
     video = FakeVideo(has_audio=True)
     tree = fake_tree(video)
@@ -313,6 +317,7 @@ def spoken_part(text: str) -> str:
     return " ".join(line for line in text.splitlines() if line.startswith("Speech"))
 
 
+@pytest.mark.slow
 def test_real_leaves_quote_what_is_said(real, captioner):
     """Leaves around "Clip three. A hand lifts a yellow box above a white table." (no .srt)."""
     said = real.manifest["segments"][2]["said"][0]
@@ -328,6 +333,7 @@ def test_real_leaves_quote_what_is_said(real, captioner):
     assert all(len(t.split()) <= real.tree.plan(leaves[0].id).max_words for t in texts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("node_id", [(2,), (2, 3), (2, 3, 1)])
 def test_real_nodes_report_the_frames_the_video_decoded(real, node_id):
     """The reported count is the decoder's work for the node, many times the frames it samples."""
@@ -340,6 +346,7 @@ def test_real_nodes_report_the_frames_the_video_decoded(real, node_id):
     assert result.frames_decoded > 2 * len(result.frame_times)
 
 
+@pytest.mark.slow
 def test_real_leaf_keeps_subtitles_verbatim(real, captioner):
     cue = real.cues[0]
     leaf = real.tree.leaf_at(cue.start + 0.1)
@@ -408,6 +415,7 @@ class TitleCardVideo(FakeVideo):
         return Frames(out, decoder_cost(times))
 
 
+@pytest.mark.slow
 def test_on_screen_text_is_quoted_with_its_time():
     pytest.importorskip("rapidocr_onnxruntime")
     video = TitleCardVideo(has_audio=False)

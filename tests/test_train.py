@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real optimizer steps with torch and TRL (about 45 s)
+
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from longvideo_r1 import testvideo
 from longvideo_r1.errors import VideoError
 from longvideo_r1.testvideo import (
     CLIPS,
@@ -392,13 +392,22 @@ def test_fingerprint_is_content_based(test_video: BuiltVideo, tmp_path: Path) ->
     assert file_fingerprint(copy) != file_fingerprint(test_video.path)
 
 
-def test_fingerprint_is_instant_on_huge_files(tmp_path: Path) -> None:
+def _bytes_read() -> int:
+    """Bytes this process has read through read() calls so far (Linux ``/proc/self/io``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_fingerprint_reads_three_chunks_of_a_huge_file(tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     with big.open("wb") as fh:
         fh.truncate(8 << 30)  # sparse 8 GiB
-    start = time.perf_counter()
+    before = _bytes_read()
     first = file_fingerprint(big)
-    assert time.perf_counter() - start < 1.0
+    assert _bytes_read() - before <= 3 * (1 << 20) + (1 << 16)  # start, middle, end MiB
     with big.open("r+b") as fh:
         fh.seek(4 << 30)
         fh.write(b"x")
@@ -539,11 +548,15 @@ def test_segment_boundaries_are_cuts(test_video: BuiltVideo) -> None:
             assert np.abs(a - b).mean() > 10, s["key"]
 
 
-def test_build_is_idempotent(test_video: BuiltVideo) -> None:
+def test_build_is_idempotent(test_video: BuiltVideo, monkeypatch: pytest.MonkeyPatch) -> None:
     stamp = test_video.path.stat().st_mtime_ns
-    start = time.perf_counter()
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("a current test video was encoded again")
+
+    monkeypatch.setattr(testvideo, "_encode", no_encode)
+    monkeypatch.setattr(testvideo, "gather_sources", no_encode)
     assert build_test_video(test_video.path.parent) == test_video.path
-    assert time.perf_counter() - start < 2.0
     assert test_video.path.stat().st_mtime_ns == stamp
     manifest = json.loads(test_video.manifest_path.read_text())
     assert manifest == test_video.manifest
@@ -569,17 +582,12 @@ def test_script_is_a_thin_cli(test_video: BuiltVideo, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_long_video_loops_by_stream_copy(test_video: BuiltVideo, tmp_path: Path) -> None:
-    start = time.perf_counter()
-    path = build_long_video(test_video.path, 1200, tmp_path)
-    assert time.perf_counter() - start < 30
-    start = time.perf_counter()
+    path = build_long_video(test_video.path, 1200, tmp_path)  # its speed: bench_caption.py
     with Video.open(path) as video:
-        index_seconds = time.perf_counter() - start
         assert video.info.duration == pytest.approx(1200, abs=2)
         assert video.info.n_frames == pytest.approx(1200 * 25, rel=0.01)
         loop = test_video.manifest["duration"]
         first, later = video.frames_at([20.0, 20.0 + 3 * loop], 64)
-    assert index_seconds < 5
     diff = np.abs(np.asarray(first.image).astype(int) - np.asarray(later.image).astype(int))
     assert diff.mean() < 8  # the same picture, a few loops later
     blocks = path.with_suffix(".srt").read_text().strip().split("\n\n")
