@@ -11,6 +11,7 @@ import pytest
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1 import protocol
+from longvideo_r1.agent import AgentConfig
 from longvideo_r1.cli import main
 from longvideo_r1.exports import ExportConfig, load_export
 from longvideo_r1.hints import HintConfig
@@ -521,3 +522,39 @@ def test_data_bad_input_gets_one_line_and_exit_2(step, args, fragment, tmp_path,
     assert code == 2
     assert fragment in one_error_line(err, step)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["ask", "eval"])
+def test_every_agent_field_has_a_flag_with_its_own_help(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name, text in field_help(AgentConfig).items():
+        flag = {"require_fetched_leaf": "--qa-anywhere"}.get(name, "--" + name.replace("_", "-"))
+        assert flag in out, flag
+        if name != "require_fetched_leaf":
+            assert " ".join(text.split()) in out, name
+
+
+def test_agent_flags_build_the_agent_config(store, monkeypatch):
+    from longvideo_r1.cli import _agent_config, _settings, build_parser
+
+    monkeypatch.setenv("LVR1_ANSWER_FORM", "letter")
+    argv = ["ask", "v.mp4", "q", "--temperature", "0.5", "--max-video-qa", "none"]
+    argv += ["--max-repeated-calls", "0", "--qa-anywhere", "--first-message-parts"]
+    argv += ["--constrain", "off", "--max-think-tokens", "99"]
+    args = build_parser().parse_args(argv)
+    config = _agent_config(args, _settings(args))
+    assert config == AgentConfig(
+        temperature=0.5,
+        max_video_qa=None,
+        max_repeated_calls=None,
+        require_fetched_leaf=False,
+        first_message_parts=True,
+        constrain="off",
+        answer_form="letter",  # from the environment: no flag given
+        max_think_tokens=99,
+    )
+    default = build_parser().parse_args(["ask", "v.mp4", "q"])
+    assert _agent_config(default, _settings(default)) == AgentConfig(answer_form="letter")

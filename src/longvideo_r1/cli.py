@@ -102,41 +102,37 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_AGENT_FLAGS_BY_HAND = ("require_fetched_leaf", "max_repeated_calls")
+"""AgentConfig fields whose flags keep their established spelling: ``--qa-anywhere`` turns the
+leaf rule off, and ``--max-repeated-calls 0`` means never."""
+
+
 def _agent_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("agent budgets (a spent budget forces an answer)")
-    group.add_argument(
-        "--max-rounds",
-        type=int,
-        default=30,
-        metavar="N",
-        help="rounds, one tool call each (default 30)",
-    )
-    group.add_argument("--max-video-qa", type=int, metavar="N", help="video_qa calls")
-    group.add_argument("--max-caption-calls", type=int, metavar="N", help="get_caption calls")
-    group.add_argument(
-        "--max-tokens", type=int, metavar="N", help="reasoning tokens, prompt + completion"
-    )
-    group.add_argument("--max-seconds", type=float, metavar="S", help="wall-clock seconds")
-    group.add_argument(
-        "--max-repeated-calls",
-        type=int,
-        default=3,
-        metavar="N",
-        help="refuse a tool call already made N times in a row and ask for the answer "
-        "(default 3; 0: never)",
-    )
-    group.add_argument(
-        "--qa-anywhere",
-        action="store_true",
-        help="allow video_qa on a leaf whose caption was not fetched (the protocol forbids it)",
-    )
+    """One flag per AgentConfig field, its help the field's own."""
     from .agent import AgentConfig
 
     add_config_flags(
         parser,
         AgentConfig,
-        "replies ($LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file set them too)",
-        only=("constrain", "answer_form", "max_think_tokens"),
+        "the agent (a spent budget forces an answer; --constrain and --answer-form also come "
+        "from $LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file)",
+        skip=_AGENT_FLAGS_BY_HAND,
+    )
+    helps = AgentConfig.help()
+    group = parser.add_argument_group("the agent's rules")
+    group.add_argument(
+        "--max-repeated-calls",
+        type=int,
+        default=AgentConfig.max_repeated_calls,
+        metavar="N",
+        help=f"{helps['max_repeated_calls']} 0 means never. (default: "
+        f"{AgentConfig.max_repeated_calls})",
+    )
+    group.add_argument(
+        "--qa-anywhere",
+        action="store_true",
+        help="allow video_qa on a leaf whose caption was not fetched, which the protocol "
+        "forbids (require_fetched_leaf off)",
     )
 
 
@@ -589,17 +585,19 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def _agent_config(args: argparse.Namespace, settings: Settings):
+    """AgentConfig from the flags given; constrain and answer form as the settings resolved them."""
+    from dataclasses import fields
+
     from .agent import AgentConfig
 
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(AgentConfig)
+        if f.name not in _AGENT_FLAGS_BY_HAND and hasattr(args, f.name)
+    }
+    given.update(constrain=settings.constrain, answer_form=settings.answer_form)
     return AgentConfig(
-        constrain=settings.constrain,
-        answer_form=settings.answer_form,
-        max_think_tokens=getattr(args, "max_think_tokens", AgentConfig.max_think_tokens),
-        max_rounds=args.max_rounds,
-        max_video_qa=args.max_video_qa,
-        max_caption_calls=args.max_caption_calls,
-        max_tokens=args.max_tokens,
-        max_seconds=args.max_seconds,
+        **given,
         require_fetched_leaf=not args.qa_anywhere,
         max_repeated_calls=args.max_repeated_calls or None,
     )
