@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from longvideo_r1.errors import VideoError
+from longvideo_r1.store import CaptionStore
 from longvideo_r1.testvideo import (
     BuiltVideo,
     build_bad_inputs,
@@ -75,6 +77,13 @@ def test_video() -> BuiltVideo:
         if os.environ.get("LVR1_REQUIRE_TESTVIDEO") == "1":
             pytest.fail(f"cannot build the test video: {exc}")
         pytest.skip(f"cannot build the test video here: {exc}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CaptionStore]:
+    """An empty caption store of this test's own (modules that need another kind override it)."""
+    with CaptionStore(tmp_path / "store.sqlite") as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")

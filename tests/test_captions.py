@@ -32,12 +32,6 @@ from longvideo_r1.errors import CaptionError, TreeError
 from longvideo_r1.store import CaptionStore
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> CaptionStore:
-    with CaptionStore(tmp_path / "store.sqlite") as s:
-        yield s
-
-
 def service_for(
     store: CaptionStore, captioner: ScriptedCaptioner, width: int = 3, **kwargs
 ) -> CaptionService:

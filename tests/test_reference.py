@@ -31,12 +31,6 @@ from longvideo_r1.tree import Tree
 FP = "c" * 64
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> CaptionStore:
-    with CaptionStore(tmp_path / "store.sqlite") as s:
-        yield s
-
-
 def tree_of(width: int, duration: float = 600.0) -> Tree:
     return Tree(duration=duration, n_frames=int(duration * 30), width=width)
 

@@ -29,12 +29,6 @@ from longvideo_r1.store import (
 FP = "a" * 64
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> CaptionStore:
-    with CaptionStore(tmp_path / "store.sqlite") as s:
-        yield s
-
-
 def key(node, width=4, identity=IDENTITY, fp=FP) -> CaptionKey:
     return CaptionKey(fp, width, node, identity)
 

@@ -77,12 +77,6 @@ class ScriptedAnswerer:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with CaptionStore(tmp_path / "store.sqlite") as store:
-        yield store
-
-
-@pytest.fixture
 def tree() -> Tree:
     return Tree.for_video(150.0, 1500, width=4)
 
