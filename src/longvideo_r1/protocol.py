@@ -20,11 +20,13 @@ or a :class:`ParseError` whose message can be sent straight back to the model
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, get_args
 
 from . import gbnf
 from .errors import ConfigError, TreeError
@@ -42,7 +44,7 @@ PARSER_VERSION = 2
 2: no scorer reads a letter outside ``<answer>`` any more, and answers may be option texts."""
 
 AnswerForm = Literal["letter", "text", "either"]
-ANSWER_FORMS: tuple[str, ...] = ("letter", "text", "either")
+ANSWER_FORMS: tuple[str, ...] = get_args(AnswerForm)
 """What ``<answer>`` holds for a multiple-choice question: the option's letter (what the
 released checkpoints learned), the option's exact text (small models pick the right text
 far more often than the right letter), or either of them."""
@@ -341,7 +343,7 @@ def answer_in_form(letter: str, choices: Sequence[str], answer_form: AnswerForm)
         raise ValueError(f"{letter!r} is not one of the options {letters}")
     if answer_form == "letter":
         return letter
-    return _answer_bodies(choices, "text")[letter][0]
+    return _answer_bodies(tuple(choices), "text")[letter][0]
 
 
 def render_reply(think: str | None, result: Action | Answer | str) -> str:
@@ -1184,12 +1186,6 @@ def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
     """(whole reply, what follows ``</think>``) as grammar trees; see :func:`reply_constraint`."""
     if rules.width < 1:
         raise ValueError(f"tree width must be at least 1, got {rules.width}")
-    think_char = Chars("^<")
-    think = (
-        Rep(think_char)
-        if rules.think_max_chars is None
-        else Rep(think_char, 0, rules.think_max_chars)
-    )
     actions: list[Ref] = []
     rules_out: dict[str, gbnf.Expr] = {}
     if rules.tools:
@@ -1212,7 +1208,7 @@ def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
     actions.append(Ref("answer"))
     rules_out["action"] = alt(*actions)
     whole = {"root": seq(THINK_OPEN, Ref("think"), THINK_CLOSE + "\n", Ref("action")),
-             "think": think, **rules_out}  # fmt: skip
+             "think": _think(rules.think_max_chars), **rules_out}  # fmt: skip
     tail = {"root": seq("\n", Ref("action")), **rules_out}
     return Grammar(whole), Grammar(tail)
 
@@ -1226,7 +1222,7 @@ def reply_constraint(rules: ReplyRules, free_tokens: int = 768) -> Constraint:
     """
     whole, tail = reply_grammars(rules)
     chars = rules.think_max_chars or free_tokens * THINK_CHARS_PER_TOKEN
-    bounded = reply_grammars(replace(rules, think_max_chars=chars))[0]
+    bounded = Grammar({**whole.rules, "think": _think(chars)})
     return Constraint(
         grammar=whole.gbnf(),
         head=THINK_OPEN,
@@ -1238,70 +1234,74 @@ def reply_constraint(rules: ReplyRules, free_tokens: int = 768) -> Constraint:
     )
 
 
+def _think(max_chars: int | None) -> gbnf.Expr:
+    """The think's text: no ``<``, so no tag can open or close inside it."""
+    return Rep(Chars("^<"), 0, max_chars)
+
+
+def _ids(width: int, depth: int) -> Iterator[NodeId]:
+    """Every id of one level, in order."""
+    return itertools.product(range(1, width + 1), repeat=depth)
+
+
 def _id_trie(ids: Collection[NodeId]) -> gbnf.Expr | None:
     """``(h, m)`` / ``(h, m, l)`` for exactly these ids, shared prefixes written once."""
     if not ids:
         return None
+    root: dict[int, Any] = {}
+    for node_id in ids:
+        branch = root
+        for part in node_id:
+            branch = branch.setdefault(part, {})
+        branch[None] = True  # an id ends here
 
-    def level(prefix: NodeId) -> gbnf.Expr:
-        heads = sorted(
-            {i[len(prefix)] for i in ids if len(i) > len(prefix) and i[: len(prefix)] == prefix}
-        )
-        branches = []
-        for head in heads:
-            here = (*prefix, head)
-            ends = here in ids
-            deeper = any(len(i) > len(here) and i[: len(here)] == here for i in ids)
-            rest = seq(", ", level(here)) if deeper else None
-            if ends and rest is not None:
-                branches.append(seq(str(head), opt(rest)))
-            elif rest is not None:
-                branches.append(seq(str(head), rest))
-            else:
-                branches.append(seq(str(head)))
-        return alt(*branches)
+    def alternatives(branch: dict[Any, Any]) -> gbnf.Expr:
+        options = []
+        for part in sorted(k for k in branch if k is not None):
+            below = branch[part]
+            deeper = [k for k in below if k is not None]
+            if not deeper:
+                options.append(seq(str(part)))
+                continue
+            rest = seq(", ", alternatives(below))
+            options.append(seq(str(part), opt(rest) if None in below else rest))
+        return alt(*options)
 
-    return seq("(", level(()), ")")
+    return seq("(", alternatives(root), ")")
 
 
 def _caption_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
-    w, fetched = rules.width, {tuple(f) for f in rules.fetched}
-    ids = [
-        (h, m, *rest)
-        for h in range(1, w + 1)
-        for m in range(1, w + 1)
-        for rest in ((), *((k,) for k in range(1, w + 1)))
-        if (h, m, *rest) not in fetched
-    ]
-    return _id_trie(set(ids))
+    fetched = {tuple(f) for f in rules.fetched}
+    ids = [i for depth in (2, 3) for i in _ids(rules.width, depth) if i not in fetched]
+    return _id_trie(ids)
 
 
 def _qa_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
-    w, fetched = rules.width, {tuple(f) for f in rules.fetched}
+    fetched = {tuple(f) for f in rules.fetched}
     refused = {tuple(r) for r in rules.refused}
-    leaves = {
-        (h, m, k)
-        for h in range(1, w + 1)
-        for m in range(1, w + 1)
-        for k in range(1, w + 1)
-        if (not rules.require_fetched_leaf or (h, m, k) in fetched) and (h, m, k) not in refused
-    }
+    leaves = [
+        leaf
+        for leaf in _ids(rules.width, 3)
+        if (not rules.require_fetched_leaf or leaf in fetched) and leaf not in refused
+    ]
     return _id_trie(leaves)
 
 
 def _answer_expr(rules: ReplyRules) -> gbnf.Expr:
     if not rules.choices:
         return seq(Chars("A-Za-z0-9"), Rep(Chars("^<"), 0, OPEN_ANSWER_MAX_CHARS - 1))
-    bodies = _answer_bodies(rules.choices, rules.answer_form)
+    bodies = _answer_bodies(tuple(rules.choices), rules.answer_form)
     return alt(*(b for letter in sorted(bodies) for b in bodies[letter]))
 
 
-def _answer_bodies(choices: Sequence[str], answer_form: AnswerForm) -> dict[str, list[str]]:
+@lru_cache(maxsize=256)
+def _answer_bodies(choices: tuple[str, ...], answer_form: AnswerForm) -> dict[str, list[str]]:
     """For each option letter, the ``<answer>`` texts of this form that read back as it.
 
     Each candidate is checked with the parser itself; an option text that
     reads as another option falls back to its ``A. text`` line, then to its
-    letter, so every option stays answerable.
+    letter, so every option stays answerable. Cached: every round of a
+    question asks for the same choices. Callers must not change the lists.
     """
     if answer_form not in ANSWER_FORMS:
         answer_instruction(answer_form)  # raises the one-line error
