@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from . import protocol
 from .errors import ConfigError, LVR1Error, one_line
@@ -53,7 +53,7 @@ _ANY_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s")
 
 
 ConstrainMode = Literal["auto", "on", "off"]
-CONSTRAIN_MODES: tuple[str, ...] = ("auto", "on", "off")
+CONSTRAIN_MODES: tuple[str, ...] = get_args(ConstrainMode)
 AnswerFormSetting = Literal["auto", "letter", "text", "either"]
 
 
@@ -548,14 +548,12 @@ class Navigator:
 
 def resolve_answer_form(setting: str, backend: ChatBackend) -> protocol.AnswerForm:
     """``auto`` becomes the backend's own default: text for embedded models, either else."""
-    if setting != "auto":
-        return setting  # type: ignore[return-value]
-    return getattr(backend, "default_answer_form", "either")
+    return backend.default_answer_form if setting == "auto" else setting  # type: ignore[return-value]
 
 
 def use_constraint(setting: str, backend: ChatBackend) -> bool:
-    """Whether replies are constrained; ``on`` refuses a backend that cannot, ``auto`` says
-    once per backend that it goes on without."""
+    """Whether replies are constrained; ``on`` refuses a backend that cannot (one that
+    cannot says so itself, once, when it finds out)."""
     if setting == "off":
         return False
     if backend.supports_constraints():
@@ -564,12 +562,6 @@ def use_constraint(setting: str, backend: ChatBackend) -> bool:
         raise ConfigError(
             f"--constrain on, but {backend.identity} takes no grammar (the probe found no "
             "request field it obeys); use --constrain auto or off"
-        )
-    if not getattr(backend, "_told_unconstrained", False):
-        backend._told_unconstrained = True  # type: ignore[attr-defined]
-        log.warning(
-            "%s takes no grammar; its replies are not constrained (--constrain auto)",
-            backend.identity,
         )
     return False
 

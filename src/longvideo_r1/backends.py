@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import struct
@@ -55,6 +56,8 @@ from .vlm import ChatClient, ChatEndpointError, ChatReply, Message, Usage
 
 if TYPE_CHECKING:
     from .config import EndpointSettings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDED_MODEL = weights.QWEN_CODER_05B.name
 EMBEDDED_ALIASES: Mapping[str, str] = {
@@ -363,6 +366,13 @@ class OpenAIBackend(ChatBackend):
         with self._dialect_lock:
             if self._dialect == "auto":
                 self._dialect = self._probe_dialect()
+                if self._dialect is None:
+                    log.warning(
+                        "%s takes no grammar; its replies are not constrained (its servers "
+                        "obeyed none of %s)",
+                        self.identity,
+                        ", ".join(GRAMMAR_DIALECTS),
+                    )
             return self._dialect
 
     def _probe_dialect(self) -> str | None:
@@ -727,7 +737,9 @@ class EmbeddedBackend(ChatBackend):
         even past ``max_tokens``: a cut-off tool call would waste the round.
         """
         limit = int(max_tokens or self.max_tokens or 1024)
-        sampling = {"temperature": 0.2 if temperature is None else float(temperature)}
+        temp = temperature if temperature is not None else self.temperature
+        # llama-cpp-python's chat default, which an unconstrained call with no temperature gets
+        sampling = {"temperature": 0.2 if temp is None else float(temp)}
         llama_cpp = _import_llama_cpp()
         with self._lock:
             try:
