@@ -25,9 +25,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from . import protocol
+from .config import AnswerFormSetting, ConstrainMode
 from .errors import ConfigError, LVR1Error, one_line
 from .gbnf import Constraint
 from .options import field_help, option
@@ -52,9 +53,7 @@ _CONTEXT_OVERFLOW = re.compile(
 _ANY_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s")
 
 
-ConstrainMode = Literal["auto", "on", "off"]
 CONSTRAIN_MODES: tuple[str, ...] = get_args(ConstrainMode)
-AnswerFormSetting = Literal["auto", "letter", "text", "either"]
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from .errors import ConfigError, validation_line
 
 ROLES = ("caption", "video_qa", "reasoning")
+ConstrainMode = Literal["auto", "on", "off"]
+"""Whether the navigator's replies are decoded under the protocol's grammar."""
+AnswerFormSetting = Literal["auto", "letter", "text", "either"]
+"""What <answer> holds; auto lets the backend decide (text embedded, either served)."""
 DEFAULT_CONFIG_PATH = Path("~/.config/longvideo-r1/config.yaml")
 
 
@@ -86,12 +90,12 @@ class Settings(BaseModel):
         default="embedded",
         description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
     )
-    constrain: Literal["auto", "on", "off"] = Field(
+    constrain: ConstrainMode = Field(
         default="auto",
         description="Constrain the navigator's replies to the protocol's grammar: auto (on for "
         "the embedded model and for servers that take a grammar), on or off.",
     )
-    answer_form: Literal["auto", "letter", "text", "either"] = Field(
+    answer_form: AnswerFormSetting = Field(
         default="auto",
         description="What <answer> holds for a multiple-choice question: auto (text for the "
         "embedded model, either for a server), letter, text or either.",

@@ -51,11 +51,11 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__, protocol
-from .agent import AgentConfig, AnswerFormSetting, ConstrainMode, Navigator
+from .agent import AgentConfig, Navigator
 from .backends import ChatBackend, Served  # Served: the ChatBackend subclass contract
 from .captioners import CallCost
 from .captions import Fetched
-from .config import first_difference
+from .config import AnswerFormSetting, ConstrainMode, first_difference
 from .errors import CaptionError, ConfigError, LVR1Error, validation_line
 from .files import safe_name, write_atomic
 from .gbnf import Constraint
@@ -876,7 +876,7 @@ class TeacherConfig:
     answer_form: AnswerFormSetting = option(
         "text",
         "What the teacher's <answer> holds: letter, text (the option's exact text, what "
-        "navigators run on the embedded model are asked for) or either.",
+        "navigators run on the embedded model are asked for), either, or auto (either).",
     )
 
     def __post_init__(self) -> None:
@@ -1398,14 +1398,14 @@ class _OraclePlayer:
         ctree: CaptionTree,
         steps: list[OracleStep],
         rng: random.Random,
-        form: str = "letter",
+        form: protocol.AnswerForm = "letter",
     ) -> None:
         self.question = question
         self.ctree = ctree
         self.tree = ctree.tree
         self.steps = steps
         self.rng = rng
-        self.form: protocol.AnswerForm = "letter" if form == "letter" else "text"
+        self.form = form
         self.position = 0
         self.last: OracleStep | None = None
         self.info: str | None = None
