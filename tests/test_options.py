@@ -59,3 +59,8 @@ def test_only_and_skip_pick_the_flags():
     parser = argparse.ArgumentParser()
     add_config_flags(parser, Demo, "demo", skip=("tags", "mode"))
     assert "--rounds N" in parser.format_help() and "--mode" not in parser.format_help()
+
+
+def test_values_a_command_derives_win_over_the_flags():
+    args = parse(["--rounds", "5", "--mode", "on"])
+    assert config_from_args(Demo, args, mode="off") == Demo(rounds=5, mode="off")

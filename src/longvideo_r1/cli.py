@@ -586,18 +586,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def _agent_config(args: argparse.Namespace, settings: Settings):
     """AgentConfig from the flags given; constrain and answer form as the settings resolved them."""
-    from dataclasses import fields
-
     from .agent import AgentConfig
 
-    given = {
-        f.name: getattr(args, f.name)
-        for f in fields(AgentConfig)
-        if f.name not in _AGENT_FLAGS_BY_HAND and hasattr(args, f.name)
-    }
-    given.update(constrain=settings.constrain, answer_form=settings.answer_form)
-    return AgentConfig(
-        **given,
+    return config_from_args(
+        AgentConfig,
+        args,
+        constrain=settings.constrain,
+        answer_form=settings.answer_form,
         require_fetched_leaf=not args.qa_anywhere,
         max_repeated_calls=args.max_repeated_calls or None,
     )

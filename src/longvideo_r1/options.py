@@ -73,9 +73,11 @@ def add_config_flags(
         )
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """The config dataclass with the fields whose flags were given; its checks apply."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """The config dataclass with the fields whose flags were given, ``fixed`` over them (values
+    a command derives itself); the dataclass's checks apply."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**given, **fixed})
 
 
 def _flag_kind(hint: Any) -> tuple[type, tuple[str, ...] | None, bool]:
