@@ -74,10 +74,10 @@ def load() -> str:
 
 
 def ask_all(args: argparse.Namespace, store: Path, traces: Path) -> None:
-    from longvideo_r1.agent import AgentConfig
+    from longvideo_r1.agent.navigator import AgentConfig
+    from longvideo_r1.agent.session import VideoSession, make_reasoning_backend
     from longvideo_r1.config import Settings
-    from longvideo_r1.session import VideoSession, make_reasoning_backend
-    from longvideo_r1.testvideo import load_test_video
+    from longvideo_r1.testing.testvideo import load_test_video
 
     built = load_test_video(None)
     questions = built.manifest["questions"]

@@ -126,8 +126,8 @@ def run_measured(cmd: list[str], timeout: float | None, env: dict | None = None)
 
 
 def _session(video: str, store: str):
+    from longvideo_r1.agent.session import VideoSession
     from longvideo_r1.config import Settings
-    from longvideo_r1.session import VideoSession
 
     return VideoSession.open(video, Settings(store=Path(store)))
 
@@ -320,8 +320,8 @@ def part_cli(long: str, high_timeout: float, workers: int) -> None:
 
 def stored_captions(store: str, video: str) -> list[float]:
     """Captioner seconds of every caption stored for the video (each committed when made)."""
-    from longvideo_r1.store import CaptionStore
-    from longvideo_r1.video import file_fingerprint
+    from longvideo_r1.captions.store import CaptionStore
+    from longvideo_r1.media.video import file_fingerprint
 
     if not Path(store).exists():
         return []
@@ -366,7 +366,7 @@ def main() -> None:
         print(json.dumps(child_work(args.video, args.store)))
         return
 
-    from longvideo_r1.testvideo import build_long_video, build_test_video
+    from longvideo_r1.testing.testvideo import build_long_video, build_test_video
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"build", "memory", "cli"}

@@ -48,11 +48,11 @@ MODES = ("free", "split", "whole")
 
 def openings(store: Path, questions: int) -> tuple[list[tuple[list[dict], object]], object]:
     """(messages, question) of each question's first round, and the tree."""
-    from longvideo_r1 import protocol
+    from longvideo_r1.agent import protocol
+    from longvideo_r1.agent.session import VideoSession
     from longvideo_r1.config import Settings
-    from longvideo_r1.questions import load_testbench
-    from longvideo_r1.session import VideoSession
-    from longvideo_r1.testvideo import load_test_video
+    from longvideo_r1.questions.loaders import load_testbench
+    from longvideo_r1.testing.testvideo import load_test_video
 
     built = load_test_video()
     bench = load_testbench()[:questions]
@@ -87,8 +87,8 @@ def main() -> int:
     parser.add_argument("--store", type=Path, help="caption store to reuse (default: temporary)")
     args = parser.parse_args()
 
-    from longvideo_r1 import protocol
-    from longvideo_r1.backends import EmbeddedBackend
+    from longvideo_r1.agent import protocol
+    from longvideo_r1.llm.backends import EmbeddedBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or Path(tmp) / "store.sqlite"

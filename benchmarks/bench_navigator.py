@@ -30,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-from longvideo_r1.agent import AgentConfig, Navigator
-from longvideo_r1.backends import EmbeddedBackend
-from longvideo_r1.hints import ground
-from longvideo_r1.trajectories import (
+from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.llm.backends import EmbeddedBackend
+from longvideo_r1.training.hints import ground
+from longvideo_r1.training.trajectories import (
     caption_answerer,
     make_toolbox,
     synthetic_answerer,

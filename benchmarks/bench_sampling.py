@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 def plan_times(video_path: str, plan: str, leaves: int, seed: int) -> tuple[list[list[float]], int]:
     """Per call, the timestamps one caption level or a set of video_qa clips asks for."""
+    from longvideo_r1.media.video import Video
     from longvideo_r1.tree import LEVELS, Tree
-    from longvideo_r1.video import Video
 
     with Video.open(video_path) as video:
         tree = Tree.for_video(video.info.duration, video.info.n_frames)
@@ -44,7 +44,7 @@ def plan_times(video_path: str, plan: str, leaves: int, seed: int) -> tuple[list
 
 
 def run_ours(video_path: str, calls: list[list[float]], max_side: int) -> dict:
-    from longvideo_r1.video import Video
+    from longvideo_r1.media.video import Video
 
     start = time.perf_counter()
     frames = 0
@@ -125,7 +125,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from longvideo_r1.testvideo import build_long_video, build_test_video
+    from longvideo_r1.testing.testvideo import build_long_video, build_test_video
 
     video = args.video or str(build_test_video(None))
     if args.long:

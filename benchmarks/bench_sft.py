@@ -31,7 +31,7 @@ FINETUNES = ("full", "lora")
 
 def one(recipe_path: str, finetune: str, steps: int, out_dir: str) -> dict:
     """Train ``steps`` steps with one fine-tune and return its figures."""
-    from longvideo_r1.train import load_recipe, run_sft
+    from longvideo_r1.training.sft import load_recipe, run_sft
 
     recipe = load_recipe(
         recipe_path,

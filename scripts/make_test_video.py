@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the project's real test video (and optionally a long loop and bad inputs).
 
-Thin wrapper over :mod:`longvideo_r1.testvideo`; see there for what is built.
+Thin wrapper over :mod:`longvideo_r1.testing.testvideo`; see there for what is built.
 
     python scripts/make_test_video.py                  # data/testvideo/testvideo.{mp4,srt,json}
     python scripts/make_test_video.py --long 7200      # + a 2-hour loop, by stream copy
@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 try:
-    from longvideo_r1 import testvideo
     from longvideo_r1.errors import LVR1Error
+    from longvideo_r1.testing import testvideo
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from longvideo_r1 import testvideo
     from longvideo_r1.errors import LVR1Error
+    from longvideo_r1.testing import testvideo
 
 
 def main(argv: list[str] | None = None) -> int:

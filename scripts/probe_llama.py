@@ -15,8 +15,8 @@ import sys
 
 def main() -> int:
     """Load the embedded default GGUF and evaluate a few tokens with it."""
-    from longvideo_r1.backends import resolve_embedded_model
     from longvideo_r1.errors import LVR1Error
+    from longvideo_r1.llm.backends import resolve_embedded_model
 
     try:
         path = resolve_embedded_model(None)

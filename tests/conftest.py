@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import VideoError
-from longvideo_r1.store import CaptionStore
-from longvideo_r1.testvideo import (
+from longvideo_r1.testing.testvideo import (
     BuiltVideo,
     build_bad_inputs,
     default_data_dir,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
 from longvideo_r1.errors import CaptionError
-from longvideo_r1.store import CaptionKey, CaptionRecord, CaptionStore
 from longvideo_r1.tree import Node, NodeId, Tree, format_node_id, parse_node_id
 
 HELPER = Path(__file__).resolve()
@@ -178,7 +178,7 @@ def read_log(path: Path) -> list[NodeId]:
 
 def _build(args: argparse.Namespace) -> int:
     """Build all captions of a fake video with a slow captioner; print the report as JSON."""
-    from longvideo_r1.captions import CaptionService
+    from longvideo_r1.captions.service import CaptionService
 
     video = FakeVideo(fingerprint=args.fingerprint)
     tree = tree_for(video, args.width)

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from scripted_server import ScriptedChatServer, Step
 
-from longvideo_r1.agent import AgentConfig
+from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.trace import Trace
+from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.config import Settings
-from longvideo_r1.evaluate import AgentMethod, EvalOptions, Evaluator
-from longvideo_r1.questions import TESTBENCH_FILE, Question
-from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
-from longvideo_r1.trace import Trace
+from longvideo_r1.evaluation.runner import AgentMethod, EvalOptions, Evaluator
+from longvideo_r1.media.video import Video
+from longvideo_r1.questions.loaders import TESTBENCH_FILE, Question
 from longvideo_r1.tree import Tree, format_node_id
-from longvideo_r1.video import Video
 
 if TYPE_CHECKING:
-    from longvideo_r1.evaluate import Method
-    from longvideo_r1.testvideo import BuiltVideo
+    from longvideo_r1.evaluation.runner import Method
+    from longvideo_r1.testing.testvideo import BuiltVideo
 
 IDENTITY = "imported:test"
 THINK_B = "<think>The captions say so.</think>\n<answer>B</answer>"

@@ -14,20 +14,20 @@ from helpers_captions import FakeContext, FakeInfo, FakeVideo
 from scripted_server import Fail, Hangup, Say, ScriptedChatServer
 from test_tools import CAPTIONS, ScriptedAnswerer, TextCaptioner
 
-from longvideo_r1 import protocol
-from longvideo_r1.agent import (
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.navigator import (
     AgentConfig,
     Navigator,
     RunInterrupted,
     check_question,
 )
-from longvideo_r1.backends import OpenAIBackend
-from longvideo_r1.captions import CaptionService
+from longvideo_r1.agent.protocol import budget_notice
+from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
+from longvideo_r1.agent.trace import Round, Trace
+from longvideo_r1.captions.service import CaptionService
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.protocol import budget_notice
-from longvideo_r1.store import CaptionStore
-from longvideo_r1.tools import GetCaption, ToolBox, VideoQA
-from longvideo_r1.trace import Round, Trace
+from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.tree import Tree
 
 QUESTION = "What vehicle passes the bakery?"

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1 import protocol, weights
-from longvideo_r1.backends import (
+from longvideo_r1.agent import protocol
+from longvideo_r1.config import EndpointSettings
+from longvideo_r1.errors import ConfigError, EndpointError
+from longvideo_r1.llm import weights
+from longvideo_r1.llm.backends import (
     EmbeddedBackend,
     OpenAIBackend,
     backend_from_settings,
     gguf_context_length,
     split_base_urls,
 )
-from longvideo_r1.config import EndpointSettings
-from longvideo_r1.errors import ConfigError, EndpointError
 from longvideo_r1.tree import Tree
 
 HELLO = [{"role": "user", "content": "hello"}]

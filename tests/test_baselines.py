@@ -23,8 +23,8 @@ from helpers_eval import (
 )
 from scripted_server import Say
 
-from longvideo_r1 import protocol
-from longvideo_r1.baselines import (
+from longvideo_r1.agent import protocol
+from longvideo_r1.evaluation.baselines import (
     IMAGE_PART_STUB,
     AnswerStep,
     CaptionAll,
@@ -35,10 +35,10 @@ from longvideo_r1.baselines import (
     random_walk,
     uniform_times,
 )
-from longvideo_r1.evaluate import EvalOptions, Evaluator, MethodOptions, make_method
-from longvideo_r1.questions import TESTBENCH_FILE, load_testbench
+from longvideo_r1.evaluation.runner import EvalOptions, Evaluator, MethodOptions, make_method
+from longvideo_r1.media.video import Video
+from longvideo_r1.questions.loaders import TESTBENCH_FILE, load_testbench
 from longvideo_r1.tree import Tree, format_node_id
-from longvideo_r1.video import Video
 
 CHOICES = ["red", "yellow", "blue", "white"]
 

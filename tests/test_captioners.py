@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from longvideo_r1.captioners import (
+from longvideo_r1.captions.captioner import (
     PROMPTS,
     CaptionContext,
     CaptionPrompts,
@@ -30,10 +30,10 @@ from longvideo_r1.captioners import (
     wrap_caption_tags,
 )
 from longvideo_r1.errors import CaptionError, ConfigError, EndpointError, TreeError
-from longvideo_r1.subtitles import Cue
+from longvideo_r1.llm.client import ChatClient, ChatReply, Usage
+from longvideo_r1.media.subtitles import Cue
+from longvideo_r1.media.video import Frames
 from longvideo_r1.tree import DEFAULT_PLANS, LevelPlan, Tree
-from longvideo_r1.video import Frames
-from longvideo_r1.vlm import ChatClient, ChatReply, Usage
 
 # fakes -----------------------------------------------------------------------------------
 
@@ -56,7 +56,7 @@ def decoder_cost(times, fps=25.0) -> int:
 class FakeVideo:
     """Frames whose colour encodes their time; 16:9 at the requested size (or larger).
 
-    Like :class:`~longvideo_r1.video.Video` it returns :class:`Frames` whose
+    Like :class:`~longvideo_r1.media.video.Video` it returns :class:`Frames` whose
     ``decoded`` (here :func:`decoder_cost`) is far more than the frames returned.
     """
 

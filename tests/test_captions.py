@@ -27,9 +27,9 @@ from helpers_captions import (
     tree_for,
 )
 
-from longvideo_r1.captions import BuildReport, CaptionService, describe_error
+from longvideo_r1.captions.service import BuildReport, CaptionService, describe_error
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError, TreeError
-from longvideo_r1.store import CaptionStore
 
 
 def service_for(
@@ -172,7 +172,7 @@ def test_invalid_node_is_refused_before_any_call(store: CaptionStore) -> None:
 
 
 def test_default_context_is_the_contract_caption_context(store: CaptionStore) -> None:
-    captioners = pytest.importorskip("longvideo_r1.captioners")
+    captioners = pytest.importorskip("longvideo_r1.captions.captioner")
     captioner = ScriptedCaptioner()
     video = FakeVideo()
     service = CaptionService(video, tree_for(video, 3), captioner, store)

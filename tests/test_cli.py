@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedChatServer
 
-from longvideo_r1 import protocol
-from longvideo_r1.agent import AgentConfig
-from longvideo_r1.cli import main
-from longvideo_r1.exports import ExportConfig, load_export
-from longvideo_r1.hints import HintConfig
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.cli.main import main
+from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import field_help
-from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
-from longvideo_r1.trajectories import (
+from longvideo_r1.training.exports import ExportConfig, load_export
+from longvideo_r1.training.hints import HintConfig
+from longvideo_r1.training.trajectories import (
     FilterConfig,
     OracleConfig,
     TeacherConfig,
@@ -25,7 +26,6 @@ from longvideo_r1.trajectories import (
     load_records,
 )
 from longvideo_r1.tree import Tree
-from longvideo_r1.video import file_fingerprint
 
 
 @pytest.fixture()
@@ -300,7 +300,7 @@ def test_data_oracle_on_the_shipped_test_bench(tmp_path, store, capsys, test_vid
     """Real questions over the real test video's tree (captions imported, not generated)."""
     from helpers_eval import IDENTITY, import_captions
 
-    from longvideo_r1.questions import load_testbench
+    from longvideo_r1.questions.loaders import load_testbench
 
     import_captions(test_video.path, store)
     out_dir = tmp_path / "traj"
@@ -470,7 +470,7 @@ def test_data_teacher_refuses_a_model_the_server_does_not_serve(tmp_path, store,
 
 
 def test_data_oracle_interrupted_keeps_records_and_resumes(tmp_path, store, capsys, monkeypatch):
-    from longvideo_r1 import trajectories
+    from longvideo_r1.training import trajectories
 
     real = trajectories.oracle_trajectory
     calls = []
@@ -538,7 +538,7 @@ def test_every_agent_field_has_a_flag_with_its_own_help(command, capsys, monkeyp
 
 
 def test_agent_flags_build_the_agent_config(store, monkeypatch):
-    from longvideo_r1.cli import _agent_config, _settings, build_parser
+    from longvideo_r1.cli.main import _agent_config, _settings, build_parser
 
     monkeypatch.setenv("LVR1_ANSWER_FORM", "letter")
     argv = ["ask", "v.mp4", "q", "--temperature", "0.5", "--max-video-qa", "none"]

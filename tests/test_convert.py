@@ -13,10 +13,10 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from longvideo_r1 import weights
-from longvideo_r1.convert import ConvertError, gguf_to_hf, hf_to_gguf, serving_template
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.train import CHATML_TEMPLATE
+from longvideo_r1.llm import weights
+from longvideo_r1.llm.convert import ConvertError, gguf_to_hf, hf_to_gguf, serving_template
+from longvideo_r1.training.sft import CHATML_TEMPLATE
 
 MESSAGES = [
     {"role": "system", "content": "You navigate."},
@@ -85,7 +85,7 @@ def test_llama_cpp_runs_the_export_as_transformers_does(hf_model, base_gguf, tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from longvideo_r1.backends import EmbeddedBackend
+    from longvideo_r1.llm.backends import EmbeddedBackend
 
     path = hf_to_gguf(hf_model, base_gguf, tmp_path / "nav.gguf", type="f32").path
     tokenizer = AutoTokenizer.from_pretrained(hf_model)
@@ -111,7 +111,7 @@ def test_llama_cpp_runs_the_export_as_transformers_does(hf_model, base_gguf, tmp
 
 @pytest.mark.slow
 def test_q8_export_is_smaller_and_runs(hf_model, base_gguf, tmp_path):
-    from longvideo_r1.backends import EmbeddedBackend
+    from longvideo_r1.llm.backends import EmbeddedBackend
 
     export = hf_to_gguf(hf_model, base_gguf, tmp_path / "nav.gguf", type="q8_0")
     assert export.bytes < 0.4 * 4 * 135e6

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from longvideo_r1.captioners import CaptionContext
-from longvideo_r1.embedded_captioner import (
+from longvideo_r1.captions.captioner import CaptionContext
+from longvideo_r1.captions.embedded import (
     EMBEDDED_PLANS,
     EmbeddedCaptioner,
     join_segments,
@@ -27,11 +27,11 @@ from longvideo_r1.embedded_captioner import (
     limit_words,
     speech_window,
 )
-from longvideo_r1.speech import SAMPLE_RATE, Segment, TranscriberSettings
-from longvideo_r1.subtitles import Cue
+from longvideo_r1.captions.speech import SAMPLE_RATE, Segment, TranscriberSettings
+from longvideo_r1.captions.visual import VisualAnalyzer, VisualSettings
+from longvideo_r1.media.subtitles import Cue
+from longvideo_r1.media.video import Frames
 from longvideo_r1.tree import Tree
-from longvideo_r1.video import Frames
-from longvideo_r1.visual import VisualAnalyzer, VisualSettings
 
 # fakes -----------------------------------------------------------------------------------
 
@@ -100,7 +100,7 @@ class FakeTranscriber:
         return f"{self.model_name}:{self.settings.tag()}"
 
     def transcribe(self, audio, offset=0.0):
-        from longvideo_r1.speech import Word
+        from longvideo_r1.captions.speech import Word
 
         self.calls += 1
         end = offset + len(audio) / SAMPLE_RATE
@@ -290,8 +290,8 @@ def test_shot_change_is_reported_with_its_time():
 
 @pytest.fixture(scope="module")
 def real(test_video):
-    from longvideo_r1.subtitles import load_subtitles
-    from longvideo_r1.video import Video
+    from longvideo_r1.media.subtitles import load_subtitles
+    from longvideo_r1.media.video import Video
 
     video = Video.open(test_video.path)
     tree = Tree.for_video(video.info.duration, video.info.n_frames)
@@ -433,7 +433,7 @@ def test_on_screen_text_is_quoted_with_its_time():
 )
 @settings(max_examples=200, deadline=None)
 def test_fit_never_exceeds_its_budget(items, budget):
-    from longvideo_r1.embedded_captioner import _fit, word_count
+    from longvideo_r1.captions.embedded import _fit, word_count
 
     items = [i for i in items if i.split()]
     line = _fit("Subtitles: ", items, budget, "more lines") if items else None

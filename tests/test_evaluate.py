@@ -30,10 +30,11 @@ from helpers_eval import (
 )
 from scripted_server import Fail, Say
 
-from longvideo_r1 import protocol
-from longvideo_r1.cli import main
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.trace import Cost, Trace
+from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluate import (
+from longvideo_r1.evaluation.runner import (
     METHODS,
     Distribution,
     ItemRecord,
@@ -46,8 +47,7 @@ from longvideo_r1.evaluate import (
     resolve_walk_calls,
     safe_name,
 )
-from longvideo_r1.questions import Question, load_testbench
-from longvideo_r1.trace import Cost, Trace
+from longvideo_r1.questions.loaders import Question, load_testbench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(test_video, store, tmp_pat
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen:
-    code = "import sys; from longvideo_r1.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from longvideo_r1.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(
         [sys.executable, "-c", code, *argv], env=env, stderr=subprocess.PIPE, text=True

@@ -30,10 +30,10 @@ from helpers_eval import (
 )
 from scripted_server import Say
 
-from longvideo_r1.cli import main
+from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluate import compute_metrics
-from longvideo_r1.questions import Question, load_testbench
+from longvideo_r1.evaluation.runner import compute_metrics
+from longvideo_r1.questions.loaders import Question, load_testbench
 
 # CI installs the test extra, which holds Ray: there a missing Ray is a failure, not a skip.
 ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
@@ -157,7 +157,7 @@ def test_a_killed_driver_keeps_every_record(cluster, test_video, store, tmp_path
             server.base_url, "--reasoning-model", "scripted-model", "--quiet",
             "--ray", cluster, "--workers", "2", "--max-rounds", "3",
         ]  # fmt: skip
-        code = "import sys; from longvideo_r1.cli import main; sys.exit(main(sys.argv[1:]))"
+        code = "import sys; from longvideo_r1.cli.main import main; sys.exit(main(sys.argv[1:]))"
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         child = subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
         results = out / "agent" / "results"

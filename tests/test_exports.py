@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1 import protocol
-from longvideo_r1.exports import (
+from longvideo_r1.agent import protocol
+from longvideo_r1.questions.loaders import Question
+from longvideo_r1.training.exports import (
     ExportConfig,
     ExportError,
     dataset_info,
@@ -18,8 +19,7 @@ from longvideo_r1.exports import (
     load_export,
     to_llamafactory,
 )
-from longvideo_r1.questions import Question
-from longvideo_r1.trajectories import (
+from longvideo_r1.training.trajectories import (
     CaptionTree,
     MappingTrees,
     OracleConfig,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from longvideo_r1.gbnf import Chars, Grammar, Lit, Ref, Rep, alt, gbnf_literal, opt, seq
+from longvideo_r1.llm.gbnf import Chars, Grammar, Lit, Ref, Rep, alt, gbnf_literal, opt, seq
 
 
 def test_literals_escape_quotes_backslashes_and_control_characters():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.hints import (
+from longvideo_r1.training.hints import (
     HINT_KINDS,
     Hint,
     HintConfig,

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longvideo_r1.agent import check_question
-from longvideo_r1.errors import ConfigError
-from longvideo_r1.protocol import (
+from longvideo_r1.agent.navigator import check_question
+from longvideo_r1.agent.protocol import (
     TIME_DECIMALS,
     Action,
     Answer,
@@ -40,6 +39,7 @@ from longvideo_r1.protocol import (
     reply_grammars,
     system_prompt,
 )
+from longvideo_r1.errors import ConfigError
 from longvideo_r1.tree import Tree, format_node_id
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"

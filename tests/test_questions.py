@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from longvideo_r1.errors import ConfigError, LVR1Error
-from longvideo_r1.questions import (
+from longvideo_r1.questions.loaders import (
     LOADERS,
     TESTBENCH_FILE,
     Question,
@@ -31,7 +31,7 @@ from longvideo_r1.questions import (
     save_testbench,
     write_testbench,
 )
-from longvideo_r1.testvideo import BuiltVideo
+from longvideo_r1.testing.testvideo import BuiltVideo
 
 DATA = Path(__file__).parent / "data" / "benchmarks"
 VIDEOMME_JSON = DATA / "videomme" / "videomme" / "test.json"

@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 from helpers_captions import IDENTITY, FakeContext, FakeInfo, FakeVideo
 
-from longvideo_r1.captions import CaptionService
-from longvideo_r1.errors import CaptionError, LVR1Error
-from longvideo_r1.reference import (
+from longvideo_r1.captions.reference import (
     DEFAULT_IMPORT_IDENTITY,
     ImportedCaptioner,
     ReferenceFormatError,
@@ -25,7 +23,9 @@ from longvideo_r1.reference import (
     wrap_caption_tags,
     write_reference,
 )
-from longvideo_r1.store import CaptionKey, CaptionRecord, CaptionStore
+from longvideo_r1.captions.service import CaptionService
+from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
+from longvideo_r1.errors import CaptionError, LVR1Error
 from longvideo_r1.tree import Tree
 
 FP = "c" * 64

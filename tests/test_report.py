@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1.cli import main
+from longvideo_r1.agent.trace import Cost
+from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluate import ItemRecord, QuestionSource, RunFolder, RunManifest
-from longvideo_r1.report import collect, markdown, write_report
-from longvideo_r1.trace import Cost
+from longvideo_r1.evaluation.report import collect, markdown, write_report
+from longvideo_r1.evaluation.runner import ItemRecord, QuestionSource, RunFolder, RunManifest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

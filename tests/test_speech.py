@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longvideo_r1 import speech
-from longvideo_r1.errors import CaptionError
-from longvideo_r1.speech import (
+from longvideo_r1.captions import speech
+from longvideo_r1.captions.speech import (
     SAMPLE_RATE,
     Segment,
     Transcriber,
@@ -21,6 +20,7 @@ from longvideo_r1.speech import (
     is_non_speech,
     segments_in,
 )
+from longvideo_r1.errors import CaptionError
 
 # pure helpers ----------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def test_settings_tag_names_what_changes_the_transcript():
 
 
 def test_missing_weights_give_one_line_caption_error(monkeypatch, tmp_path):
-    from longvideo_r1 import weights
+    from longvideo_r1.llm import weights
 
     monkeypatch.setattr(weights, "package_dir", lambda module: None)
     transcriber = Transcriber(models_dir=tmp_path / "models")
@@ -136,7 +136,7 @@ def test_silence_and_noise_give_no_speech(transcriber):
 
 @pytest.mark.slow
 def test_test_video_audio_is_recognised(transcriber, test_video):
-    from longvideo_r1.video import Video
+    from longvideo_r1.media.video import Video
 
     said = test_video.manifest["segments"][2]["said"][0]  # "Clip three. A hand lifts ..."
     with Video.open(test_video.path) as video:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from helpers_captions import HELPER, IDENTITY, make_record
 
-from longvideo_r1.errors import LVR1Error, StoreError
-from longvideo_r1.store import (
+from longvideo_r1.captions.store import (
     SCHEMA_VERSION,
     ArtifactCache,
     CaptionKey,
@@ -25,6 +24,7 @@ from longvideo_r1.store import (
     VideoRecord,
     default_store_path,
 )
+from longvideo_r1.errors import LVR1Error, StoreError
 
 FP = "a" * 64
 
@@ -192,7 +192,7 @@ def test_process_killed_mid_transaction_leaves_old_state(tmp_path: Path) -> None
     script = f"""
 import os, signal
 from helpers_captions import make_record
-from longvideo_r1.store import CaptionStore
+from longvideo_r1.captions.store import CaptionStore
 store = CaptionStore({str(path)!r})
 def records():
     yield make_record({FP!r}, 4, (1,), text="new")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from longvideo_r1.errors import VideoError
-from longvideo_r1.subtitles import (
+from longvideo_r1.media.subtitles import (
     Cue,
     clean_cue_text,
     cues_between,

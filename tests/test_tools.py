@@ -9,13 +9,9 @@ from typing import Any
 import pytest
 from helpers_captions import FakeContext, FakeInfo, FakeResult, FakeVideo
 
-from longvideo_r1 import protocol
-from longvideo_r1.captioners import CallCost
-from longvideo_r1.captions import CaptionService
-from longvideo_r1.errors import CaptionError, ConfigError
-from longvideo_r1.protocol import Action
-from longvideo_r1.store import CaptionStore
-from longvideo_r1.tools import (
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.protocol import Action
+from longvideo_r1.agent.tools import (
     CAPTION_ONLY_NOTE,
     CaptionClipAnswerer,
     GetCaption,
@@ -24,6 +20,10 @@ from longvideo_r1.tools import (
     VLMClipAnswerer,
     rejection,
 )
+from longvideo_r1.captions.captioner import CallCost
+from longvideo_r1.captions.service import CaptionService
+from longvideo_r1.captions.store import CaptionStore
+from longvideo_r1.errors import CaptionError, ConfigError
 from longvideo_r1.tree import NodeId, Tree, format_node_id
 
 # the docs' example video: 150 s at width 4

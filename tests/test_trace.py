@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1 import __version__, protocol
-from longvideo_r1.trace import (
+from longvideo_r1 import __version__
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.trace import (
     TRACE_FORMAT,
     Cost,
     Evidence,

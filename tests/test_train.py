@@ -13,8 +13,8 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 from longvideo_r1.errors import ConfigError  # noqa: E402
-from longvideo_r1.exports import export_records  # noqa: E402
-from longvideo_r1.train import (  # noqa: E402
+from longvideo_r1.training.exports import export_records  # noqa: E402
+from longvideo_r1.training.sft import (  # noqa: E402
     SFTRecipe,
     build_tiny_model,
     build_trainer,
@@ -199,7 +199,7 @@ def test_shipped_configs_load() -> None:
 
 
 def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
-    from longvideo_r1.train import TrainError, base_gguf, write_navigator_gguf
+    from longvideo_r1.training.sft import TrainError, base_gguf, write_navigator_gguf
 
     with pytest.raises(ConfigError, match="gguf: 'q3' is not one of none, q8_0"):
         recipe_from_dict({"gguf": "q3"})
@@ -217,7 +217,7 @@ def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
 def test_bf16_without_an_accelerator_names_the_cpu(tmp_path: Path) -> None:
     import torch
 
-    from longvideo_r1.train import trl_config
+    from longvideo_r1.training.sft import trl_config
 
     config = trl_config(recipe_from_dict({"bf16": True, "output_dir": str(tmp_path)}))
     assert config.bf16

@@ -17,14 +17,14 @@ import pytest
 from helpers_eval import RuleServer
 from scripted_server import Fail, Say, ScriptedChatServer, Step
 
-from longvideo_r1 import protocol
-from longvideo_r1.backends import OpenAIBackend
+from longvideo_r1.agent import protocol
+from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.hints import HINT_KINDS, HintConfig, ground, hint_text
+from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.options import field_help
-from longvideo_r1.questions import Question, load_questions
-from longvideo_r1.store import CaptionRecord, CaptionStore, VideoRecord
-from longvideo_r1.trajectories import (
+from longvideo_r1.questions.loaders import Question, load_questions
+from longvideo_r1.training.hints import HINT_KINDS, HintConfig, ground, hint_text
+from longvideo_r1.training.trajectories import (
     CaptionTree,
     FilterConfig,
     MappingTrees,

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longvideo_r1 import testvideo
 from longvideo_r1.errors import VideoError
-from longvideo_r1.testvideo import (
+from longvideo_r1.media.video import Video, file_fingerprint
+from longvideo_r1.testing import testvideo
+from longvideo_r1.testing.testvideo import (
     CLIPS,
     RECIPE_VERSION,
     BuiltVideo,
@@ -33,7 +34,6 @@ from longvideo_r1.testvideo import (
     ffmpeg_exe,
 )
 from longvideo_r1.tree import width_for_duration
-from longvideo_r1.video import Video, file_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 RESIZE = "AREA"  # the interpolation video.py uses, so pixels compare exactly
@@ -473,7 +473,7 @@ def test_huge_resolution_samples_with_bounded_memory(bad_inputs: dict[str, Path]
     """8000x8000: opened, sampled and shrunk without a full-size RGB copy (checked in a child)."""
     code = (
         "import sys\n"
-        "from longvideo_r1.video import Video\n"
+        "from longvideo_r1.media.video import Video\n"
         "v = Video.open(sys.argv[1])\n"
         "assert (v.info.width, v.info.height) == (8000, 8000)\n"
         "frames = v.frames_at([0, 0.5, 1.0, 1.4] * 8, 512)\n"

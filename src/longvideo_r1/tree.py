@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import TreeError
+from longvideo_r1.errors import TreeError
 
 NodeId = tuple[int, ...]
 
@@ -107,7 +107,7 @@ class Tree:
     """Geometry of one video's caption tree.
 
     ``duration`` and ``n_frames`` should come from decoded timestamps (see
-    :mod:`longvideo_r1.video`); seconds are authoritative and frame ranges are
+    :mod:`longvideo_r1.media.video`); seconds are authoritative and frame ranges are
     the matching slices of the frame index for constant-rate video.
     """
 

@@ -1,0 +1,140 @@
+"""Wiring: settings -> video, tree, store, captioner, tools, backends, navigator.
+
+The CLI, the demo and (later) the evaluator all need the same objects built
+the same way from one :class:`~longvideo_r1.config.Settings`; this module is
+the one place that builds them, so a run from the command line and a run in a
+benchmark use identical tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longvideo_r1.config import Settings
+from longvideo_r1.errors import ConfigError
+from longvideo_r1.tree import Tree
+
+
+def make_captioner(settings: Settings) -> Any:
+    """The captioner named by ``settings.captioner``."""
+    name = settings.captioner
+    if name == "embedded":
+        from longvideo_r1.captions.embedded import EmbeddedCaptioner
+
+        return EmbeddedCaptioner()
+    if name == "vlm":
+        from longvideo_r1.captions.captioner import VLMCaptioner
+        from longvideo_r1.llm.client import ChatClient
+
+        return VLMCaptioner(ChatClient.from_settings(settings.caption, "caption"))
+    if name.startswith("imported:"):
+        from longvideo_r1.captions.reference import ImportedCaptioner
+
+        return ImportedCaptioner(name)
+    raise ConfigError(f"unknown captioner {name!r}: use 'embedded', 'vlm' or 'imported:NAME'")
+
+
+def make_reasoning_backend(settings: Settings) -> Any:
+    """The navigator's model: an OpenAI-compatible server if configured, else embedded.
+
+    Without a base URL, ``reasoning.model`` may name an embedded model (a
+    registry name, an alias or a GGUF path); unset means the default.
+    """
+    endpoint = settings.reasoning
+    if endpoint.base_url:
+        from longvideo_r1.llm.backends import OpenAIBackend
+
+        return OpenAIBackend.from_settings(endpoint, "reasoning")
+    from longvideo_r1.llm.backends import EmbeddedBackend
+
+    return EmbeddedBackend.from_model(endpoint.model, max_tokens=endpoint.max_tokens)
+
+
+@dataclass
+class VideoSession:
+    """One opened video with its tree, cues and caption service; close when done."""
+
+    settings: Settings
+    video: Any
+    tree: Tree
+    store: Any
+    captioner: Any
+    service: Any
+    cues: list = field(default_factory=list)
+
+    @classmethod
+    def open(
+        cls, path: str | Path, settings: Settings, subtitles: str | Path | None = None
+    ) -> VideoSession:
+        from longvideo_r1.captions.service import CaptionService
+        from longvideo_r1.captions.store import CaptionStore
+        from longvideo_r1.media.subtitles import load_subtitles
+        from longvideo_r1.media.video import Video
+
+        video = Video.open(path)
+        try:
+            tree = Tree.for_video(
+                video.info.duration,
+                video.info.n_frames,
+                min_width=settings.min_width,
+                max_width=settings.max_width,
+            )
+            sub_path = Path(subtitles) if subtitles else video.subtitle_path()
+            cues = load_subtitles(sub_path) if sub_path else []
+            store = CaptionStore(settings.store_path())
+            captioner = make_captioner(settings)
+            service = CaptionService(video, tree, captioner, store, cues=cues)
+        except BaseException:
+            video.close()
+            raise
+        return cls(settings, video, tree, store, captioner, service, cues)
+
+    def cached_captions(self) -> dict[tuple[int, ...], str]:
+        records = self.store.list_captions(
+            self.video.fingerprint, self.captioner.identity, width=self.tree.width
+        )
+        return {rec.node_id: rec.text for rec in records}
+
+    def toolbox(self, require_fetched_leaf: bool = True) -> Any:
+        """Fresh tools over this video: get_caption through the cache, video_qa by role."""
+        from longvideo_r1.agent.tools import (
+            CaptionClipAnswerer,
+            GetCaption,
+            ToolBox,
+            VideoQA,
+            VLMClipAnswerer,
+        )
+
+        endpoint = self.settings.video_qa
+        if endpoint.base_url:
+            from longvideo_r1.captions.captioner import VLMClipQA
+            from longvideo_r1.llm.client import ChatClient
+
+            client = ChatClient.from_settings(endpoint, "video_qa")
+            answerer = VLMClipAnswerer(VLMClipQA(client), self.video, self.tree, self.cues)
+        else:
+            answerer = CaptionClipAnswerer(self.service)
+        return ToolBox(
+            self.tree,
+            GetCaption(self.service),
+            VideoQA(answerer, self.tree),
+            require_fetched_leaf=require_fetched_leaf,
+        )
+
+    def navigator(self, backend: Any, config: Any = None) -> Any:
+        from longvideo_r1.agent.navigator import AgentConfig, Navigator
+
+        config = config or AgentConfig()
+        return Navigator(backend, self.toolbox(config.require_fetched_leaf), self.tree, config)
+
+    def close(self) -> None:
+        self.store.close()
+        self.video.close()
+
+    def __enter__(self) -> VideoSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

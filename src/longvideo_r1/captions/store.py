@@ -1,0 +1,682 @@
+"""The caption store: one SQLite file that keeps every caption ever made.
+
+Captions are the expensive part of the system (one VLM call each), so they are
+kept across runs, shared between processes (``lvr1 caption`` building while
+``lvr1 ask`` reads) and never left half written. A caption is keyed by what
+determines its content: the video's content fingerprint, the tree width (node
+``(1, 2)`` covers a different span at width 4 than at width 3), the node id
+and the captioner identity (name, model, prompt version). Paths never key
+anything: a moved or renamed video keeps its captions.
+
+Concurrency: one connection per store object, guarded by a lock. SQLite admits
+one writer at a time anyway and every operation here takes microseconds next
+to the seconds a caption costs, so a lock loses nothing; it keeps threads of
+one process from contending through file locks and busy retries, gives the
+connection a clear owner for :meth:`CaptionStore.close`, and makes each
+method's transaction atomic with respect to the other threads. Processes
+contend through SQLite itself: WAL lets readers run beside the writer, writes
+start with ``BEGIN IMMEDIATE`` so a transaction never has to upgrade a read
+lock (the case ``busy_timeout`` cannot retry), and ``busy_timeout`` waits out
+the other process's write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longvideo_r1.errors import StoreError, one_line
+from longvideo_r1.tree import NodeId, format_node_id, parse_node_id
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema this module writes."""
+
+APPLICATION_ID = 0x4C565231
+"""``PRAGMA application_id`` ("LVR1"): tells our stores from other SQLite files."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    fingerprint TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    duration REAL NOT NULL,
+    n_frames INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    registered_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS captions (
+    fingerprint TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    text TEXT NOT NULL,
+    frame_times TEXT NOT NULL,
+    frame_ids TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    frames_decoded INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, width, node, identity)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    fingerprint TEXT NOT NULL,
+    width INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, width, node, identity)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    fingerprint TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, key)
+);
+"""
+_TABLES = ("videos", "captions", "failures", "artifacts")
+_CAPTION_COLUMNS = (
+    "fingerprint, width, node, identity, text, frame_times, frame_ids, seconds, "
+    "frames_decoded, prompt_tokens, completion_tokens, created_at"
+)
+
+
+def default_store_path() -> Path:
+    """``$XDG_CACHE_HOME/longvideo-r1/store.sqlite``, else under ``~/.cache``.
+
+    ``LVR1_STORE`` and ``--store`` are resolved by the caller (config/CLI) and
+    passed in as a path; this is only the fallback.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "longvideo-r1" / "store.sqlite"
+
+
+# records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionKey:
+    """What a caption's content depends on; the primary key of captions and failures."""
+
+    fingerprint: str
+    width: int
+    node_id: NodeId
+    identity: str
+
+    @property
+    def label(self) -> str:
+        return format_node_id(self.node_id)
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One stored caption with what it cost to make (zero for imported ones)."""
+
+    fingerprint: str
+    width: int
+    node_id: NodeId
+    identity: str
+    text: str
+    frame_times: tuple[float, ...] = ()
+    frame_ids: tuple[int, ...] = ()
+    seconds: float = 0.0
+    frames_decoded: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: float = 0.0
+
+    @property
+    def key(self) -> CaptionKey:
+        return CaptionKey(self.fingerprint, self.width, self.node_id, self.identity)
+
+    @property
+    def label(self) -> str:
+        return format_node_id(self.node_id)
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """The last error of a node whose caption could not be made, and how often it failed."""
+
+    fingerprint: str
+    width: int
+    node_id: NodeId
+    identity: str
+    error: str
+    attempts: int
+    last_at: float
+
+    @property
+    def key(self) -> CaptionKey:
+        return CaptionKey(self.fingerprint, self.width, self.node_id, self.identity)
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """What the store knows about a video, so captions can be listed without opening it."""
+
+    fingerprint: str
+    path: str
+    duration: float
+    n_frames: int
+    width: int
+    registered_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counts and the total cost of the stored captions (optionally of one video/identity)."""
+
+    videos: int
+    captions: int
+    failures: int
+    artifacts: int
+    seconds: float
+    frames_decoded: int
+    prompt_tokens: int
+    completion_tokens: int
+    captions_by_identity: dict[str, int] = field(default_factory=dict)
+
+
+# the store -------------------------------------------------------------------------
+
+
+class CaptionStore:
+    """Captions, failures, video metadata and per-video artifacts in one SQLite file.
+
+    Every public method is one transaction and safe to call from any thread;
+    several processes may open the same file. Errors a user can cause (a path
+    that is a directory, not a database, corrupt or read-only) raise a
+    one-line :class:`StoreError` naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, timeout: float = 30.0):
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self._timeout = timeout
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._conn = self._open()
+
+    # lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; the store object is unusable afterwards."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> CaptionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CaptionStore({str(self.path)!r})"
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, switch to WAL and create or check the schema.
+
+        Everything a user can get wrong about the path surfaces here, at open,
+        rather than at the first caption an hour into a build.
+        """
+        if self.path.is_dir():
+            raise StoreError(f"caption store {self.path} is a directory, not a SQLite file")
+        for folder in (self.path.parent, *self.path.parent.parents):
+            if folder.exists() and not folder.is_dir():
+                raise StoreError(f"cannot create caption store {self.path}: {folder} is a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder of caption store {self.path}: {exc.strerror or exc}"
+            ) from None
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise StoreError(f"caption store {self.path} is read-only")
+        if not os.access(self.path.parent, os.W_OK):
+            raise StoreError(f"cannot write caption store {self.path}: folder is read-only")
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=self._timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # shared by threads under self._lock
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous = FULL")  # a caption costs far more than an fsync
+            self._init_schema(conn)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise _store_error(self.path, exc) from None
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the lock it needs.
+
+        The first switch of a new file needs an exclusive lock, which two
+        processes opening a fresh store at once can contend for.
+        """
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables of a new store, or check an existing one is ours and current."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id not in (0, APPLICATION_ID):
+                raise StoreError(f"{self.path} is a SQLite file of another application")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"caption store {self.path} has schema version {version}, newer than "
+                    f"this longvideo-r1 understands ({SCHEMA_VERSION}); upgrade longvideo-r1"
+                )
+            if version == 0:
+                tables = {
+                    row[0]
+                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+                if tables - set(_TABLES):
+                    raise StoreError(f"{self.path} is a SQLite file of another application")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection; a forked child opens its own instead of sharing the parent's."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._conn = self._open()
+        if self._conn is None:
+            raise StoreError(f"caption store {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it lands or, on any error or crash, none of it."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(self.path, exc) from None
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read under the lock; WAL gives each statement a consistent snapshot."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise _store_error(self.path, exc) from None
+
+    # videos --------------------------------------------------------------------
+
+    def register_video(self, video: VideoRecord) -> None:
+        """Record (or refresh) a video's metadata; the latest path and width win."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO videos (fingerprint, path, duration, n_frames, width, registered_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(fingerprint) DO UPDATE SET "
+                "path = excluded.path, duration = excluded.duration, "
+                "n_frames = excluded.n_frames, width = excluded.width, "
+                "registered_at = excluded.registered_at",
+                (
+                    video.fingerprint,
+                    str(video.path),
+                    float(video.duration),
+                    int(video.n_frames),
+                    int(video.width),
+                    video.registered_at or time.time(),
+                ),
+            )
+
+    def get_video(self, fingerprint: str) -> VideoRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT fingerprint, path, duration, n_frames, width, registered_at "
+                "FROM videos WHERE fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+        return VideoRecord(*row) if row else None
+
+    def list_videos(self) -> list[VideoRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT fingerprint, path, duration, n_frames, width, registered_at "
+                "FROM videos ORDER BY registered_at"
+            ).fetchall()
+        return [VideoRecord(*row) for row in rows]
+
+    # captions ------------------------------------------------------------------
+
+    def put_caption(self, record: CaptionRecord, replace: bool = False) -> CaptionRecord:
+        """Store a caption and clear the node's failure; return what is stored now.
+
+        Without ``replace`` the first caption of a key wins, so when two
+        processes race to make the same node both end up serving the same text.
+        """
+        with self._write() as conn:
+            self._insert_caption(conn, record, replace)
+            row = conn.execute(
+                f"SELECT {_CAPTION_COLUMNS} FROM captions "
+                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
+                _key_params(record.key),
+            ).fetchone()
+        return _caption_from_row(row)
+
+    def put_captions(self, records: Iterable[CaptionRecord], replace: bool = False) -> int:
+        """Store many captions in one transaction (all or none); return how many were given."""
+        count = 0
+        with self._write() as conn:
+            for record in records:
+                self._insert_caption(conn, record, replace)
+                count += 1
+        return count
+
+    @staticmethod
+    def _insert_caption(conn: sqlite3.Connection, record: CaptionRecord, replace: bool) -> None:
+        conflict = (
+            "DO UPDATE SET text = excluded.text, frame_times = excluded.frame_times, "
+            "frame_ids = excluded.frame_ids, seconds = excluded.seconds, "
+            "frames_decoded = excluded.frames_decoded, prompt_tokens = excluded.prompt_tokens, "
+            "completion_tokens = excluded.completion_tokens, created_at = excluded.created_at"
+            if replace
+            else "DO NOTHING"
+        )
+        conn.execute(
+            f"INSERT INTO captions ({_CAPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT(fingerprint, width, node, identity) {conflict}",
+            (
+                *_key_params(record.key),
+                record.text,
+                json.dumps([float(t) for t in record.frame_times], allow_nan=False),
+                json.dumps([int(i) for i in record.frame_ids]),
+                float(record.seconds),
+                int(record.frames_decoded),
+                int(record.prompt_tokens),
+                int(record.completion_tokens),
+                record.created_at or time.time(),
+            ),
+        )
+        conn.execute(
+            "DELETE FROM failures WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
+            _key_params(record.key),
+        )
+
+    def get_caption(self, key: CaptionKey) -> CaptionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_CAPTION_COLUMNS} FROM captions "
+                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
+                _key_params(key),
+            ).fetchone()
+        return _caption_from_row(row) if row else None
+
+    def list_captions(
+        self,
+        fingerprint: str,
+        identity: str,
+        width: int | None = None,
+        depth: int | None = None,
+    ) -> list[CaptionRecord]:
+        """Captions of a video by one captioner, coarse levels first, in time order.
+
+        Pass the tree's ``width``: captions made for another width share node
+        ids but not spans, and are only listed without it (for stats, exports
+        of everything).
+        """
+        where, params = _filters(fingerprint=fingerprint, identity=identity, width=width)
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_CAPTION_COLUMNS} FROM captions{where}", params
+            ).fetchall()
+        records = [_caption_from_row(row) for row in rows]
+        if depth is not None:
+            records = [r for r in records if len(r.node_id) == depth]
+        return sorted(records, key=lambda r: (r.width, len(r.node_id), r.node_id))
+
+    def delete_captions(
+        self,
+        fingerprint: str,
+        identity: str,
+        width: int | None = None,
+        nodes: Iterable[NodeId] | None = None,
+    ) -> int:
+        """Forget captions (``--force``): all of a video and captioner, or only some; count them."""
+        where, params = _filters(fingerprint=fingerprint, identity=identity, width=width)
+        with self._write() as conn:
+            if nodes is None:
+                return conn.execute(f"DELETE FROM captions{where}", params).rowcount
+            return sum(
+                conn.execute(
+                    f"DELETE FROM captions{where} AND node = ?", (*params, format_node_id(n))
+                ).rowcount
+                for n in nodes
+            )
+
+    # failures ------------------------------------------------------------------
+
+    def record_failure(self, key: CaptionKey, error: str) -> FailureRecord:
+        """Remember a node's latest error and count the attempt."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO failures (fingerprint, width, node, identity, error, attempts, "
+                "last_at) VALUES (?, ?, ?, ?, ?, 1, ?) "
+                "ON CONFLICT(fingerprint, width, node, identity) DO UPDATE SET "
+                "error = excluded.error, attempts = failures.attempts + 1, "
+                "last_at = excluded.last_at",
+                (*_key_params(key), one_line(error, 500), time.time()),
+            )
+            row = conn.execute(
+                "SELECT fingerprint, width, node, identity, error, attempts, last_at "
+                "FROM failures WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
+                _key_params(key),
+            ).fetchone()
+        return _failure_from_row(row)
+
+    def clear_failure(self, key: CaptionKey) -> bool:
+        """Forget a node's failure; True if there was one."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM failures "
+                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
+                _key_params(key),
+            )
+            return cursor.rowcount > 0
+
+    def list_failures(
+        self,
+        fingerprint: str | None = None,
+        identity: str | None = None,
+        width: int | None = None,
+    ) -> list[FailureRecord]:
+        """Nodes whose last attempt failed, optionally of one video, captioner and width."""
+        where, params = _filters(fingerprint=fingerprint, width=width, identity=identity)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT fingerprint, width, node, identity, error, attempts, last_at "
+                f"FROM failures{where}",
+                params,
+            ).fetchall()
+        records = [_failure_from_row(row) for row in rows]
+        return sorted(records, key=lambda r: (r.fingerprint, r.identity, len(r.node_id), r.node_id))
+
+    # artifacts -----------------------------------------------------------------
+
+    def get_artifact(self, fingerprint: str, key: str) -> Any | None:
+        """A stored JSON value, or None when absent (so don't store a bare null)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT value FROM artifacts WHERE fingerprint = ? AND key = ?",
+                (fingerprint, key),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_artifact(self, fingerprint: str, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value, replacing any previous one."""
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO artifacts (fingerprint, key, value, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(fingerprint, key) DO UPDATE SET value = excluded.value, "
+                "created_at = excluded.created_at",
+                (fingerprint, key, text, time.time()),
+            )
+
+    def artifacts(self, fingerprint: str) -> ArtifactCache:
+        """The artifact cache of one video, as captioners receive it."""
+        return ArtifactCache(self, fingerprint)
+
+    # stats ---------------------------------------------------------------------
+
+    def stats(self, fingerprint: str | None = None, identity: str | None = None) -> StoreStats:
+        """Counts and summed cost, for ``lvr1 caption --stats`` and reports."""
+        where, params = _filters(fingerprint=fingerprint, identity=identity)
+        fp_where, fp_params = _filters(fingerprint=fingerprint)
+        with self._read() as conn:
+            totals = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(SUM(frames_decoded), 0), "
+                "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+                f"FROM captions{where}",
+                params,
+            ).fetchone()
+            by_identity = dict(
+                conn.execute(
+                    f"SELECT identity, COUNT(*) FROM captions{where} GROUP BY identity", params
+                ).fetchall()
+            )
+            failures = conn.execute(f"SELECT COUNT(*) FROM failures{where}", params).fetchone()[0]
+            videos = conn.execute(f"SELECT COUNT(*) FROM videos{fp_where}", fp_params).fetchone()
+            artifacts = conn.execute(
+                f"SELECT COUNT(*) FROM artifacts{fp_where}", fp_params
+            ).fetchone()
+        return StoreStats(
+            videos=videos[0],
+            captions=totals[0],
+            failures=failures,
+            artifacts=artifacts[0],
+            seconds=float(totals[1]),
+            frames_decoded=int(totals[2]),
+            prompt_tokens=int(totals[3]),
+            completion_tokens=int(totals[4]),
+            captions_by_identity=by_identity,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactCache:
+    """Per-video key/value cache (speech transcript, shot cuts, ...) kept in the store.
+
+    Captioners get one through ``CaptionContext.artifacts`` so work shared by
+    many nodes of a video is done once across nodes, threads and runs.
+    Namespace keys by what made them, e.g. ``"speech:whisper-base:v1"``.
+    """
+
+    store: CaptionStore
+    fingerprint: str
+
+    def get(self, key: str) -> Any | None:
+        return self.store.get_artifact(self.fingerprint, key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.store.put_artifact(self.fingerprint, key, value)
+
+
+# helpers ---------------------------------------------------------------------------
+
+
+def _key_params(key: CaptionKey) -> tuple[str, int, str, str]:
+    return (key.fingerprint, int(key.width), format_node_id(key.node_id), key.identity)
+
+
+def _filters(**columns: Any) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause over the columns that are not None."""
+    present = [(name, value) for name, value in columns.items() if value is not None]
+    if not present:
+        return "", ()
+    clause = " WHERE " + " AND ".join(f"{name} = ?" for name, _ in present)
+    return clause, tuple(value for _, value in present)
+
+
+def _caption_from_row(row: tuple[Any, ...]) -> CaptionRecord:
+    (fp, width, node, identity, text, times, ids, seconds, frames, prompt, completion, at) = row
+    return CaptionRecord(
+        fingerprint=fp,
+        width=int(width),
+        node_id=parse_node_id(node),
+        identity=identity,
+        text=text,
+        frame_times=tuple(float(t) for t in json.loads(times)),
+        frame_ids=tuple(int(i) for i in json.loads(ids)),
+        seconds=float(seconds),
+        frames_decoded=int(frames),
+        prompt_tokens=int(prompt),
+        completion_tokens=int(completion),
+        created_at=float(at),
+    )
+
+
+def _failure_from_row(row: tuple[Any, ...]) -> FailureRecord:
+    fp, width, node, identity, error, attempts, last_at = row
+    return FailureRecord(fp, int(width), parse_node_id(node), identity, error, attempts, last_at)
+
+
+def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """Turn SQLite's message into one line a user can act on."""
+    message = str(exc)
+    if "file is not a database" in message:
+        return StoreError(f"caption store {path} is not a SQLite database")
+    if "malformed" in message:
+        return StoreError(f"caption store {path} is corrupt ({message}); move it aside")
+    if "readonly" in message:
+        return StoreError(f"caption store {path} is read-only")
+    if "unable to open" in message:
+        return StoreError(f"cannot open caption store {path} ({message})")
+    if "locked" in message:
+        return StoreError(f"caption store {path} stayed locked by another process ({message})")
+    return StoreError(f"caption store {path}: {one_line(message, 500)}")

@@ -1,0 +1,268 @@
+"""Reports: accuracy against cost, side by side across methods and runs.
+
+Reads eval output folders (``lvr1 eval --out DIR``; each holds one folder
+per method with a ``run.json``), recomputes the metrics from the records
+(never from a cached summary, so a resumed run is always counted once), and
+writes a markdown page with a PNG plot of accuracy against cost beside it.
+
+A *run* is one output folder, labelled by its name: two runs of the same
+method (another model, another captioner, another machine) sit in adjacent
+rows and as separate points of the plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.runner import METHODS, Metrics, RunManifest, compute_metrics, load_run
+from longvideo_r1.files import write_atomic
+
+CostAxis = Literal["seconds", "tokens"]
+METHOD_COLOURS = {
+    "agent": "#1f77b4",
+    "uniform-frames": "#ff7f0e",
+    "caption-all": "#2ca02c",
+    "random-walk": "#d62728",
+}
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One method's results in one run folder, with its metrics."""
+
+    run: str
+    folder: Path
+    manifest: RunManifest
+    metrics: Metrics
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.method} ({self.run})"
+
+
+def _method_folders(out_dir: Path) -> list[Path]:
+    """The method folders of an eval output folder (or the folder itself, if it is one)."""
+    if (out_dir / "run.json").is_file():
+        return [out_dir]
+    found = sorted(p.parent for p in out_dir.glob("*/run.json"))
+    order = {name: i for i, name in enumerate(METHODS)}
+    return sorted(found, key=lambda p: (order.get(p.name, len(order)), p.name))
+
+
+def _run_labels(out_dirs: Sequence[Path]) -> list[str]:
+    """Folder names, made unique with their parents when two runs share a name."""
+    labels = [d.resolve().name or str(d) for d in out_dirs]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{d.resolve().parent.name}/{d.resolve().name}" for d in out_dirs]
+
+
+def collect(out_dirs: Sequence[str | Path]) -> list[RunResult]:
+    """Every method of every folder, in the order given; refuses a folder with no results."""
+    dirs = [Path(d).expanduser() for d in out_dirs]
+    results: list[RunResult] = []
+    for out_dir, label in zip(dirs, _run_labels(dirs), strict=True):
+        if not out_dir.is_dir():
+            raise ConfigError(f"{out_dir} is not a folder of lvr1 eval results")
+        folders = _method_folders(out_dir)
+        if not folders:
+            raise ConfigError(f"{out_dir} holds no method folder with a run.json")
+        for folder in folders:
+            manifest, records = load_run(folder)
+            metrics = compute_metrics(records, manifest.method, manifest.variant, label)
+            results.append(RunResult(label, folder, manifest, metrics))
+    return results
+
+
+# markdown ------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _failures(m: Metrics) -> str:
+    if not m.failures:
+        return "0"
+    kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in m.failure_kinds.items())
+    return f"{m.failures} ({kinds})"
+
+
+def main_table(results: Sequence[RunResult]) -> list[str]:
+    """One row per method and run: accuracy, failures apart, mean cost per question."""
+    head = (
+        "| method | variant | run | n | accuracy | failures | rounds | captions made / cached "
+        "| video_qa | frames | tokens | s / question |"
+    )
+    rows = [head, "|" + "---|" * 12]
+    for r in results:
+        m, c = r.metrics, r.metrics.cost
+        acc = f"{_pct(m.accuracy)} ({m.correct}/{m.scored})"
+        rows.append(
+            f"| {r.manifest.method} | {r.manifest.variant} | {r.run} | {m.n} | {acc} "
+            f"| {_failures(m)} | {_num(c['rounds'].mean)} "
+            f"| {_num(c['captions_made'].mean)} / {_num(c['captions_cached'].mean)} "
+            f"| {_num(c['video_qa_calls'].mean, 2)} | {_num(c['frames_decoded'].mean, 0)} "
+            f"| {_num(c['tokens'].mean, 0)} | {_num(c['seconds'].mean)} |"
+        )
+    return rows
+
+
+def spread_table(results: Sequence[RunResult]) -> list[str]:
+    """Median and 90th percentile: means hide the slow tail that users wait on."""
+    head = (
+        "| method | run | s / question median / p90 | model s median / p90 "
+        "| tokens median / p90 | caption calls median / p90 |"
+    )
+    rows = [head, "|" + "---|" * 6]
+    for r in results:
+        c = r.metrics.cost
+
+        def pair(key: str, digits: int = 1, c=c) -> str:
+            return f"{_num(c[key].median, digits)} / {_num(c[key].p90, digits)}"
+
+        rows.append(
+            f"| {r.manifest.method} | {r.run} | {pair('seconds')} | {pair('model_seconds')} "
+            f"| {pair('tokens', 0)} | {pair('caption_calls', 0)} |"
+        )
+    return rows
+
+
+def category_table(results: Sequence[RunResult]) -> list[str]:
+    """Accuracy per question category, one column per method and run."""
+    names = sorted({name for r in results for name in r.metrics.categories})
+    if not names:
+        return []
+    rows = [
+        "| category | " + " | ".join(r.label for r in results) + " |",
+        "|" + "---|" * (len(results) + 1),
+    ]
+    for name in names:
+        cells = []
+        for r in results:
+            score = r.metrics.categories.get(name)
+            cells.append(
+                "-" if score is None else f"{_pct(score.accuracy)} ({score.correct}/{score.n})"
+            )
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def provenance(results: Sequence[RunResult]) -> list[str]:
+    """Which models and question file each row comes from: numbers without these mislead."""
+    lines = []
+    for r in results:
+        ids = ", ".join(f"{role} `{name}`" for role, name in sorted(r.manifest.identities.items()))
+        q = r.manifest.questions
+        lines.append(
+            f"- {r.label}: {r.manifest.benchmark}, {q.count} questions in `{Path(q.path).name}` "
+            f"(sha256 {q.sha256[:12]}); {ids}"
+        )
+    return lines
+
+
+def markdown(results: Sequence[RunResult], plot_name: str | None = None) -> str:
+    """The report page: main table, spread, per-category accuracy, provenance, plot link."""
+    parts = [
+        "Accuracy counts every question: a failure (no answer, an unparsable answer, an "
+        "error) is wrong, and failures are also listed apart. Costs are means per question "
+        "over the questions a method ran for; seconds are end to end in the harness "
+        "(decoding, captions made on demand and network included).",
+        "",
+        *main_table(results),
+        "",
+        *spread_table(results),
+    ]
+    categories = category_table(results)
+    if categories:
+        parts += ["", "Accuracy per category:", "", *categories]
+    parts += ["", "Where the numbers come from:", "", *provenance(results)]
+    if plot_name:
+        parts += ["", f"![accuracy against cost]({plot_name})"]
+    return "\n".join(parts) + "\n"
+
+
+# the plot ------------------------------------------------------------------------------
+
+
+def _cost(r: RunResult, axis: CostAxis) -> float:
+    return r.metrics.cost["seconds" if axis == "seconds" else "tokens"].mean
+
+
+def plot(results: Sequence[RunResult], path: Path, axis: CostAxis = "seconds") -> Path:
+    """Accuracy against mean cost per question, one point per method and run, in the legend.
+
+    Built on a bare Agg canvas (no pyplot), so no global backend or figure
+    state is touched and it works on machines without a display.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    runs = list(dict.fromkeys(r.run for r in results))
+    points = [r for r in results if r.metrics.accuracy is not None]
+    for r in points:
+        x, y = _cost(r, axis), 100 * (r.metrics.accuracy or 0.0)
+        ax.scatter(
+            [x],
+            [y],
+            s=70,
+            color=METHOD_COLOURS.get(r.manifest.method, "#7f7f7f"),
+            marker=RUN_MARKERS[runs.index(r.run) % len(RUN_MARKERS)],
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=3,
+            label=f"{r.label}: {y:.0f}%",
+        )
+    xs = [_cost(r, axis) for r in points if _cost(r, axis) > 0]
+    if xs and max(xs) / min(xs) > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel(
+        "mean end-to-end seconds per question"
+        if axis == "seconds"
+        else "mean tokens per question (all models)"
+    )
+    ax.set_ylabel("accuracy (%), failures counted wrong")
+    ax.set_ylim(0, 100)
+    ax.set_xlim(left=0 if ax.get_xscale() == "linear" else None)
+    ax.grid(True, alpha=0.3)
+    if points:  # a legend, not annotations: close points would print their labels over each other
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.set_title("Accuracy against cost")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+@dataclass(frozen=True)
+class Report:
+    markdown: str
+    markdown_path: Path
+    plot_path: Path | None
+
+
+def write_report(
+    out_dirs: Sequence[str | Path], out: str | Path | None = None, axis: CostAxis = "seconds"
+) -> Report:
+    """Markdown at ``out`` (default ``<first folder>/report.md``), the PNG beside it."""
+    results = collect(out_dirs)
+    md_path = Path(out).expanduser() if out else Path(out_dirs[0]).expanduser() / "report.md"
+    if md_path.suffix.lower() != ".md":
+        raise ConfigError(f"--out names the markdown file and must end in .md, got {md_path}")
+    png_path = md_path.with_suffix(".png")
+    plot(results, png_path, axis)
+    text = markdown(results, png_path.name)
+    write_atomic(md_path, text)
+    return Report(text, md_path, png_path)

