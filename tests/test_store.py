@@ -22,8 +22,8 @@ from longvideo_r1.captions.store import (
     CaptionRecord,
     CaptionStore,
     VideoRecord,
-    default_store_path,
 )
+from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import LVR1Error, StoreError
 
 FP = "a" * 64

@@ -115,9 +115,17 @@ class Settings(BaseModel):
         return value
 
     def store_path(self) -> Path:
-        from longvideo_r1.captions.store import default_store_path
-
         return self.store.expanduser() if self.store else default_store_path()
+
+
+def default_store_path() -> Path:
+    """``$XDG_CACHE_HOME/longvideo-r1/store.sqlite``, else under ``~/.cache``.
+
+    ``LVR1_STORE`` and ``--store`` are resolved by the caller (config/CLI) and
+    passed in as a path; this is only the fallback.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "longvideo-r1" / "store.sqlite"
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import StoreError, one_line
 from longvideo_r1.tree import NodeId, format_node_id, parse_node_id
 
@@ -89,16 +90,6 @@ _CAPTION_COLUMNS = (
     "fingerprint, width, node, identity, text, frame_times, frame_ids, seconds, "
     "frames_decoded, prompt_tokens, completion_tokens, created_at"
 )
-
-
-def default_store_path() -> Path:
-    """``$XDG_CACHE_HOME/longvideo-r1/store.sqlite``, else under ``~/.cache``.
-
-    ``LVR1_STORE`` and ``--store`` are resolved by the caller (config/CLI) and
-    passed in as a path; this is only the fallback.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "longvideo-r1" / "store.sqlite"
 
 
 # records ---------------------------------------------------------------------------
