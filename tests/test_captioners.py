@@ -26,9 +26,8 @@ from longvideo_r1.captions.captioner import (
     VLMCaptioner,
     VLMClipQA,
     parse_tagged_reply,
-    strip_caption_tags,
-    wrap_caption_tags,
 )
+from longvideo_r1.captions.reference import strip_caption_tags, wrap_caption_tags
 from longvideo_r1.errors import CaptionError, ConfigError, EndpointError, TreeError
 from longvideo_r1.llm.client import ChatClient, ChatReply, Usage
 from longvideo_r1.media.subtitles import Cue

@@ -226,25 +226,6 @@ def extract_tagged(text: str, tag: str) -> str | None:
     return blocks[-1].strip() if blocks else None
 
 
-def strip_caption_tags(text: str) -> str:
-    """Caption text without its ``<caption>`` wrapper (stored captions never carry tags).
-
-    The one implementation lives in :mod:`longvideo_r1.captions.reference`, where the
-    tag is a file format; it is imported on call so that module may import
-    this one without a cycle.
-    """
-    from longvideo_r1.captions.reference import strip_caption_tags as strip
-
-    return strip(text)
-
-
-def wrap_caption_tags(text: str) -> str:
-    """Caption in ``<caption>...</caption>``, as the reference export writes it; idempotent."""
-    from longvideo_r1.captions.reference import wrap_caption_tags as wrap
-
-    return wrap(text)
-
-
 def parse_tagged_reply(
     reply: ChatReply,
     tag: str,

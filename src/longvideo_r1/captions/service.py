@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from longvideo_r1.captions.captioner import CaptionContext
 from longvideo_r1.captions.reference import strip_caption_tags
 from longvideo_r1.captions.store import (
     ArtifactCache,
@@ -249,7 +250,7 @@ class CaptionService:
         return stored
 
     def _context(self, node: Node) -> Any:
-        factory = self._context_factory or _contract_context()
+        factory = self._context_factory or CaptionContext
         return factory(
             video=self.video,
             tree=self.tree,
@@ -426,14 +427,3 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, LVR1Error):
         return message or type(exc).__name__
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def _contract_context() -> ContextFactory:
-    """``captioners.CaptionContext``, imported when first needed.
-
-    Building a service (to read cached captions) must not pull in the
-    captioner stack.
-    """
-    from longvideo_r1.captions.captioner import CaptionContext
-
-    return CaptionContext

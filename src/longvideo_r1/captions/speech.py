@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from longvideo_r1.errors import CaptionError
+from longvideo_r1.llm.weights import WeightsError, ensure_model
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ def whisper_base_dir(models_dir: Path | None = None) -> Path:
     against the registered size and SHA-256); its one-line error becomes a
     :class:`CaptionError`, since a caption is what fails without speech.
     """
-    from longvideo_r1.llm.weights import WeightsError, ensure_model
-
     try:
         return ensure_model(WEIGHTS_NAME, models_dir)
     except WeightsError as exc:
