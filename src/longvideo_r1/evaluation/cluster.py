@@ -43,7 +43,8 @@ from typing import Any, Literal
 from longvideo_r1 import __version__
 from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
-from longvideo_r1.evaluation.runner import Answered, Job, RunWhere, failed_record, split_address
+from longvideo_r1.evaluation.records import RunWhere, failed_record
+from longvideo_r1.evaluation.runner import Answered, Job, split_address
 from longvideo_r1.questions.loaders import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
