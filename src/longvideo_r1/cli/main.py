@@ -822,14 +822,8 @@ def _question_file(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from longvideo_r1.evaluation.runner import (
-        EvalOptions,
-        Evaluator,
-        MethodOptions,
-        make_method,
-        resolve_walk_calls,
-        summary_line,
-    )
+    from longvideo_r1.evaluation.methods import MethodOptions, make_method, resolve_walk_calls
+    from longvideo_r1.evaluation.runner import EvalOptions, Evaluator, summary_line
 
     console = Console(stderr=True)
     run_options = EvalOptions(

@@ -56,6 +56,7 @@ from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Trace
 from longvideo_r1.captions.captioner import frame_parts, text_part
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
+from longvideo_r1.evaluation.identity import caption_identity
 from longvideo_r1.llm.client import ChatReply
 from longvideo_r1.media.subtitles import weave
 from longvideo_r1.questions.loaders import Question
@@ -585,8 +586,6 @@ class _ReadsCaptions:
     answer: AnswerStep
 
     def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
-        from longvideo_r1.evaluation.runner import caption_identity
-
         return {"reasoning": reasoning or "", "caption": caption_identity(settings)}
 
     def run(self, question: Question, session: Any, backend: Any, stop: threading.Event) -> Trace:
