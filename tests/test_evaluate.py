@@ -36,8 +36,8 @@ from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.jobs import Job
 from longvideo_r1.evaluation.methods import METHODS, MethodOptions, make_method, resolve_walk_calls
+from longvideo_r1.evaluation.metrics import Distribution, compute_metrics
 from longvideo_r1.evaluation.records import ItemRecord, RunFolder, record_from_trace
-from longvideo_r1.evaluation.runner import Distribution, compute_metrics
 from longvideo_r1.files import safe_name
 from longvideo_r1.questions.loaders import Question, load_testbench
 

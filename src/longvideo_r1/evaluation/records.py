@@ -1,4 +1,4 @@
-"""Run records and run folders: what an evaluation leaves on disk and reads back.
+"""Run records, folders and outcomes: what an evaluation leaves on disk and reads back.
 
 The files are the contract between whoever answers the questions (threads here,
 Ray actors elsewhere), the process that writes them, and the reports read later;
@@ -319,3 +319,20 @@ def _first_error(exc: Exception) -> str:
 def trace_name(question_id: str) -> str:
     """Where a question's trace goes, relative to the run folder (what its record points to)."""
     return f"traces/{safe_name(question_id)}.json"
+
+
+@dataclass
+class EvalOutcome:
+    """What a run did; ``records`` holds every record of the folder, earlier runs' included."""
+
+    folder: Path
+    manifest: RunManifest
+    planned: int
+    skipped: int
+    ran: int
+    interrupted: bool
+    records: list[ItemRecord]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.records if r.status == "error")

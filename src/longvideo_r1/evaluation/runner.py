@@ -3,22 +3,22 @@
 One harness runs the agent and its baselines (:mod:`longvideo_r1.evaluation.baselines`)
 on the same questions, videos, caption cache and backends, and every method
 returns a :class:`~longvideo_r1.agent.trace.Trace`, so the metrics treat them alike.
-What a run leaves on disk, and how strictly it is scored, is in
-:mod:`longvideo_r1.evaluation.records`.
+The evaluator here is the one process that holds a run folder: it plans what is
+missing, checks the manifest and writes each result as it arrives. Engines
+(:mod:`longvideo_r1.evaluation.jobs`, :mod:`longvideo_r1.evaluation.cluster`)
+answer the questions; :mod:`longvideo_r1.evaluation.records` says what a run
+leaves on disk and how strictly it is scored, :mod:`longvideo_r1.evaluation.metrics`
+what it measures.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, Field
 
 from longvideo_r1.agent import protocol
 from longvideo_r1.config import Settings
@@ -33,7 +33,9 @@ from longvideo_r1.evaluation.jobs import (
     default_backend_factory,
 )
 from longvideo_r1.evaluation.methods import Method
+from longvideo_r1.evaluation.metrics import compute_metrics
 from longvideo_r1.evaluation.records import (
+    EvalOutcome,
     ItemRecord,
     QuestionSource,
     RunFolder,
@@ -44,8 +46,6 @@ from longvideo_r1.evaluation.records import (
     file_sha256,
 )
 from longvideo_r1.questions.loaders import Question
-
-# the runner ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -75,23 +75,6 @@ class EvalOptions:
             raise ConfigError(f"--ray-cpus must be more than 0, got {self.ray_cpus}")
         if self.ray is not None and self.ray not in ("local", "auto"):
             split_address(self.ray)
-
-
-@dataclass
-class EvalOutcome:
-    """What a run did; ``records`` holds every record of the folder, earlier runs' included."""
-
-    folder: Path
-    manifest: RunManifest
-    planned: int
-    skipped: int
-    ran: int
-    interrupted: bool
-    records: list[ItemRecord]
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for r in self.records if r.status == "error")
 
 
 class Evaluator:
@@ -317,139 +300,3 @@ def _stats(records: Iterable[ItemRecord]) -> str:
     acc = f"{m.accuracy:.1%}" if m.accuracy is not None else "-"
     secs = m.cost["seconds"].mean
     return f"acc {acc} ({m.correct}/{m.scored})  failures {m.failures}  {secs:.1f} s/q"
-
-
-# metrics -------------------------------------------------------------------------------
-
-
-class Distribution(BaseModel):
-    """Mean, median and 90th percentile (nearest rank) of one cost over questions."""
-
-    n: int = 0
-    mean: float = 0.0
-    median: float = 0.0
-    p90: float = 0.0
-    total: float = 0.0
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Distribution:
-        if not values:
-            return cls()
-        ordered = sorted(values)
-        rank = max(1, math.ceil(0.9 * len(ordered)))
-        return cls(
-            n=len(ordered),
-            mean=statistics.fmean(ordered),
-            median=float(statistics.median(ordered)),
-            p90=float(ordered[rank - 1]),
-            total=float(sum(ordered)),
-        )
-
-
-class CategoryScore(BaseModel):
-    n: int
-    correct: int
-    accuracy: float | None
-
-
-COSTS: dict[str, Callable[[ItemRecord], float]] = {
-    "rounds": lambda r: r.cost.rounds,
-    "caption_calls": lambda r: r.cost.caption_calls,
-    "captions_made": lambda r: r.cost.captions_made,
-    "captions_cached": lambda r: r.cost.captions_cached,
-    "video_qa_calls": lambda r: r.cost.video_qa_calls,
-    "frames_decoded": lambda r: r.cost.frames_decoded,
-    "tokens": lambda r: r.tokens,
-    "reasoning_tokens": lambda r: r.cost.reasoning_tokens,
-    "model_seconds": lambda r: r.cost.model_seconds,
-    "seconds": lambda r: r.seconds,
-}
-"""Per-question costs the metrics summarise; ``seconds`` is end to end in the harness."""
-
-
-class Metrics(BaseModel):
-    """Accuracy and cost of one method's run.
-
-    ``accuracy`` = correct / scored: every scored question counts, failures
-    included (as wrong). ``failures`` counts the questions without an
-    answer, by kind. Costs are over the questions a method ran for (a
-    missing video costs nothing and would flatter the means).
-    """
-
-    method: str = ""
-    variant: str = ""
-    run: str = ""
-    n: int
-    scored: int
-    correct: int
-    accuracy: float | None
-    failures: int
-    failure_kinds: dict[str, int]
-    answered: int
-    answered_accuracy: float | None = Field(
-        description="Accuracy over answered questions only; for diagnosis, never the headline."
-    )
-    categories: dict[str, CategoryScore]
-    cost: dict[str, Distribution]
-
-
-def _ratio(a: int, b: int) -> float | None:
-    return a / b if b else None
-
-
-def compute_metrics(
-    records: Iterable[ItemRecord], method: str = "", variant: str = "", run: str = ""
-) -> Metrics:
-    items = list(records)
-    scored = [r for r in items if r.scored]
-    correct = sum(1 for r in scored if r.correct)
-    failed = [r for r in items if r.status != "answered"]
-    kinds: dict[str, int] = {}
-    for r in failed:
-        kinds[r.failure or r.status] = kinds.get(r.failure or r.status, 0) + 1
-    answered = [r for r in scored if r.status == "answered"]
-    categories: dict[str, CategoryScore] = {}
-    for name in sorted({r.category or "(none)" for r in scored}):
-        group = [r for r in scored if (r.category or "(none)") == name]
-        right = sum(1 for r in group if r.correct)
-        categories[name] = CategoryScore(n=len(group), correct=right, accuracy=right / len(group))
-    ran = [r for r in items if r.ran]
-    return Metrics(
-        method=method or (items[0].method if items else ""),
-        variant=variant or (items[0].variant if items else ""),
-        run=run,
-        n=len(items),
-        scored=len(scored),
-        correct=correct,
-        accuracy=_ratio(correct, len(scored)),
-        failures=len(failed),
-        failure_kinds=dict(sorted(kinds.items())),
-        answered=sum(1 for r in items if r.status == "answered"),
-        answered_accuracy=_ratio(sum(1 for r in answered if r.correct), len(answered)),
-        categories=categories,
-        cost={name: Distribution.of([get(r) for r in ran]) for name, get in COSTS.items()},
-    )
-
-
-def load_run(folder: Path) -> tuple[RunManifest, list[ItemRecord]]:
-    """A method folder's manifest and records, for reports."""
-    run = RunFolder(folder)
-    manifest = run.read_manifest()
-    if manifest is None:
-        raise ConfigError(f"{folder} has no run.json: not an lvr1 eval method folder")
-    return manifest, list(run.records().values())
-
-
-def summary_line(outcome: EvalOutcome) -> str:
-    """One line for the terminal: what ran, the accuracy, failures and mean time."""
-    m = compute_metrics(outcome.records)
-    acc = f"{m.accuracy:.1%} ({m.correct}/{m.scored})" if m.accuracy is not None else "n/a"
-    kinds = ", ".join(f"{k} {v}" for k, v in m.failure_kinds.items())
-    fail = f"{m.failures} failures ({kinds})" if m.failures else "no failures"
-    state = "interrupted" if outcome.interrupted else "done"
-    return (
-        f"{outcome.manifest.method} [{outcome.manifest.variant}] {state}: ran {outcome.ran}, "
-        f"skipped {outcome.skipped} finished; {m.n} results, accuracy {acc}, {fail}, "
-        f"{m.cost['seconds'].mean:.1f} s and {m.cost['tokens'].mean:.0f} tokens per question; "
-        f"{outcome.folder}"
-    )
