@@ -41,10 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from longvideo_r1 import __version__
+from longvideo_r1.agent.navigator import describe_failure
 from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.evaluation.jobs import Answered, Job
 from longvideo_r1.evaluation.records import RunWhere, failed_record
+from longvideo_r1.llm.backends import default_threads
 from longvideo_r1.questions.loaders import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
@@ -69,8 +71,6 @@ class EvalWorker:
     """
 
     def __init__(self, job: Job, index: int, cpus: float) -> None:
-        from longvideo_r1.llm.backends import default_threads
-
         self.job = job
         self.stop = threading.Event()
         # An embedded model gets the CPUs this actor reserved, not every core of the node.
@@ -372,8 +372,6 @@ _EXIT_DETAIL = re.compile(r"Worker exit detail: ([^\n]+)")
 
 def _reason(exc: BaseException) -> str:
     """One line for a Ray failure: the worker's own error, or why its process ended."""
-    from longvideo_r1.agent.navigator import describe_failure
-
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         return str(cause) if isinstance(cause, LVR1Error) else describe_failure(cause)
