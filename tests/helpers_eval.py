@@ -21,13 +21,14 @@ from longvideo_r1.agent.navigator import AgentConfig
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.config import Settings
-from longvideo_r1.evaluation.runner import AgentMethod, EvalOptions, Evaluator
+from longvideo_r1.evaluation.methods import AgentMethod
+from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 from longvideo_r1.media.video import Video
 from longvideo_r1.questions.loaders import TESTBENCH_FILE, Question
 from longvideo_r1.tree import Tree, format_node_id
 
 if TYPE_CHECKING:
-    from longvideo_r1.evaluation.runner import Method
+    from longvideo_r1.evaluation.methods import Method
     from longvideo_r1.testing.testvideo import BuiltVideo
 
 IDENTITY = "imported:test"

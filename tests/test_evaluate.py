@@ -34,19 +34,11 @@ from longvideo_r1.agent import protocol
 from longvideo_r1.agent.trace import Cost, Trace
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluation.runner import (
-    METHODS,
-    Distribution,
-    ItemRecord,
-    Job,
-    MethodOptions,
-    RunFolder,
-    compute_metrics,
-    make_method,
-    record_from_trace,
-    resolve_walk_calls,
-    safe_name,
-)
+from longvideo_r1.evaluation.jobs import Job
+from longvideo_r1.evaluation.methods import METHODS, MethodOptions, make_method, resolve_walk_calls
+from longvideo_r1.evaluation.metrics import Distribution, compute_metrics
+from longvideo_r1.evaluation.records import ItemRecord, RunFolder, record_from_trace
+from longvideo_r1.files import safe_name
 from longvideo_r1.questions.loaders import Question, load_testbench
 
 ROOT = Path(__file__).resolve().parents[1]

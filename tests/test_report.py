@@ -10,8 +10,8 @@ import pytest
 from longvideo_r1.agent.trace import Cost
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.records import ItemRecord, QuestionSource, RunFolder, RunManifest
 from longvideo_r1.evaluation.report import collect, markdown, write_report
-from longvideo_r1.evaluation.runner import ItemRecord, QuestionSource, RunFolder, RunManifest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -822,14 +822,9 @@ def _question_file(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from longvideo_r1.evaluation.runner import (
-        EvalOptions,
-        Evaluator,
-        MethodOptions,
-        make_method,
-        resolve_walk_calls,
-        summary_line,
-    )
+    from longvideo_r1.evaluation.methods import MethodOptions, make_method, resolve_walk_calls
+    from longvideo_r1.evaluation.metrics import summary_line
+    from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 
     console = Console(stderr=True)
     run_options = EvalOptions(

@@ -53,9 +53,13 @@ from longvideo_r1.agent.navigator import (
     use_constraint,
 )
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Trace
-from longvideo_r1.captions.captioner import frame_parts, text_part
+from longvideo_r1.captions.captioner import CaptionContext, frame_parts, text_part
+from longvideo_r1.captions.embedded import EmbeddedCaptioner, fmt_span, fmt_time
+from longvideo_r1.captions.visual import brightness_word
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
+from longvideo_r1.evaluation.identity import caption_identity
+from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.llm.client import ChatReply
 from longvideo_r1.media.subtitles import weave
 from longvideo_r1.questions.loaders import Question
@@ -415,8 +419,6 @@ class UniformFrames:
 
     def descriptor_captioner(self, session: Any = None) -> Any:
         """The embedded captioner whose analyzer and transcriber describe the frames."""
-        from longvideo_r1.captions.embedded import EmbeddedCaptioner
-
         if session is not None and isinstance(session.captioner, EmbeddedCaptioner):
             return session.captioner
         with self._lock:
@@ -479,8 +481,6 @@ class UniformFrames:
 
     def vlm_backend(self, settings: Settings) -> Any:
         """One backend for the video_qa model per run, so its grammar probe runs once."""
-        from longvideo_r1.llm.backends import OpenAIBackend
-
         with self._lock:
             if self._vlm is None:
                 self._vlm = OpenAIBackend.from_settings(settings.video_qa, "video_qa")
@@ -488,8 +488,6 @@ class UniformFrames:
 
     def descriptor_text(self, session: Any, frames: Sequence[Any], captioner: Any) -> str:
         """One line per frame with what the CPU captioner measured, speech or subtitles after."""
-        from longvideo_r1.captions.embedded import fmt_span, fmt_time
-
         duration = session.tree.duration
         look = captioner.analyzer.describe(
             frames, 0.0, duration, detect_frames=self.detect_frames, ocr_frames=self.ocr_frames
@@ -516,8 +514,6 @@ class UniformFrames:
             return list(session.cues), "Subtitle"
         if not session.video.info.has_audio or not captioner.speech:
             return [], "Speech"
-        from longvideo_r1.captions.captioner import CaptionContext
-
         tree: Tree = session.tree
         artifacts = session.store.artifacts(session.video.fingerprint)
         seen: dict[tuple[float, float, str], Any] = {}
@@ -545,8 +541,6 @@ class UniformFrames:
 
 def _describe_frame(desc: Any, cut: bool) -> str:
     """A frame's descriptors in words; what was not checked is not mentioned."""
-    from longvideo_r1.captions.visual import brightness_word
-
     colours = ", ".join(f"{name} {share:.0%}" for name, share in desc.colours[:4])
     parts = [("shot cut just before; " if cut else "") + brightness_word(desc.brightness)]
     if colours:
@@ -585,8 +579,6 @@ class _ReadsCaptions:
     answer: AnswerStep
 
     def identities(self, settings: Settings, reasoning: str | None) -> dict[str, str]:
-        from longvideo_r1.evaluation.runner import caption_identity
-
         return {"reasoning": reasoning or "", "caption": caption_identity(settings)}
 
     def run(self, question: Question, session: Any, backend: Any, stop: threading.Event) -> Trace:

@@ -1,7 +1,7 @@
 """``lvr1 eval --ray``: the questions of a run answered by Ray actors on a cluster.
 
 Ray is optional (``pip install 'longvideo-r1[dist]'``) and imported only here,
-only when a run asks for it. This module is an :class:`~longvideo_r1.evaluation.runner.Engine`:
+only when a run asks for it. This module is an :class:`~longvideo_r1.evaluation.jobs.Engine`:
 the evaluator plans, writes every record and reports exactly as it does for
 threads, so resuming, ``--retry-failed``, ``--limit``, the manifest check and
 ``lvr1 report`` behave the same. What is particular to a cluster:
@@ -15,7 +15,7 @@ threads, so resuming, ``--retry-failed``, ``--limit``, the manifest check and
 * The driver hands each actor one question at a time and the next one to
   whichever finishes first: a slow question holds no queue behind it, and a
   Ctrl-C leaves nothing queued on the cluster.
-* Actors return :class:`~longvideo_r1.evaluation.runner.Answered` results; the
+* Actors return :class:`~longvideo_r1.evaluation.jobs.Answered` results; the
   driver writes them into ``--out`` as they arrive, so only the driver's
   machine needs to see the output folder, and a killed driver keeps every
   record it wrote.
@@ -41,9 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from longvideo_r1 import __version__
+from longvideo_r1.agent.navigator import describe_failure
 from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
-from longvideo_r1.evaluation.runner import Answered, Job, RunWhere, failed_record, split_address
+from longvideo_r1.evaluation.jobs import Answered, Job
+from longvideo_r1.evaluation.records import RunWhere, failed_record
+from longvideo_r1.llm.backends import default_threads
 from longvideo_r1.questions.loaders import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
@@ -68,8 +71,6 @@ class EvalWorker:
     """
 
     def __init__(self, job: Job, index: int, cpus: float) -> None:
-        from longvideo_r1.llm.backends import default_threads
-
         self.job = job
         self.stop = threading.Event()
         # An embedded model gets the CPUs this actor reserved, not every core of the node.
@@ -337,6 +338,17 @@ def _sigint_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray head's ``HOST:PORT`` (``ray://`` allowed); one line if malformed."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            "--ray takes HOST:PORT (the head's address, port 6379 unless `ray start --head "
+            f"--port` said otherwise), 'auto', or no value for Ray on this machine; got {address!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
 def _check_head(address: str, timeout: float = 5.0) -> None:
     """Refuse in one line, within seconds, an address where no Ray head listens."""
     host, port = split_address(address)
@@ -360,8 +372,6 @@ _EXIT_DETAIL = re.compile(r"Worker exit detail: ([^\n]+)")
 
 def _reason(exc: BaseException) -> str:
     """One line for a Ray failure: the worker's own error, or why its process ended."""
-    from longvideo_r1.agent.navigator import describe_failure
-
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
         return str(cause) if isinstance(cause, LVR1Error) else describe_failure(cause)

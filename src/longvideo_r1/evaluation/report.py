@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluation.runner import METHODS, Metrics, RunManifest, compute_metrics, load_run
+from longvideo_r1.evaluation.methods import METHODS
+from longvideo_r1.evaluation.metrics import Metrics, compute_metrics, load_run
+from longvideo_r1.evaluation.records import RunManifest
 from longvideo_r1.files import write_atomic
 
 CostAxis = Literal["seconds", "tokens"]

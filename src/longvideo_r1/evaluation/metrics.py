@@ -1,0 +1,151 @@
+"""Metrics: accuracy and cost of one method's run, from its records alone.
+
+They read nothing but the records (and the manifest beside them), so the
+progress bar of a run, its summary line and ``lvr1 report`` over finished
+folders compute the same figures in the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.records import EvalOutcome, ItemRecord, RunFolder, RunManifest
+
+
+class Distribution(BaseModel):
+    """Mean, median and 90th percentile (nearest rank) of one cost over questions."""
+
+    n: int = 0
+    mean: float = 0.0
+    median: float = 0.0
+    p90: float = 0.0
+    total: float = 0.0
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Distribution:
+        if not values:
+            return cls()
+        ordered = sorted(values)
+        rank = max(1, math.ceil(0.9 * len(ordered)))
+        return cls(
+            n=len(ordered),
+            mean=statistics.fmean(ordered),
+            median=float(statistics.median(ordered)),
+            p90=float(ordered[rank - 1]),
+            total=float(sum(ordered)),
+        )
+
+
+class CategoryScore(BaseModel):
+    n: int
+    correct: int
+    accuracy: float | None
+
+
+COSTS: dict[str, Callable[[ItemRecord], float]] = {
+    "rounds": lambda r: r.cost.rounds,
+    "caption_calls": lambda r: r.cost.caption_calls,
+    "captions_made": lambda r: r.cost.captions_made,
+    "captions_cached": lambda r: r.cost.captions_cached,
+    "video_qa_calls": lambda r: r.cost.video_qa_calls,
+    "frames_decoded": lambda r: r.cost.frames_decoded,
+    "tokens": lambda r: r.tokens,
+    "reasoning_tokens": lambda r: r.cost.reasoning_tokens,
+    "model_seconds": lambda r: r.cost.model_seconds,
+    "seconds": lambda r: r.seconds,
+}
+"""Per-question costs the metrics summarise; ``seconds`` is end to end in the harness."""
+
+
+class Metrics(BaseModel):
+    """Accuracy and cost of one method's run.
+
+    ``accuracy`` = correct / scored: every scored question counts, failures
+    included (as wrong). ``failures`` counts the questions without an
+    answer, by kind. Costs are over the questions a method ran for (a
+    missing video costs nothing and would flatter the means).
+    """
+
+    method: str = ""
+    variant: str = ""
+    run: str = ""
+    n: int
+    scored: int
+    correct: int
+    accuracy: float | None
+    failures: int
+    failure_kinds: dict[str, int]
+    answered: int
+    answered_accuracy: float | None = Field(
+        description="Accuracy over answered questions only; for diagnosis, never the headline."
+    )
+    categories: dict[str, CategoryScore]
+    cost: dict[str, Distribution]
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def compute_metrics(
+    records: Iterable[ItemRecord], method: str = "", variant: str = "", run: str = ""
+) -> Metrics:
+    items = list(records)
+    scored = [r for r in items if r.scored]
+    correct = sum(1 for r in scored if r.correct)
+    failed = [r for r in items if r.status != "answered"]
+    kinds: dict[str, int] = {}
+    for r in failed:
+        kinds[r.failure or r.status] = kinds.get(r.failure or r.status, 0) + 1
+    answered = [r for r in scored if r.status == "answered"]
+    categories: dict[str, CategoryScore] = {}
+    for name in sorted({r.category or "(none)" for r in scored}):
+        group = [r for r in scored if (r.category or "(none)") == name]
+        right = sum(1 for r in group if r.correct)
+        categories[name] = CategoryScore(n=len(group), correct=right, accuracy=right / len(group))
+    ran = [r for r in items if r.ran]
+    return Metrics(
+        method=method or (items[0].method if items else ""),
+        variant=variant or (items[0].variant if items else ""),
+        run=run,
+        n=len(items),
+        scored=len(scored),
+        correct=correct,
+        accuracy=_ratio(correct, len(scored)),
+        failures=len(failed),
+        failure_kinds=dict(sorted(kinds.items())),
+        answered=sum(1 for r in items if r.status == "answered"),
+        answered_accuracy=_ratio(sum(1 for r in answered if r.correct), len(answered)),
+        categories=categories,
+        cost={name: Distribution.of([get(r) for r in ran]) for name, get in COSTS.items()},
+    )
+
+
+def load_run(folder: Path) -> tuple[RunManifest, list[ItemRecord]]:
+    """A method folder's manifest and records, for reports."""
+    run = RunFolder(folder)
+    manifest = run.read_manifest()
+    if manifest is None:
+        raise ConfigError(f"{folder} has no run.json: not an lvr1 eval method folder")
+    return manifest, list(run.records().values())
+
+
+def summary_line(outcome: EvalOutcome) -> str:
+    """One line for the terminal: what ran, the accuracy, failures and mean time."""
+    m = compute_metrics(outcome.records)
+    acc = f"{m.accuracy:.1%} ({m.correct}/{m.scored})" if m.accuracy is not None else "n/a"
+    kinds = ", ".join(f"{k} {v}" for k, v in m.failure_kinds.items())
+    fail = f"{m.failures} failures ({kinds})" if m.failures else "no failures"
+    state = "interrupted" if outcome.interrupted else "done"
+    return (
+        f"{outcome.manifest.method} [{outcome.manifest.variant}] {state}: ran {outcome.ran}, "
+        f"skipped {outcome.skipped} finished; {m.n} results, accuracy {acc}, {fail}, "
+        f"{m.cost['seconds'].mean:.1f} s and {m.cost['tokens'].mean:.0f} tokens per question; "
+        f"{outcome.folder}"
+    )

@@ -1,0 +1,338 @@
+"""Run records, folders and outcomes: what an evaluation leaves on disk and reads back.
+
+The files are the contract between whoever answers the questions (threads here,
+Ray actors elsewhere), the process that writes them, and the reports read later;
+they live apart from all of those, so each reads them without the others.
+
+What a run leaves under ``OUT/<method>/``:
+
+* ``run.json``: the manifest. Method, variant, its parameters, the identity
+  of every model involved, the benchmark and the question file's sha256. A
+  rerun with anything else there is refused: results of two configurations
+  are never mixed in one folder.
+* ``results/<question id>.json``: one :class:`ItemRecord` per question,
+  written atomically (temporary file, fsync, rename) the moment it is known.
+  A killed run keeps every record written; a rerun skips them. Failures are
+  records too (status ``error`` with the reason) and are run again only when
+  asked (``retry_failed``).
+* ``traces/<question id>.json``: the full trace, for inspection.
+
+Scoring is strict: the recorded letter must equal the expected letter.
+A question without an answer (``no_answer``, ``error``, an unparsable reply)
+is wrong and is also counted apart, never replaced by a guess. The cost
+figures come from the traces; ``seconds`` is wall time per question as the
+harness saw it (opening the video, decoding frames, captions made on demand
+and network included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from longvideo_r1 import __version__
+from longvideo_r1.agent import protocol
+from longvideo_r1.agent.trace import Cost, Status, Trace
+from longvideo_r1.config import first_difference
+from longvideo_r1.errors import ConfigError, validation_line
+from longvideo_r1.files import safe_name, write_atomic
+from longvideo_r1.questions.loaders import Question
+
+RECORD_FORMAT = 1
+MANIFEST_FORMAT = 1
+
+Failure = Literal["missing_video", "video", "error", "no_answer", "unparsable"]
+
+
+# records -------------------------------------------------------------------------------
+
+
+class ItemRecord(BaseModel):
+    """One question's result: everything the metrics need, without the trace."""
+
+    format: int = RECORD_FORMAT
+    question_id: str
+    video_id: str
+    benchmark: str
+    category: str | None = None
+    method: str
+    variant: str
+    expected: str | None = Field(description="The right letter; None when the release has none.")
+    answer: str | None = Field(default=None, description="The letter the method gave.")
+    raw_answer: str | None = None
+    correct: bool = False
+    status: Status
+    reason: str | None = None
+    failure: Failure | None = Field(
+        default=None, description="Why there is no answer; None when answered."
+    )
+    cost: Cost = Field(default_factory=Cost)
+    seconds: float = Field(
+        default=0.0, description="Wall time of this question in the harness, end to end."
+    )
+    width: int | None = None
+    duration: float | None = None
+    video: str | None = None
+    trace: str | None = Field(default=None, description="Trace path, relative to the run folder.")
+    worker: int = 0
+    node: str | None = Field(
+        default=None, description="The Ray node that answered it; None for a run on threads."
+    )
+    started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def scored(self) -> bool:
+        return self.expected is not None
+
+    @property
+    def ran(self) -> bool:
+        """A method ran for it (there is a trace and a cost), whatever the outcome."""
+        return self.trace is not None
+
+    @property
+    def tokens(self) -> int:
+        c = self.cost
+        return (
+            c.reasoning_prompt_tokens
+            + c.reasoning_completion_tokens
+            + c.caption_prompt_tokens
+            + c.caption_completion_tokens
+            + c.vlm_prompt_tokens
+            + c.vlm_completion_tokens
+        )
+
+
+def failure_of(trace: Trace) -> Failure | None:
+    """Classify a trace's missing answer, so reports can tell a crash from a silent model."""
+    if trace.status == "answered":
+        return None
+    if trace.status == "no_answer":
+        reason = trace.reason or ""
+        return "unparsable" if reason.startswith("unparsable") else "no_answer"
+    return "error"
+
+
+def record_from_trace(
+    question: Question, method: str, variant: str, trace: Trace, seconds: float, trace_path: str
+) -> ItemRecord:
+    """Score a trace strictly: the normalised letter must equal the expected one."""
+    answer = trace.answer
+    if answer is not None and question.choices:
+        answer = protocol.normalize_answer(answer, question.choice_lines())
+    status: Status = trace.status
+    reason = trace.reason
+    if status == "answered" and answer is None:
+        status, reason = "no_answer", f"unparsable answer {trace.raw_answer!r}"
+    return ItemRecord(
+        question_id=question.id,
+        video_id=question.video_id,
+        benchmark=question.benchmark,
+        category=question.category,
+        method=method,
+        variant=variant,
+        expected=question.answer,
+        answer=answer if status == "answered" else None,
+        raw_answer=trace.raw_answer,
+        correct=status == "answered" and answer is not None and answer == question.answer,
+        status=status,
+        reason=reason,
+        failure=failure_of(trace.model_copy(update={"status": status, "reason": reason})),
+        cost=trace.cost,
+        seconds=seconds,
+        width=trace.width,
+        duration=trace.duration,
+        video=trace.video,
+        trace=trace_path,
+    )
+
+
+def failed_record(
+    question: Question, method: str, variant: str, failure: Failure, reason: str, seconds: float
+) -> ItemRecord:
+    """A question the method could not even start (missing or unreadable video)."""
+    return ItemRecord(
+        question_id=question.id,
+        video_id=question.video_id,
+        benchmark=question.benchmark,
+        category=question.category,
+        method=method,
+        variant=variant,
+        expected=question.answer,
+        status="error",
+        reason=reason,
+        failure=failure,
+        seconds=seconds,
+    )
+
+
+# files ---------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class QuestionSource(BaseModel):
+    """Which question file a run answers; the hash catches an edited file under the same name."""
+
+    path: str
+    sha256: str
+    count: int
+
+
+class RunStart(BaseModel):
+    """One invocation on a folder: how it was asked to run (not part of the configuration)."""
+
+    started_at: datetime
+    limit: int | None = None
+    workers: int = 1
+    retry_failed: bool = False
+    engine: Literal["threads", "ray"] = "threads"
+    nodes: int | None = Field(default=None, description="Ray: machines the workers ran on.")
+
+
+@dataclass(frozen=True)
+class RunWhere:
+    """Where an engine runs the questions, as the manifest records it."""
+
+    engine: Literal["threads", "ray"]
+    workers: int
+    nodes: int | None = None
+
+
+class RunManifest(BaseModel):
+    """What produced the results of one folder; results of another configuration are refused."""
+
+    format: int = MANIFEST_FORMAT
+    method: str
+    variant: str
+    benchmark: str
+    questions: QuestionSource
+    identities: dict[str, str] = Field(description="Model identity per role the method uses.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    version: str = __version__
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    runs: list[RunStart] = Field(default_factory=list)
+
+    def config(self) -> dict[str, Any]:
+        """The fields that must match for results to be comparable."""
+        return {
+            "method": self.method,
+            "variant": self.variant,
+            "benchmark": self.benchmark,
+            "question file": self.questions.sha256,
+            **{f"{role} model": name for role, name in sorted(self.identities.items())},
+            **{f"parameter {k}": v for k, v in sorted(self.params.items())},
+        }
+
+
+def config_difference(old: RunManifest, new: RunManifest) -> str | None:
+    """The first setting that differs, worded for a one-line refusal."""
+    return first_difference(old.config(), new.config())
+
+
+class RunFolder:
+    """``OUT/<method>``: manifest, records, traces and the lock of one method's run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.results = root / "results"
+        self.traces = root / "traces"
+        self.manifest_path = root / "run.json"
+
+    def read_manifest(self) -> RunManifest | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            return RunManifest.model_validate_json(self.manifest_path.read_bytes())
+        except (OSError, ValidationError) as exc:
+            raise ConfigError(
+                f"{self.manifest_path} is not a run manifest ({_first_error(exc)}): "
+                "use another --out"
+            ) from None
+
+    def write_manifest(self, manifest: RunManifest) -> None:
+        write_atomic(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+
+    def records(self) -> dict[str, ItemRecord]:
+        """Every readable record by question id; a damaged file is ignored and rerun."""
+        out: dict[str, ItemRecord] = {}
+        if not self.results.is_dir():
+            return out
+        for path in sorted(self.results.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError, ValidationError):
+                record = ItemRecord.model_validate_json(path.read_bytes())
+                out[record.question_id] = record
+        return out
+
+    def write_record(self, record: ItemRecord) -> Path:
+        path = self.results / f"{safe_name(record.question_id)}.json"
+        return write_atomic(path, record.model_dump_json(indent=2) + "\n")
+
+    def trace_path(self, question_id: str) -> Path:
+        return self.root / trace_name(question_id)
+
+    def clean_temporaries(self) -> None:
+        """Half-written files of a killed run: never read, removed so they do not pile up."""
+        for folder in (self.results, self.traces, self.root):
+            if folder.is_dir():
+                for path in folder.glob(".*.tmp"):
+                    path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer per folder; the OS drops the lock when the process dies, even by SIGKILL."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = (self.root / ".lock").open("a")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(
+                    f"another lvr1 eval is writing to {self.root}; wait for it or use another --out"
+                ) from None
+            yield
+        finally:
+            handle.close()
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return validation_line(exc)
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def trace_name(question_id: str) -> str:
+    """Where a question's trace goes, relative to the run folder (what its record points to)."""
+    return f"traces/{safe_name(question_id)}.json"
+
+
+@dataclass
+class EvalOutcome:
+    """What a run did; ``records`` holds every record of the folder, earlier runs' included."""
+
+    folder: Path
+    manifest: RunManifest
+    planned: int
+    skipped: int
+    ran: int
+    interrupted: bool
+    records: list[ItemRecord]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.records if r.status == "error")
