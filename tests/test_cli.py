@@ -300,7 +300,7 @@ def test_data_oracle_on_the_shipped_test_bench(tmp_path, store, capsys, test_vid
     """Real questions over the real test video's tree (captions imported, not generated)."""
     from helpers_eval import IDENTITY, import_captions
 
-    from longvideo_r1.questions.loaders import load_testbench
+    from longvideo_r1.testing.testbench import load_testbench
 
     import_captions(test_video.path, store)
     out_dir = tmp_path / "traj"

@@ -47,7 +47,8 @@ from longvideo_r1.evaluation.runner import (
     resolve_walk_calls,
     safe_name,
 )
-from longvideo_r1.questions.loaders import Question, load_testbench
+from longvideo_r1.questions.schema import Question
+from longvideo_r1.testing.testbench import load_testbench
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -58,7 +58,7 @@ from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
 from longvideo_r1.llm.client import ChatReply
 from longvideo_r1.media.subtitles import weave
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 from longvideo_r1.tree import LEVELS, Node, Tree, format_node_id
 
 

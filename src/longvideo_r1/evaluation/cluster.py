@@ -44,7 +44,7 @@ from longvideo_r1 import __version__
 from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.evaluation.runner import Answered, Job, RunWhere, failed_record, split_address
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
 

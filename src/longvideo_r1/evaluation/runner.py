@@ -52,7 +52,7 @@ from longvideo_r1.agent.trace import Cost, Status, Trace
 from longvideo_r1.config import Settings, first_difference
 from longvideo_r1.errors import ConfigError, LVR1Error, validation_line
 from longvideo_r1.files import safe_name, write_atomic
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 METHODS = ("agent", "uniform-frames", "caption-all", "random-walk")
 RECORD_FORMAT = 1
