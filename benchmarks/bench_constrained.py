@@ -51,7 +51,7 @@ def openings(store: Path, questions: int) -> tuple[list[tuple[list[dict], object
     from longvideo_r1.agent import protocol
     from longvideo_r1.agent.session import VideoSession
     from longvideo_r1.config import Settings
-    from longvideo_r1.questions.loaders import load_testbench
+    from longvideo_r1.testing.testbench import load_testbench
     from longvideo_r1.testing.testvideo import load_test_video
 
     built = load_test_video()

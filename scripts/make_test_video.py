@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the project's real test video (and optionally a long loop and bad inputs).
 
-Thin wrapper over :mod:`longvideo_r1.testing.testvideo`; see there for what is built.
+Thin wrapper over :mod:`longvideo_r1.testing.testvideo` and
+:mod:`longvideo_r1.testing.badinputs`; see there for what is built.
 
     python scripts/make_test_video.py                  # data/testvideo/testvideo.{mp4,srt,json}
     python scripts/make_test_video.py --long 7200      # + a 2-hour loop, by stream copy
@@ -19,11 +20,11 @@ from pathlib import Path
 
 try:
     from longvideo_r1.errors import LVR1Error
-    from longvideo_r1.testing import testvideo
+    from longvideo_r1.testing import badinputs, testvideo
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from longvideo_r1.errors import LVR1Error
-    from longvideo_r1.testing import testvideo
+    from longvideo_r1.testing import badinputs, testvideo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.long is not None:
             print(testvideo.build_long_video(None, args.long, args.out, log=log))
         if args.bad is not None:
-            for name, path in testvideo.build_bad_inputs(args.bad, log=log).items():
+            for name, path in badinputs.build_bad_inputs(args.bad, log=log).items():
                 print(f"{name}\t{path}")
     except LVR1Error as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -25,12 +25,9 @@ from hypothesis import HealthCheck, settings
 
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import VideoError
-from longvideo_r1.testing.testvideo import (
-    BuiltVideo,
-    build_bad_inputs,
-    default_data_dir,
-    load_test_video,
-)
+from longvideo_r1.testing.badinputs import build_bad_inputs
+from longvideo_r1.testing.sources import default_data_dir
+from longvideo_r1.testing.testvideo import BuiltVideo, load_test_video
 
 # Property tests check what is generated, not how fast: on a shared 2-core machine one
 # draw can stall for seconds, which Hypothesis's timing checks would report as a failure.

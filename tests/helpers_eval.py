@@ -24,7 +24,8 @@ from longvideo_r1.config import Settings
 from longvideo_r1.evaluation.methods import AgentMethod
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 from longvideo_r1.media.video import Video
-from longvideo_r1.questions.loaders import TESTBENCH_FILE, Question
+from longvideo_r1.questions.schema import Question
+from longvideo_r1.testing.testbench import TESTBENCH_FILE
 from longvideo_r1.tree import Tree, format_node_id
 
 if TYPE_CHECKING:

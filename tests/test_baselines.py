@@ -38,7 +38,7 @@ from longvideo_r1.evaluation.baselines import (
 from longvideo_r1.evaluation.methods import MethodOptions, make_method
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 from longvideo_r1.media.video import Video
-from longvideo_r1.questions.loaders import TESTBENCH_FILE, load_testbench
+from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
 from longvideo_r1.tree import Tree, format_node_id
 
 CHOICES = ["red", "yellow", "blue", "white"]

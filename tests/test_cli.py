@@ -16,6 +16,7 @@ from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.cli.main import main
 from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import field_help
+from longvideo_r1.testing.testbench import load_testbench
 from longvideo_r1.training.exports import ExportConfig, load_export
 from longvideo_r1.training.hints import HintConfig
 from longvideo_r1.training.trajectories import (
@@ -299,8 +300,6 @@ def test_data_oracle_on_synthetic_questions_resumes(tmp_path, store, capsys):
 def test_data_oracle_on_the_shipped_test_bench(tmp_path, store, capsys, test_video):
     """Real questions over the real test video's tree (captions imported, not generated)."""
     from helpers_eval import IDENTITY, import_captions
-
-    from longvideo_r1.questions.loaders import load_testbench
 
     import_captions(test_video.path, store)
     out_dir = tmp_path / "traj"

@@ -39,7 +39,8 @@ from longvideo_r1.evaluation.methods import METHODS, MethodOptions, make_method,
 from longvideo_r1.evaluation.metrics import Distribution, compute_metrics
 from longvideo_r1.evaluation.records import ItemRecord, RunFolder, record_from_trace
 from longvideo_r1.files import safe_name
-from longvideo_r1.questions.loaders import Question, load_testbench
+from longvideo_r1.questions.schema import Question
+from longvideo_r1.testing.testbench import load_testbench
 
 ROOT = Path(__file__).resolve().parents[1]
 

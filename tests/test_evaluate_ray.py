@@ -33,7 +33,8 @@ from scripted_server import Say
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.metrics import compute_metrics
-from longvideo_r1.questions.loaders import Question, load_testbench
+from longvideo_r1.questions.schema import Question
+from longvideo_r1.testing.testbench import load_testbench
 
 # CI installs the test extra, which holds Ray: there a missing Ray is a failure, not a skip.
 ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")

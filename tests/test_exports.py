@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from longvideo_r1.agent import protocol
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 from longvideo_r1.training.exports import (
     ExportConfig,
     ExportError,

@@ -15,9 +15,6 @@ import pytest
 from longvideo_r1.errors import ConfigError, LVR1Error
 from longvideo_r1.questions.loaders import (
     LOADERS,
-    TESTBENCH_FILE,
-    Question,
-    QuestionFormatError,
     benchmark_name,
     load_cgbench,
     load_egoschema,
@@ -26,8 +23,12 @@ from longvideo_r1.questions.loaders import (
     load_mlvu,
     load_questions,
     load_reference_questions,
-    load_testbench,
     load_videomme,
+)
+from longvideo_r1.questions.schema import Question, QuestionFormatError
+from longvideo_r1.testing.testbench import (
+    TESTBENCH_FILE,
+    load_testbench,
     save_testbench,
     write_testbench,
 )

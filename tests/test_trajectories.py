@@ -22,7 +22,8 @@ from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.options import field_help
-from longvideo_r1.questions.loaders import Question, load_questions
+from longvideo_r1.questions.loaders import load_questions
+from longvideo_r1.questions.schema import Question
 from longvideo_r1.training.hints import HINT_KINDS, HintConfig, ground, hint_text
 from longvideo_r1.training.trajectories import (
     CaptionTree,

@@ -25,13 +25,12 @@ from PIL import Image
 from longvideo_r1.errors import VideoError
 from longvideo_r1.media.video import Video, file_fingerprint
 from longvideo_r1.testing import testvideo
+from longvideo_r1.testing.sources import CLIPS, ffmpeg_exe
 from longvideo_r1.testing.testvideo import (
-    CLIPS,
     RECIPE_VERSION,
     BuiltVideo,
     build_long_video,
     build_test_video,
-    ffmpeg_exe,
 )
 from longvideo_r1.tree import width_for_duration
 

@@ -18,7 +18,11 @@ from typing import Any
 from longvideo_r1 import __version__
 from longvideo_r1.config import ROLES, Settings, load_settings
 from longvideo_r1.errors import ConfigError, LVR1Error
+from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import add_config_flags, config_from_args
+from longvideo_r1.questions.loaders import benchmark_name, load_questions
+from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
+from longvideo_r1.testing.testvideo import load_test_video
 from longvideo_r1.tree import LEVELS, Tree
 
 LEVEL_DEPTHS = {name: depth for depth, name in enumerate(LEVELS, start=1)}
@@ -740,7 +744,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from longvideo_r1.agent.session import make_reasoning_backend
-    from longvideo_r1.testing.testvideo import load_test_video
 
     console = Console(stderr=True)
     console.print("building the test video (once; cached afterwards)…")
@@ -783,15 +786,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _eval_questions(args: argparse.Namespace):
     """(questions, question file, benchmark name, videos folder) for ``lvr1 eval``."""
-    from longvideo_r1.questions.loaders import TESTBENCH_FILE, load_testbench
-
     if args.questions == "testbench":
         if args.videos:
             videos = Path(args.videos)
         else:
             from rich.console import Console
-
-            from longvideo_r1.testing.testvideo import load_test_video
 
             Console(stderr=True).print("building the test video (once; cached afterwards)…")
             videos = load_test_video().path.parent
@@ -804,8 +803,6 @@ def _eval_questions(args: argparse.Namespace):
 
 def _question_file(args: argparse.Namespace):
     """(questions, benchmark name) of QUESTIONS, read with the loader options the command has."""
-    from longvideo_r1.questions.loaders import benchmark_name, load_questions
-
     if not args.benchmark:
         raise ConfigError("--benchmark NAME is needed to read a question file")
     options: dict[str, Any] = {}
@@ -1035,8 +1032,6 @@ def _fingerprints(questions, videos: str | None) -> dict[str, str]:
     """Video id -> content fingerprint of the file under ``videos``, where there is one."""
     if not videos:
         return {}
-    from longvideo_r1.media.video import file_fingerprint
-
     folder = Path(videos).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"--videos: {folder} is not a folder")
@@ -1070,8 +1065,6 @@ def _trajectory_inputs(args: argparse.Namespace, settings: Settings, seed: int, 
         items = synthetic_dataset(count, seed=seed)[: args.limit]
         return [i.question for i in items], MappingTrees([i.ctree for i in items])
     if args.questions == "testbench":
-        from longvideo_r1.questions.loaders import load_testbench
-
         questions = list(load_testbench())
     else:
         questions = list(_question_file(args)[0])

@@ -62,7 +62,7 @@ from longvideo_r1.evaluation.identity import caption_identity
 from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.llm.client import ChatReply
 from longvideo_r1.media.subtitles import weave
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 from longvideo_r1.tree import LEVELS, Node, Tree, format_node_id
 
 

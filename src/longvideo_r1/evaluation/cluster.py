@@ -47,7 +47,7 @@ from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.evaluation.jobs import Answered, Job
 from longvideo_r1.evaluation.records import RunWhere, failed_record
 from longvideo_r1.llm.backends import default_threads
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
 

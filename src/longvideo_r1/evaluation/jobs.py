@@ -34,7 +34,7 @@ from longvideo_r1.evaluation.records import (
     trace_name,
 )
 from longvideo_r1.llm.backends import backend_from_settings, default_threads
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 MAX_OPEN_SESSIONS = 2
 """Videos a worker keeps open at once; questions usually come grouped by video."""

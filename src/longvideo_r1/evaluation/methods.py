@@ -19,7 +19,7 @@ from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation import baselines
 from longvideo_r1.evaluation.identity import caption_identity, video_qa_identity
 from longvideo_r1.evaluation.records import RunFolder
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 METHODS = ("agent", "uniform-frames", "caption-all", "random-walk")
 

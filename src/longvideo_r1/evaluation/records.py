@@ -44,7 +44,7 @@ from longvideo_r1.agent.trace import Cost, Status, Trace
 from longvideo_r1.config import first_difference
 from longvideo_r1.errors import ConfigError, validation_line
 from longvideo_r1.files import safe_name, write_atomic
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 RECORD_FORMAT = 1
 MANIFEST_FORMAT = 1

