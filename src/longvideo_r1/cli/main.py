@@ -954,8 +954,10 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
 def build_data_parser() -> argparse.ArgumentParser:
     """``lvr1 data oracle | teacher | filter | export``."""
     from longvideo_r1.training.exports import ExportConfig
+    from longvideo_r1.training.filter import FilterConfig
     from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import FilterConfig, OracleConfig, TeacherConfig
+    from longvideo_r1.training.oracle import OracleConfig
+    from longvideo_r1.training.teacher import TeacherConfig
 
     common = _common_parser()
     parser = argparse.ArgumentParser(
@@ -1061,14 +1063,9 @@ def _trajectory_inputs(args: argparse.Namespace, settings: Settings, seed: int, 
     with --skip-uncaptioned leaves their questions out (so no ``skipped``
     record is written that a rerun would keep).
     """
-    from longvideo_r1.training.trajectories import (
-        MappingTrees,
-        StoreTrees,
-        TrajectoryError,
-        synthetic_count,
-        synthetic_dataset,
-        unavailable_trees,
-    )
+    from longvideo_r1.training.records import TrajectoryError
+    from longvideo_r1.training.synthetic import synthetic_count, synthetic_dataset
+    from longvideo_r1.training.trees import MappingTrees, StoreTrees, unavailable_trees
 
     count = synthetic_count(args.questions)
     if count is not None:
@@ -1125,7 +1122,7 @@ def cmd_data_oracle(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import OracleConfig, generate_oracle
+    from longvideo_r1.training.oracle import OracleConfig, generate_oracle
 
     config = config_from_args(OracleConfig, args)
     hints = config_from_args(HintConfig, args)
@@ -1141,7 +1138,7 @@ def cmd_data_teacher(args: argparse.Namespace) -> int:
 
     from longvideo_r1.llm.backends import OpenAIBackend
     from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import TeacherConfig, generate_teacher
+    from longvideo_r1.training.teacher import TeacherConfig, generate_teacher
 
     config = config_from_args(TeacherConfig, args)
     hints = config_from_args(HintConfig, args)
@@ -1168,7 +1165,7 @@ def cmd_data_teacher(args: argparse.Namespace) -> int:
 
 
 def _records(folder: str):
-    from longvideo_r1.training.trajectories import TrajectoryError, load_records
+    from longvideo_r1.training.records import TrajectoryError, load_records
 
     records = load_records(folder)
     if not records:
@@ -1177,7 +1174,7 @@ def _records(folder: str):
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from longvideo_r1.training.trajectories import FilterConfig, filter_records
+    from longvideo_r1.training.filter import FilterConfig, filter_records
 
     config = config_from_args(FilterConfig, args)
     report = filter_records(_records(args.folder), config)
@@ -1198,7 +1195,7 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 
 def cmd_data_export(args: argparse.Namespace) -> int:
     from longvideo_r1.training.exports import ExportConfig, export_trajectories
-    from longvideo_r1.training.trajectories import FilterConfig
+    from longvideo_r1.training.filter import FilterConfig
 
     config = config_from_args(ExportConfig, args)
     filter_config = config_from_args(FilterConfig, args)

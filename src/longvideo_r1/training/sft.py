@@ -269,12 +269,8 @@ def synthetic_records(n: int, seed: int, balance_letters: bool = False) -> list[
     is the i-th of A, B, C, D, ... in turn.
     """
     from longvideo_r1.questions.loaders import LETTERS
-    from longvideo_r1.training.trajectories import (
-        OracleConfig,
-        oracle_trajectory,
-        rotate_choices,
-        synthetic_dataset,
-    )
+    from longvideo_r1.training.oracle import OracleConfig, oracle_trajectory, rotate_choices
+    from longvideo_r1.training.synthetic import synthetic_dataset
 
     records = []
     for index, item in enumerate(synthetic_dataset(n, seed=seed)):
@@ -294,7 +290,7 @@ def prepare_data(recipe: SFTRecipe) -> Path:
     directory, so the exact training file is kept beside the model.
     """
     from longvideo_r1.training.exports import ExportConfig, export_records, export_trajectories
-    from longvideo_r1.training.trajectories import synthetic_count
+    from longvideo_r1.training.synthetic import synthetic_count
 
     out = Path(recipe.output_dir).expanduser() / "train.jsonl"
     try:
