@@ -5,7 +5,8 @@ over the clue, then the leaf, video_qa when the question wants a visual
 detail) with short templated reasoning, sometimes opening a wrong medium node
 first and correcting itself. It drives the same Navigator as the teacher
 through a scripted backend, so its conversations come from the same code as
-the teacher's.
+the teacher's. Its video_qa states the right option
+(:class:`SyntheticClipAnswerer`) unless another answerer is given.
 """
 
 from __future__ import annotations
