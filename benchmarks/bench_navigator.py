@@ -33,12 +33,9 @@ from pathlib import Path
 from longvideo_r1.agent.navigator import AgentConfig, Navigator
 from longvideo_r1.llm.backends import EmbeddedBackend
 from longvideo_r1.training.hints import ground
-from longvideo_r1.training.trajectories import (
-    caption_answerer,
-    make_toolbox,
-    synthetic_answerer,
-    synthetic_dataset,
-)
+from longvideo_r1.training.oracle import synthetic_answerer
+from longvideo_r1.training.synthetic import synthetic_dataset
+from longvideo_r1.training.trees import caption_answerer, make_toolbox
 
 ANSWERERS = {"caption": caption_answerer, "oracle": synthetic_answerer}
 

@@ -26,13 +26,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from longvideo_r1.training.recipe import load_recipe
+from longvideo_r1.training.sft import run_sft
+
 FINETUNES = ("full", "lora")
 
 
 def one(recipe_path: str, finetune: str, steps: int, out_dir: str) -> dict:
     """Train ``steps`` steps with one fine-tune and return its figures."""
-    from longvideo_r1.training.sft import load_recipe, run_sft
-
     recipe = load_recipe(
         recipe_path,
         {

@@ -17,15 +17,13 @@ from longvideo_r1.cli.main import main
 from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import field_help
 from longvideo_r1.testing.testbench import load_testbench
+from longvideo_r1.training import oracle
 from longvideo_r1.training.exports import ExportConfig, load_export
+from longvideo_r1.training.filter import FilterConfig
 from longvideo_r1.training.hints import HintConfig
-from longvideo_r1.training.trajectories import (
-    FilterConfig,
-    OracleConfig,
-    TeacherConfig,
-    TrajectoryFolder,
-    load_records,
-)
+from longvideo_r1.training.oracle import OracleConfig
+from longvideo_r1.training.records import TrajectoryFolder, load_records
+from longvideo_r1.training.teacher import TeacherConfig
 from longvideo_r1.tree import Tree
 
 
@@ -469,9 +467,7 @@ def test_data_teacher_refuses_a_model_the_server_does_not_serve(tmp_path, store,
 
 
 def test_data_oracle_interrupted_keeps_records_and_resumes(tmp_path, store, capsys, monkeypatch):
-    from longvideo_r1.training import trajectories
-
-    real = trajectories.oracle_trajectory
+    real = oracle.oracle_trajectory
     calls = []
 
     def flaky(*args, **kwargs):
@@ -480,13 +476,13 @@ def test_data_oracle_interrupted_keeps_records_and_resumes(tmp_path, store, caps
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trajectories, "oracle_trajectory", flaky)
+    monkeypatch.setattr(oracle, "oracle_trajectory", flaky)
     argv = ["data", "oracle", "synthetic:6", "--out", str(tmp_path / "traj"), "--quiet"]
     code, out, err = run(capsys, *argv)
     assert code == 130 and "interrupted; finished work is kept" in err
     kept = len(load_records(tmp_path / "traj"))
     assert 2 <= kept < 6
-    monkeypatch.setattr(trajectories, "oracle_trajectory", real)
+    monkeypatch.setattr(oracle, "oracle_trajectory", real)
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     assert f"{6 - kept} of 6 trajectories written" in out and f"{kept} already done" in out

@@ -19,15 +19,10 @@ from longvideo_r1.training.exports import (
     load_export,
     to_llamafactory,
 )
-from longvideo_r1.training.trajectories import (
-    CaptionTree,
-    MappingTrees,
-    OracleConfig,
-    TrajectoryRecord,
-    generate_oracle,
-    oracle_trajectory,
-    synthetic_dataset,
-)
+from longvideo_r1.training.oracle import OracleConfig, generate_oracle, oracle_trajectory
+from longvideo_r1.training.records import TrajectoryRecord
+from longvideo_r1.training.synthetic import synthetic_dataset
+from longvideo_r1.training.trees import CaptionTree, MappingTrees
 from longvideo_r1.tree import Tree
 
 TREE = Tree.for_video(150.0, 1500, width=4)

@@ -14,17 +14,23 @@ pytest.importorskip("peft")
 
 from longvideo_r1.errors import ConfigError  # noqa: E402
 from longvideo_r1.training.exports import export_records  # noqa: E402
-from longvideo_r1.training.sft import (  # noqa: E402
+from longvideo_r1.training.recipe import (  # noqa: E402
     SFTRecipe,
+    load_recipe,
+    parse_overrides,
+    recipe_from_dict,
+)
+from longvideo_r1.training.sft import (  # noqa: E402
+    TrainError,
+    base_gguf,
     build_tiny_model,
     build_trainer,
     last_checkpoint,
-    load_recipe,
     main,
-    parse_overrides,
-    recipe_from_dict,
     run_sft,
     synthetic_records,
+    trl_config,
+    write_navigator_gguf,
 )
 
 MAX_LENGTH = 1536
@@ -199,8 +205,6 @@ def test_shipped_configs_load() -> None:
 
 
 def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
-    from longvideo_r1.training.sft import TrainError, base_gguf, write_navigator_gguf
-
     with pytest.raises(ConfigError, match="gguf: 'q3' is not one of none, q8_0"):
         recipe_from_dict({"gguf": "q3"})
     recipe = recipe_from_dict({"model": "tiny-qwen3", "gguf": "f16", "output_dir": str(tmp_path)})
@@ -216,8 +220,6 @@ def test_gguf_output_needs_a_gguf_base(tmp_path: Path) -> None:
 
 def test_bf16_without_an_accelerator_names_the_cpu(tmp_path: Path) -> None:
     import torch
-
-    from longvideo_r1.training.sft import trl_config
 
     config = trl_config(recipe_from_dict({"bf16": True, "output_dir": str(tmp_path)}))
     assert config.bf16

@@ -24,28 +24,18 @@ from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.options import field_help
 from longvideo_r1.questions.loaders import load_questions
 from longvideo_r1.questions.schema import Question
+from longvideo_r1.training.filter import FilterConfig, check_record, filter_records
 from longvideo_r1.training.hints import HINT_KINDS, HintConfig, ground, hint_text
-from longvideo_r1.training.trajectories import (
-    CaptionTree,
-    FilterConfig,
-    MappingTrees,
+from longvideo_r1.training.oracle import (
     OracleConfig,
-    StoreTrees,
-    TeacherConfig,
-    TrajectoryError,
-    TrajectoryFolder,
-    check_record,
-    filter_records,
     generate_oracle,
-    generate_teacher,
-    load_records,
     oracle_trajectory,
     rotate_choices,
-    synthetic_dataset,
-    synthetic_tree_captions,
-    teach_question,
-    unavailable_trees,
 )
+from longvideo_r1.training.records import TrajectoryError, TrajectoryFolder, load_records
+from longvideo_r1.training.synthetic import synthetic_dataset, synthetic_tree_captions
+from longvideo_r1.training.teacher import TeacherConfig, generate_teacher, teach_question
+from longvideo_r1.training.trees import CaptionTree, MappingTrees, StoreTrees, unavailable_trees
 from longvideo_r1.tree import Tree
 
 # a hand-made world: 150 s at width 4 (high 37.5 s, medium 9.375 s, low 2.34 s) ---------------

@@ -23,6 +23,15 @@ from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.questions.loaders import benchmark_name, load_questions
 from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
 from longvideo_r1.testing.testvideo import load_test_video
+from longvideo_r1.training.exports import ExportConfig, export_trajectories
+from longvideo_r1.training.filter import FilterConfig, filter_records
+from longvideo_r1.training.hints import HintConfig
+from longvideo_r1.training.oracle import OracleConfig, generate_oracle
+from longvideo_r1.training.records import TrajectoryError, load_records
+from longvideo_r1.training.sft import main as train_main
+from longvideo_r1.training.synthetic import synthetic_count, synthetic_dataset
+from longvideo_r1.training.teacher import TeacherConfig, generate_teacher
+from longvideo_r1.training.trees import MappingTrees, StoreTrees, unavailable_trees
 from longvideo_r1.tree import LEVELS, Tree
 
 LEVEL_DEPTHS = {name: depth for depth, name in enumerate(LEVELS, start=1)}
@@ -881,17 +890,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Hand the rest of the line to the training module, which has its own parser."""
-    from longvideo_r1.training.sft import main as train_main
-
     return train_main(args.rest)
 
 
 # -- lvr1 data: training trajectories -------------------------------------------------
 #
-# Built only when the command line starts with ``data`` (as ``lvr1 train`` is), so
-# the other commands do not import the generators. Every option of the generators,
-# the filter and the exports comes from their config dataclasses: the help text is
-# the field's own, written once beside the field.
+# Built only when the command line starts with ``data`` (as ``lvr1 train`` is).
+# Every option of the generators, the filter and the exports comes from their
+# config dataclasses: the help text is the field's own, written once beside the field.
 
 
 def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: str) -> None:
@@ -945,10 +951,6 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
 
 def build_data_parser() -> argparse.ArgumentParser:
     """``lvr1 data oracle | teacher | filter | export``."""
-    from longvideo_r1.training.exports import ExportConfig
-    from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import FilterConfig, OracleConfig, TeacherConfig
-
     common = _common_parser()
     parser = argparse.ArgumentParser(
         prog="lvr1 data",
@@ -1051,15 +1053,6 @@ def _trajectory_inputs(args: argparse.Namespace, settings: Settings, seed: int, 
     with --skip-uncaptioned leaves their questions out (so no ``skipped``
     record is written that a rerun would keep).
     """
-    from longvideo_r1.training.trajectories import (
-        MappingTrees,
-        StoreTrees,
-        TrajectoryError,
-        synthetic_count,
-        synthetic_dataset,
-        unavailable_trees,
-    )
-
     count = synthetic_count(args.questions)
     if count is not None:
         items = synthetic_dataset(count, seed=seed)[: args.limit]
@@ -1112,9 +1105,6 @@ def _generation_result(report, out: str) -> int:
 def cmd_data_oracle(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import OracleConfig, generate_oracle
-
     config = config_from_args(OracleConfig, args)
     hints = config_from_args(HintConfig, args)
     settings = _settings(args)
@@ -1128,8 +1118,6 @@ def cmd_data_teacher(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from longvideo_r1.llm.backends import OpenAIBackend
-    from longvideo_r1.training.hints import HintConfig
-    from longvideo_r1.training.trajectories import TeacherConfig, generate_teacher
 
     config = config_from_args(TeacherConfig, args)
     hints = config_from_args(HintConfig, args)
@@ -1156,8 +1144,6 @@ def cmd_data_teacher(args: argparse.Namespace) -> int:
 
 
 def _records(folder: str):
-    from longvideo_r1.training.trajectories import TrajectoryError, load_records
-
     records = load_records(folder)
     if not records:
         raise TrajectoryError(f"no trajectory records in {folder}")
@@ -1165,8 +1151,6 @@ def _records(folder: str):
 
 
 def cmd_data_filter(args: argparse.Namespace) -> int:
-    from longvideo_r1.training.trajectories import FilterConfig, filter_records
-
     config = config_from_args(FilterConfig, args)
     report = filter_records(_records(args.folder), config)
     if args.json:
@@ -1185,9 +1169,6 @@ def cmd_data_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_data_export(args: argparse.Namespace) -> int:
-    from longvideo_r1.training.exports import ExportConfig, export_trajectories
-    from longvideo_r1.training.trajectories import FilterConfig
-
     config = config_from_args(ExportConfig, args)
     filter_config = config_from_args(FilterConfig, args)
     report = export_trajectories(_records(args.folder), args.out, config, filter_config)

@@ -1,6 +1,6 @@
 """Trajectories as training files: TRL conversational, LLaMA-Factory alpaca with history, ShareGPT.
 
-Every export carries the conversation of :class:`~longvideo_r1.training.trajectories.TrajectoryRecord`
+Every export carries the conversation of :class:`~longvideo_r1.training.records.TrajectoryRecord`
 unchanged: the system prompt, the first user message and the observations
 are the strings :mod:`longvideo_r1.agent.protocol` renders, byte for byte, so a
 model trained on them reads at inference exactly what it was trained on.
@@ -37,13 +37,8 @@ from typing import Any, Literal
 from longvideo_r1.errors import ConfigError, LVR1Error
 from longvideo_r1.files import atomic_writer
 from longvideo_r1.options import option
-from longvideo_r1.training.trajectories import (
-    FilterConfig,
-    FilterReport,
-    TrajectoryRecord,
-    filter_records,
-    load_records,
-)
+from longvideo_r1.training.filter import FilterConfig, FilterReport, filter_records
+from longvideo_r1.training.records import TrajectoryRecord, load_records
 
 ExportFormat = Literal["trl", "llamafactory", "sharegpt"]
 FORMATS: tuple[ExportFormat, ...] = ("trl", "llamafactory", "sharegpt")

