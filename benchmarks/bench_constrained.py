@@ -88,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from longvideo_r1.agent import grammar, replies
-    from longvideo_r1.llm.backends import EmbeddedBackend
+    from longvideo_r1.llm.embedded import EmbeddedBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or Path(tmp) / "store.sqlite"

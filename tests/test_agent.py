@@ -27,7 +27,7 @@ from longvideo_r1.agent.trace import Round, Trace
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.llm.backends import OpenAIBackend
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.tree import Tree
 
 QUESTION = "What vehicle passes the bakery?"

@@ -16,13 +16,9 @@ from longvideo_r1.agent import grammar, replies
 from longvideo_r1.config import EndpointSettings
 from longvideo_r1.errors import ConfigError, EndpointError
 from longvideo_r1.llm import weights
-from longvideo_r1.llm.backends import (
-    EmbeddedBackend,
-    OpenAIBackend,
-    backend_from_settings,
-    gguf_context_length,
-    split_base_urls,
-)
+from longvideo_r1.llm.embedded import EmbeddedBackend, gguf_context_length
+from longvideo_r1.llm.factory import backend_from_settings
+from longvideo_r1.llm.server import OpenAIBackend, split_base_urls
 from longvideo_r1.tree import Tree
 
 HELLO = [{"role": "user", "content": "hello"}]

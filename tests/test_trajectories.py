@@ -20,7 +20,7 @@ from scripted_server import Fail, Say, ScriptedChatServer, Step
 from longvideo_r1.agent import grammar, prompts, replies
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.llm.backends import OpenAIBackend
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.options import field_help
 from longvideo_r1.questions.loaders import Question, load_questions
 from longvideo_r1.training.hints import HINT_KINDS, HintConfig, ground, hint_text

@@ -1139,7 +1139,7 @@ def cmd_data_oracle(args: argparse.Namespace) -> int:
 def cmd_data_teacher(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from longvideo_r1.llm.backends import OpenAIBackend
+    from longvideo_r1.llm.server import OpenAIBackend
     from longvideo_r1.training.hints import HintConfig
     from longvideo_r1.training.trajectories import TeacherConfig, generate_teacher
 

@@ -57,6 +57,7 @@ from longvideo_r1.captions.captioner import frame_parts, text_part
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
 from longvideo_r1.llm.client import ChatReply
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.media.subtitles import weave
 from longvideo_r1.questions.loaders import Question
 from longvideo_r1.tree import LEVELS, Node, Tree, format_node_id
@@ -479,8 +480,6 @@ class UniformFrames:
 
     def vlm_backend(self, settings: Settings) -> Any:
         """One backend for the video_qa model per run, so its grammar probe runs once."""
-        from longvideo_r1.llm.backends import OpenAIBackend
-
         with self._lock:
             if self._vlm is None:
                 self._vlm = OpenAIBackend.from_settings(settings.video_qa, "video_qa")

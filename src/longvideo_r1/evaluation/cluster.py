@@ -44,6 +44,7 @@ from longvideo_r1 import __version__
 from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.evaluation.runner import Answered, Job, RunWhere, failed_record, split_address
+from longvideo_r1.llm.embedded import default_threads
 from longvideo_r1.questions.loaders import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"
@@ -68,8 +69,6 @@ class EvalWorker:
     """
 
     def __init__(self, job: Job, index: int, cpus: float) -> None:
-        from longvideo_r1.llm.backends import default_threads
-
         self.job = job
         self.stop = threading.Event()
         # An embedded model gets the CPUs this actor reserved, not every core of the node.

@@ -52,6 +52,8 @@ from longvideo_r1.agent.trace import Cost, Status, Trace
 from longvideo_r1.config import Settings, first_difference
 from longvideo_r1.errors import ConfigError, LVR1Error, validation_line
 from longvideo_r1.files import safe_name, write_atomic
+from longvideo_r1.llm.embedded import default_threads
+from longvideo_r1.llm.factory import backend_from_settings
 from longvideo_r1.questions.loaders import Question
 
 METHODS = ("agent", "uniform-frames", "caption-all", "random-walk")
@@ -606,7 +608,6 @@ class _Worker:
 def default_backend_factory(settings: Settings, workers: int) -> Any:
     """A reasoning backend for one worker; embedded ones split the cores between workers."""
     from longvideo_r1.agent.session import make_reasoning_backend
-    from longvideo_r1.llm.backends import backend_from_settings, default_threads
 
     if settings.reasoning.base_url or workers == 1:
         return make_reasoning_backend(settings)

@@ -31,6 +31,8 @@ from typing import Any, Literal, get_args
 import yaml
 
 from longvideo_r1.errors import ConfigError, LVR1Error
+from longvideo_r1.llm.embedded import EMBEDDED_ALIASES, resolve_embedded_model
+from longvideo_r1.llm.weights import MODELS
 from longvideo_r1.options import field_help, option
 
 TINY_MODEL = "tiny-qwen3"
@@ -399,9 +401,6 @@ def _conversation_text(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def base_gguf(recipe: SFTRecipe) -> Path | None:
     """The GGUF the recipe's model comes from: a .gguf path or an embedded model name."""
-    from longvideo_r1.llm.backends import EMBEDDED_ALIASES, resolve_embedded_model
-    from longvideo_r1.llm.weights import MODELS
-
     name = EMBEDDED_ALIASES.get(recipe.model.lower(), recipe.model)
     if name in MODELS or recipe.model.endswith(".gguf"):
         return resolve_embedded_model(name)
