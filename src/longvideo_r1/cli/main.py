@@ -18,6 +18,7 @@ from typing import Any
 from longvideo_r1 import __version__
 from longvideo_r1.config import ROLES, Settings, load_settings
 from longvideo_r1.errors import ConfigError, LVR1Error
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.tree import LEVELS, Tree
 
@@ -1139,7 +1140,6 @@ def cmd_data_oracle(args: argparse.Namespace) -> int:
 def cmd_data_teacher(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from longvideo_r1.llm.server import OpenAIBackend
     from longvideo_r1.training.hints import HintConfig
     from longvideo_r1.training.trajectories import TeacherConfig, generate_teacher
 
