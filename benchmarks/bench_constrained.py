@@ -48,7 +48,7 @@ MODES = ("free", "split", "whole")
 
 def openings(store: Path, questions: int) -> tuple[list[tuple[list[dict], object]], object]:
     """(messages, question) of each question's first round, and the tree."""
-    from longvideo_r1.agent import protocol
+    from longvideo_r1.agent import prompts
     from longvideo_r1.agent.session import VideoSession
     from longvideo_r1.config import Settings
     from longvideo_r1.testing.testbench import load_testbench
@@ -64,11 +64,11 @@ def openings(store: Path, questions: int) -> tuple[list[tuple[list[dict], object
         tree = session.tree
     out = []
     for q in bench:
-        first = protocol.first_user_text(q.question, q.choice_lines(), tree.duration, highs)
+        first = prompts.first_user_text(q.question, q.choice_lines(), tree.duration, highs)
         out.append(
             (
                 [
-                    {"role": "system", "content": protocol.system_prompt(tree.width, "text")},
+                    {"role": "system", "content": prompts.system_prompt(tree.width, "text")},
                     {"role": "user", "content": first},
                 ],
                 q,
@@ -87,8 +87,8 @@ def main() -> int:
     parser.add_argument("--store", type=Path, help="caption store to reuse (default: temporary)")
     args = parser.parse_args()
 
-    from longvideo_r1.agent import protocol
-    from longvideo_r1.llm.backends import EmbeddedBackend
+    from longvideo_r1.agent import grammar, replies
+    from longvideo_r1.llm.embedded import EmbeddedBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or Path(tmp) / "store.sqlite"
@@ -99,10 +99,10 @@ def main() -> int:
         for messages, question in conversations:
             choices = question.choice_lines()
             highs = frozenset(node.id for node in tree.nodes(1))
-            rules = protocol.ReplyRules(
+            rules = grammar.ReplyRules(
                 width=tree.width, fetched=highs, choices=tuple(choices), answer_form="text"
             )
-            constraint = protocol.reply_constraint(rules, free_tokens=args.think_tokens)
+            constraint = grammar.reply_constraint(rules, free_tokens=args.think_tokens)
             backend.chat(messages, max_tokens=1, temperature=args.temperature)  # warm the cache
             for mode in MODES:
                 backend.constraint_mode = "split" if mode == "free" else mode
@@ -114,7 +114,7 @@ def main() -> int:
                     constraint=None if mode == "free" else constraint,
                 )
                 seconds = time.perf_counter() - started
-                parsed = protocol.parse_reply(reply.text, tree, choices, highs)
+                parsed = replies.parse_reply(reply.text, tree, choices, highs)
                 rows[mode].append(
                     (seconds, reply.usage.completion_tokens, parsed.canonical, parsed.ok)
                 )

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from longvideo_r1.agent.navigator import AgentConfig, Navigator
-from longvideo_r1.llm.backends import EmbeddedBackend
+from longvideo_r1.llm.embedded import EmbeddedBackend
 from longvideo_r1.training.hints import ground
 from longvideo_r1.training.oracle import synthetic_answerer
 from longvideo_r1.training.synthetic import synthetic_dataset

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sys
 
+from longvideo_r1.errors import LVR1Error
+from longvideo_r1.llm.embedded import resolve_embedded_model
+
 
 def main() -> int:
     """Load the embedded default GGUF and evaluate a few tokens with it."""
-    from longvideo_r1.errors import LVR1Error
-    from longvideo_r1.llm.backends import resolve_embedded_model
-
     try:
         path = resolve_embedded_model(None)
     except LVR1Error as error:

@@ -14,20 +14,20 @@ from helpers_captions import FakeContext, FakeInfo, FakeVideo
 from scripted_server import Fail, Hangup, Say, ScriptedChatServer
 from test_tools import CAPTIONS, ScriptedAnswerer, TextCaptioner
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol
 from longvideo_r1.agent.navigator import (
     AgentConfig,
     Navigator,
     RunInterrupted,
     check_question,
 )
-from longvideo_r1.agent.protocol import budget_notice
+from longvideo_r1.agent.prompts import budget_notice
 from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.agent.trace import Round, Trace
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.llm.backends import OpenAIBackend
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.tree import Tree
 
 QUESTION = "What vehicle passes the bakery?"
@@ -127,7 +127,7 @@ def test_a_correct_trajectory_end_to_end(world: World):
     assert trace.status == "answered" and trace.reason is None
     assert (trace.answer, trace.raw_answer) == ("B", "(B)")
 
-    system = {"role": "system", "content": protocol.system_prompt(4, "either")}
+    system = {"role": "system", "content": prompts.system_prompt(4, "either")}
     first = user(FIRST_MESSAGE)
     assert server.messages(0) == [system, first]
     assert server.messages(1) == [system, first, assistant(GET_3_2), user(OBS_3_2)]
@@ -214,7 +214,7 @@ def test_the_first_message_can_be_sent_as_parts(world: World):
     with ScriptedChatServer(["<answer>B</answer>"]) as server:
         trace = world.navigator(server, first_message_parts=True).run(QUESTION, CHOICES)
     highs = [(world.tree.node((i,)), CAPTIONS[(i,)]) for i in range(1, 5)]
-    parts = protocol.first_user_content(QUESTION, CHOICES, 150.0, highs)
+    parts = prompts.first_user_content(QUESTION, CHOICES, 150.0, highs)
     assert server.messages(0)[1] == {"role": "user", "content": parts}
     assert parts[1] == {"type": "text", "text": "The total duration of the video is 150.0 seconds."}
     assert trace.messages()[1] == server.messages(0)[1]
@@ -246,7 +246,7 @@ def test_bad_replies_go_back_to_the_model_and_it_recovers(world: World):
     assert "needs its low-level caption first" in errors[2]
     assert "asks for a high-level caption" in errors[3]
     for i, error in enumerate(errors):
-        assert server.messages(i + 1)[-1] == user(protocol.error_message(error))
+        assert server.messages(i + 1)[-1] == user(prompts.error_message(error))
         assert server.messages(i + 1)[-2] == assistant(script[i])
     assert server.messages(5)[-1] == user(OBS_3_2)
     assert trace.cost.parse_errors == 4 and trace.cost.caption_calls == 5
@@ -278,7 +278,7 @@ def test_a_spent_video_qa_budget_forces_an_answer(world: World):
     assert server.messages(2)[-3:] == [
         assistant(ASK_3_2_4),
         user(notice),
-        user(protocol.last_round_message("either")),
+        user(prompts.last_round_message("either")),
     ]
     assert world.answerer.asked == []
     assert trace.status == "answered" and trace.answer == "B"
@@ -312,7 +312,7 @@ def test_a_spent_token_budget_forces_the_next_round(world: World):
     with ScriptedChatServer(script) as server:
         trace = world.navigator(server, max_tokens=1000).run(QUESTION, CHOICES)
     notice = "The token budget for this question (1000 tokens) is spent, so that call was not run."
-    assert server.messages(1)[-2:] == [user(notice), user(protocol.last_round_message("either"))]
+    assert server.messages(1)[-2:] == [user(notice), user(prompts.last_round_message("either"))]
     assert trace.status == "answered" and trace.rounds[1].forced
 
 
@@ -322,7 +322,7 @@ def test_a_spent_time_budget_stops_the_tools(world: World):
         trace = world.navigator(server, max_seconds=0.2).run(QUESTION, CHOICES)
     assert server.messages(1)[-2:] == [
         user("The time budget for this question (0.2 s) is spent, so that call was not run."),
-        user(protocol.last_round_message("either")),
+        user(prompts.last_round_message("either")),
     ]
     assert trace.status == "no_answer" and "time budget" in trace.reason
     assert trace.cost.caption_calls == 4  # the opening only
@@ -336,7 +336,7 @@ def test_the_request_before_the_last_round_says_so(world: World):
     assert server.messages(2)[-3:] == [
         assistant(GET_3_2_4),
         user(OBS_3_2_4),
-        user(protocol.last_round_message("either")),
+        user(prompts.last_round_message("either")),
     ]
     assert trace.status == "answered" and [r.forced for r in trace.rounds] == [False, False, True]
 
@@ -357,7 +357,7 @@ def test_a_model_that_never_answers_ends_with_no_answer(world: World):
 def test_a_single_round_is_the_last_round(world: World):
     with ScriptedChatServer(["<answer>B</answer>"]) as server:
         trace = world.navigator(server, max_rounds=1).run(QUESTION, CHOICES)
-    assert server.messages(0)[-1] == user(protocol.last_round_message("either"))
+    assert server.messages(0)[-1] == user(prompts.last_round_message("either"))
     assert trace.status == "answered" and trace.rounds[0].forced
 
 
@@ -511,7 +511,7 @@ def test_a_model_repeating_one_call_is_told_and_must_answer(world: World):
     assert server.messages(4)[-3:] == [
         assistant(GET_3_2),
         user(notice),
-        user(protocol.last_round_message("either")),
+        user(prompts.last_round_message("either")),
     ]
     assert [r.observation for r in trace.rounds[:3]] == [OBS_3_2] * 3
     assert trace.rounds[3].observation is None and trace.rounds[3].notice == notice
@@ -546,8 +546,8 @@ HIGHS = {(1,), (2,), (3,), (4,)}
 def expected_grammar(fetched: set, **rules) -> str:
     """The grammar the builder makes for a round with these ids read and these budgets."""
     options = {"width": 4, "choices": tuple(CHOICES), "answer_form": "either", **rules}
-    constraint = protocol.reply_constraint(
-        protocol.ReplyRules(fetched=frozenset(HIGHS | fetched), **options),
+    constraint = grammar.reply_constraint(
+        grammar.ReplyRules(fetched=frozenset(HIGHS | fetched), **options),
         free_tokens=AgentConfig().max_think_tokens,
     )
     return constraint.grammar
@@ -576,7 +576,7 @@ def test_each_round_sends_the_grammar_of_what_it_may_still_do(world: World):
     ]
     assert 'qa-call ::= "video_qa((3, 2, 4), \\""' in server.grammars[2]
     assert "qa-call" not in server.grammars[0] and "qa-call" not in server.grammars[1]
-    assert server.messages(0)[0]["content"] == protocol.system_prompt(4, "either")
+    assert server.messages(0)[0]["content"] == prompts.system_prompt(4, "either")
 
 
 def test_spent_budgets_and_the_last_round_narrow_the_grammar(world: World):
@@ -609,7 +609,7 @@ def test_the_probe_finds_the_field_each_server_takes(field: str, dialect: str):
         assert backend.grammar_dialect() == dialect
         assert backend.grammar_dialect() == dialect  # probed once
         probes = len(server.probes)
-        constraint = protocol.reply_constraint(protocol.ReplyRules(width=4, tools=False))
+        constraint = grammar.reply_constraint(grammar.ReplyRules(width=4, tools=False))
         backend.chat(HELLO_MESSAGES, constraint=constraint)
     assert probes == ["structured_outputs", "guided_grammar", "ebnf", "grammar"].index(field) + 1
     assert server.grammars == [constraint.grammar]
@@ -638,7 +638,7 @@ def test_constrain_off_sends_no_probe_and_no_grammar(world: World):
         )
     assert trace.status == "answered" and not trace.rounds[0].constrained
     assert server.probes == [] and server.grammars == [None]
-    assert server.messages(0)[0]["content"] == protocol.system_prompt(4, "letter")
+    assert server.messages(0)[0]["content"] == prompts.system_prompt(4, "letter")
     with pytest.raises(ConfigError, match="constrain must be one of auto, on, off"):
         AgentConfig(constrain="always")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="answer_form must be auto or one of"):

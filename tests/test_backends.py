@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, replies
 from longvideo_r1.config import EndpointSettings
 from longvideo_r1.errors import ConfigError, EndpointError
 from longvideo_r1.llm import weights
-from longvideo_r1.llm.backends import (
-    EmbeddedBackend,
-    OpenAIBackend,
-    backend_from_settings,
-    gguf_context_length,
-    split_base_urls,
-)
+from longvideo_r1.llm.embedded import EmbeddedBackend, gguf_context_length
+from longvideo_r1.llm.factory import backend_from_settings
+from longvideo_r1.llm.server import OpenAIBackend, split_base_urls
 from longvideo_r1.tree import Tree
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -431,7 +427,7 @@ def test_smollm2_under_the_reply_grammar_writes_a_canonical_reply(smollm2, mode,
         {"role": "system", "content": "Think in <think></think>, then call a tool or answer."},
         {"role": "user", "content": "Which vehicle stops?\n" + "\n".join(choices)},
     ]
-    rules = protocol.ReplyRules(
+    rules = grammar.ReplyRules(
         width=4,
         fetched=frozenset({(1,), (2,), (3,), (4,), (2, 1), (2, 1, 3)}),
         choices=choices,
@@ -444,14 +440,14 @@ def test_smollm2_under_the_reply_grammar_writes_a_canonical_reply(smollm2, mode,
             messages,
             max_tokens=64,
             temperature=temperature,
-            constraint=protocol.reply_constraint(rules, free_tokens=24),
+            constraint=grammar.reply_constraint(rules, free_tokens=24),
         )
     finally:
         smollm2.constraint_mode = "split"
-    parsed = protocol.parse_reply(reply.text, tree, choices, rules.fetched)
+    parsed = replies.parse_reply(reply.text, tree, choices, rules.fetched)
     assert parsed.canonical, reply.text
     if mode == "whole":
-        assert protocol.reply_grammars(rules)[0].admits(reply.text), reply.text
+        assert grammar.reply_grammars(rules)[0].admits(reply.text), reply.text
     action = parsed.action
     assert action is None or action.tool == "video_qa" or action.node_id not in rules.fetched
     assert reply.usage.completion_tokens > 0

@@ -23,7 +23,7 @@ from helpers_eval import (
 )
 from scripted_server import Say
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, protocol
 from longvideo_r1.evaluation.baselines import (
     IMAGE_PART_STUB,
     AnswerStep,
@@ -244,10 +244,10 @@ def test_a_baseline_answer_is_constrained_like_the_agents(bench, test_video, sto
         outcome = run(method, bench, test_video, tmp_path, settings)
         grammars, bodies = list(llm.grammars), list(llm.requests)
     q = bench[0]
-    rules = protocol.ReplyRules(
+    rules = grammar.ReplyRules(
         width=4, choices=tuple(q.choice_lines()), answer_form="text", tools=False
     )
-    assert grammars[0] == protocol.reply_constraint(rules).grammar
+    assert grammars[0] == grammar.reply_constraint(rules).grammar
     assert "tool ::=" not in grammars[0] and '"yellow"' in grammars[0]
     assert bodies[0]["messages"][1]["content"].endswith(question_tail(q, "text"))
     record = min(outcome.records, key=lambda r: r.question_id)

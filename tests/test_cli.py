@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedChatServer
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.cli.main import main
@@ -405,7 +405,7 @@ def test_data_oracle_over_the_caption_store(tmp_path, store, capsys):
     record = TrajectoryFolder(out_dir).load("q-bakery")
     assert record is not None and record.caption_identity == "imported:test"
     assert record.visited()[0] == (3, 2)
-    assert protocol.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)]) in [
+    assert prompts.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)]) in [
         o.text for o in record.observations
     ]
 

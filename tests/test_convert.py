@@ -16,6 +16,7 @@ import pytest
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm import weights
 from longvideo_r1.llm.convert import ConvertError, gguf_to_hf, hf_to_gguf, serving_template
+from longvideo_r1.llm.embedded import EmbeddedBackend
 from longvideo_r1.training.sft import CHATML_TEMPLATE
 
 MESSAGES = [
@@ -85,8 +86,6 @@ def test_llama_cpp_runs_the_export_as_transformers_does(hf_model, base_gguf, tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from longvideo_r1.llm.backends import EmbeddedBackend
-
     path = hf_to_gguf(hf_model, base_gguf, tmp_path / "nav.gguf", type="f32").path
     tokenizer = AutoTokenizer.from_pretrained(hf_model)
     model = AutoModelForCausalLM.from_pretrained(hf_model)
@@ -111,7 +110,6 @@ def test_llama_cpp_runs_the_export_as_transformers_does(hf_model, base_gguf, tmp
 
 @pytest.mark.slow
 def test_q8_export_is_smaller_and_runs(hf_model, base_gguf, tmp_path):
-    from longvideo_r1.llm.backends import EmbeddedBackend
 
     export = hf_to_gguf(hf_model, base_gguf, tmp_path / "nav.gguf", type="q8_0")
     assert export.bytes < 0.4 * 4 * 135e6

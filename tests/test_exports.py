@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol
 from longvideo_r1.questions.schema import Question
 from longvideo_r1.training.exports import (
     ExportConfig,
@@ -63,23 +63,23 @@ def expected_conversation(record: TrajectoryRecord) -> list[dict[str, str]]:
     """The same conversation built from the protocol functions directly."""
     highs = [(TREE.node((h,)), CAPTIONS[(h,)]) for h in range(1, 5)]
     return [
-        {"role": "system", "content": protocol.system_prompt(4, "text")},  # the oracle's default
+        {"role": "system", "content": prompts.system_prompt(4, "text")},  # the oracle's default
         {
             "role": "user",
-            "content": protocol.first_user_text(QUESTION.question, QUESTION.choices, 150.0, highs),
+            "content": prompts.first_user_text(QUESTION.question, QUESTION.choices, 150.0, highs),
         },
         {"role": "assistant", "content": record.messages[2]["content"]},
         {
             "role": "user",
-            "content": protocol.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)]),
+            "content": prompts.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)]),
         },
         {"role": "assistant", "content": record.messages[4]["content"]},
         {
             "role": "user",
-            "content": protocol.caption_observation(TREE.node((3, 2, 1)), CAPTIONS[(3, 2, 1)]),
+            "content": prompts.caption_observation(TREE.node((3, 2, 1)), CAPTIONS[(3, 2, 1)]),
         },
         {"role": "assistant", "content": record.messages[6]["content"]},
-        {"role": "user", "content": protocol.qa_observation(qa_answer(record))},
+        {"role": "user", "content": prompts.qa_observation(qa_answer(record))},
         {"role": "assistant", "content": record.messages[8]["content"]},
     ]
 
@@ -91,7 +91,7 @@ def test_the_record_holds_the_protocol_strings(record: TrajectoryRecord):
             protocol.Action("video_qa", (3, 2, 1), record.trace.rounds[2].query)  # type: ignore[union-attr]
         )
     )
-    written = protocol.answer_in_form("B", QUESTION.choices, "text")
+    written = grammar.answer_in_form("B", QUESTION.choices, "text")
     assert written == QUESTION.choices[1]  # the option's own text, not its letter
     assert record.messages[-1]["content"].endswith(protocol.render_answer(written))
 
@@ -119,7 +119,7 @@ def test_llamafactory_has_one_row_per_round(tmp_path: Path, records: list[Trajec
     for k, row in enumerate(first):
         assert set(row) == {"instruction", "input", "output", "system", "history", "id"}
         assert row["id"] == f"bus#{k + 1}"
-        assert row["system"] == protocol.system_prompt(4, "text")
+        assert row["system"] == prompts.system_prompt(4, "text")
         assert row["instruction"] == messages[1 + 2 * k]["content"]
         assert row["output"] == messages[2 + 2 * k]["content"]
         assert row["input"] == ""
@@ -153,10 +153,10 @@ def test_consecutive_user_turns_are_joined_for_pair_formats(
     tmp_path: Path, record: TrajectoryRecord
 ):
     forced = record.model_copy(deep=True)
-    forced.messages.insert(-1, {"role": "user", "content": protocol.last_round_message()})
+    forced.messages.insert(-1, {"role": "user", "content": prompts.last_round_message()})
     rows = to_llamafactory(forced)
     assert rows[-1]["instruction"] == (
-        f"{record.messages[-2]['content']}\n{protocol.last_round_message()}"
+        f"{record.messages[-2]['content']}\n{prompts.last_round_message()}"
     )
     report = export_records([forced], tmp_path / "lf.jsonl", "llamafactory")
     assert report.joined_user_turns == 1

@@ -9,36 +9,35 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from longvideo_r1.agent.grammar import ReplyRules, answer_in_form, reply_constraint, reply_grammars
 from longvideo_r1.agent.navigator import check_question
+from longvideo_r1.agent.prompts import (
+    caption_observation,
+    error_message,
+    first_user_content,
+    first_user_message,
+    first_user_text,
+    format_seconds,
+    last_round_message,
+    qa_observation,
+    system_prompt,
+)
 from longvideo_r1.agent.protocol import (
     TIME_DECIMALS,
     Action,
     Answer,
     ParseError,
     Reply,
-    ReplyRules,
-    answer_in_form,
-    caption_observation,
-    check_action,
-    error_message,
-    first_user_content,
-    first_user_message,
-    first_user_text,
     format_call,
-    format_seconds,
     join_reasoning,
-    last_round_message,
     normalize_answer,
     option_lines,
-    parse_reply,
-    qa_observation,
     render_answer,
     render_reply,
     render_tool_call,
-    reply_constraint,
-    reply_grammars,
-    system_prompt,
 )
+from longvideo_r1.agent.replies import parse_reply
+from longvideo_r1.agent.toolcalls import check_action
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.tree import Tree, format_node_id
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from helpers_captions import FakeContext, FakeInfo, FakeResult, FakeVideo
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import prompts
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.agent.tools import (
     CAPTION_ONLY_NOTE,
@@ -141,7 +141,7 @@ def test_high_level_ids_are_refused_with_an_error_observation(service, captioner
         "medium (h, m) or low (h, m, l) segment"
     )
     assert result.error == problem
-    assert result.observation == protocol.error_message(problem)
+    assert result.observation == prompts.error_message(problem)
     assert result.observation.startswith(f"Your last reply could not be used: {problem}.\n")
     assert not result.made and captioner.calls == []
 
@@ -161,7 +161,7 @@ def test_high_level_ids_are_refused_with_an_error_observation(service, captioner
 def test_out_of_range_ids_come_back_as_error_observations(service, captioner, node_id, expected):
     result = GetCaption(service)(node_id)
     assert not result.ok and expected in result.error
-    assert result.observation == protocol.error_message(result.error)
+    assert result.observation == prompts.error_message(result.error)
     assert result.node is None and captioner.calls == []
 
 
@@ -199,7 +199,7 @@ def test_video_qa_wraps_the_answer_and_passes_its_cost(tree, answerer):
 def test_video_qa_refuses_bad_ids_and_empty_queries(tree, answerer, node_id, query, expected):
     result = VideoQA(answerer, tree)(node_id, query)
     assert expected in result.error
-    assert result.observation == protocol.error_message(result.error)
+    assert result.observation == prompts.error_message(result.error)
     assert answerer.asked == []
 
 
@@ -269,7 +269,7 @@ def test_video_qa_needs_the_leaf_caption_first(box, answerer):
         "video_qa on (3, 2, 4) needs its low-level caption first; call "
         "get_caption((3, 2, 4)) before asking about that clip"
     )
-    assert refused.observation == protocol.error_message(refused.error)
+    assert refused.observation == prompts.error_message(refused.error)
     assert answerer.asked == [] and box.counts.rejected == 1
 
     fetched = box.execute(Action("get_caption", (3, 2, 4)))

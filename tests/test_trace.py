@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from longvideo_r1 import __version__
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import prompts
 from longvideo_r1.agent.trace import (
     TRACE_FORMAT,
     Cost,
@@ -31,7 +31,7 @@ def sample_trace() -> Trace:
         for n in tree.nodes(1)
     ]
     leaf = tree.node((3, 2, 4))
-    observation = protocol.caption_observation(leaf, "A bus pulls away.")
+    observation = prompts.caption_observation(leaf, "A bus pulls away.")
     notice = "The video_qa budget for this question (0 calls) is spent, so that call was not run."
     rounds = [
         Round(
@@ -185,15 +185,15 @@ def test_messages_rebuild_the_conversation():
     trace = sample_trace()
     messages = trace.messages()
     highs = [(Tree.for_video(150.0, 1500, width=4).node((i,)), f"High {i}.") for i in range(1, 5)]
-    first = protocol.first_user_text(trace.question, trace.choices, 150.0, highs)
+    first = prompts.first_user_text(trace.question, trace.choices, 150.0, highs)
     assert messages == [
-        {"role": "system", "content": protocol.system_prompt(4)},
+        {"role": "system", "content": prompts.system_prompt(4)},
         {"role": "user", "content": first},
         {"role": "assistant", "content": trace.rounds[0].output},
         {"role": "user", "content": trace.rounds[0].observation},
         {"role": "assistant", "content": trace.rounds[1].output},
         {"role": "user", "content": trace.rounds[1].notice},
-        {"role": "user", "content": protocol.last_round_message()},
+        {"role": "user", "content": prompts.last_round_message()},
         {"role": "assistant", "content": "<answer>(B)</answer>"},
     ]
 

@@ -17,10 +17,10 @@ import pytest
 from helpers_eval import RuleServer
 from scripted_server import Fail, Say, ScriptedChatServer, Step
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, replies
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.llm.backends import OpenAIBackend
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.options import field_help
 from longvideo_r1.questions.loaders import load_questions
 from longvideo_r1.questions.schema import Question
@@ -79,8 +79,8 @@ WRONG_A = "<think>Probably a car.</think>\n<answer>A</answer>"
 WRONG_C = "<think>A bike, I think.</think>\n<answer>C</answer>"
 WRONG_D = "<think>A van.</think>\n<answer>D</answer>"
 RIGHT = "<think>The caption from 84.4 to 93.8 s says a blue bus stops there.</think>\n<answer>B</answer>"
-OBS_3_2 = protocol.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)])
-OBS_3_2_1 = protocol.caption_observation(TREE.node((3, 2, 1)), CAPTIONS[(3, 2, 1)])
+OBS_3_2 = prompts.caption_observation(TREE.node((3, 2)), CAPTIONS[(3, 2)])
+OBS_3_2_1 = prompts.caption_observation(TREE.node((3, 2, 1)), CAPTIONS[(3, 2, 1)])
 
 
 def backend(server: ScriptedChatServer) -> OpenAIBackend:
@@ -91,11 +91,11 @@ def backend(server: ScriptedChatServer) -> OpenAIBackend:
 
 def first_messages() -> list[dict[str, str]]:
     highs = [(TREE.node((h,)), CAPTIONS[(h,)]) for h in range(1, 5)]
-    first = protocol.first_user_text(
+    first = prompts.first_user_text(
         "What vehicle passes the bakery?", CHOICES, TREE.duration, highs
     )
     return [
-        {"role": "system", "content": protocol.system_prompt(4, "text")},  # the teacher's default
+        {"role": "system", "content": prompts.system_prompt(4, "text")},  # the teacher's default
         {"role": "user", "content": first},
     ]
 
@@ -354,7 +354,7 @@ def test_the_filter_catches_a_tampered_record():
     wrong_letter.messages[-1]["content"] = "<think>x</think>\n<answer>C</answer>"
     assert check_record(wrong_letter) == "wrong_final_answer"
     refused = good.model_copy(deep=True)
-    refused.messages[3]["content"] = protocol.error_message("nope")
+    refused.messages[3]["content"] = prompts.error_message("nope")
     assert check_record(refused) == "refused_call"
     prompt = good.model_copy(deep=True)
     prompt.messages[0]["content"] += " "
@@ -364,7 +364,7 @@ def test_the_filter_catches_a_tampered_record():
 def test_forced_rounds_are_dropped_unless_allowed():
     with ScriptedChatServer([GET_3_2, RIGHT]) as server:
         record = teach_question(question(), CTREE, backend(server), TeacherConfig(max_rounds=2))
-    assert record.messages[4]["content"] == protocol.last_round_message("text")
+    assert record.messages[4]["content"] == prompts.last_round_message("text")
     assert check_record(record) == "forced_or_notice"
     assert check_record(record, FilterConfig(allow_forced=True)) is None
 
@@ -383,7 +383,7 @@ def walk(record) -> list[tuple[int, ...]]:
     for message in record.messages:
         if message["role"] != "assistant":
             continue
-        reply = protocol.parse_reply(message["content"], tree, record.choices, fetched)
+        reply = replies.parse_reply(message["content"], tree, record.choices, fetched)
         assert reply.canonical, (message["content"], reply.notes, reply.error)
         assert reply.think and reply.think.strip()
         if reply.action is not None and reply.action.tool == "get_caption":
@@ -409,7 +409,7 @@ def test_oracle_trajectories_are_canonical_and_cover_the_clue():
         for interval in intervals[:3]:
             assert any(len(n) == 2 and overlaps(tree, n, interval) for n in visited)
             assert any(len(n) == 3 and overlaps(tree, n, interval) for n in visited)
-        written = protocol.answer_in_form(item.question.answer, item.question.choices, "text")
+        written = grammar.answer_in_form(item.question.answer, item.question.choices, "text")
         assert record.messages[-1]["content"].endswith(f"<answer>{written}</answer>")
         assert record.generator == "oracle" and record.seed is not None
 
@@ -424,7 +424,7 @@ def test_oracle_detours_are_corrected():
         assert visited[1] in grounding.medium
         assert check_record(record) is None
         second = record.messages[4]["content"]
-        assert protocol.format_seconds(item.ctree.tree.node(visited[0]).start) in second
+        assert prompts.format_seconds(item.ctree.tree.node(visited[0]).start) in second
 
 
 def test_oracle_video_qa_modes():
@@ -547,7 +547,7 @@ def test_oracle_variants_with_rotated_choices_cover_every_letter(tmp_path: Path)
         right = item.question.choices[ord(item.question.answer) - ord("A")]
         assert all(r.choices[ord(r.answer) - ord("A")] == right for r in mine)
         for r in mine:
-            written = protocol.answer_in_form(r.answer, r.choices, "text")
+            written = grammar.answer_in_form(r.answer, r.choices, "text")
             assert r.messages[-1]["content"].endswith(f"<answer>{written}</answer>")
 
 

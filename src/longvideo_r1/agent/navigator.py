@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol, replies
 from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply
 from longvideo_r1.agent.tools import ToolBox, ToolResult
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Status, Trace
@@ -350,11 +350,9 @@ class Navigator:
                 )
             )
         highs = [(r.node, r.text) for r in results if r.node is not None]
-        first = protocol.first_user_message(
-            ep.trace.question, ep.choices, self.tree.duration, highs
-        )
+        first = prompts.first_user_message(ep.trace.question, ep.choices, self.tree.duration, highs)
         ep.messages = [
-            {"role": "system", "content": protocol.system_prompt(self.tree.width, ep.answer_form)},
+            {"role": "system", "content": prompts.system_prompt(self.tree.width, ep.answer_form)},
             first.message(as_parts=self.config.first_message_parts),
         ]
 
@@ -364,7 +362,7 @@ class Navigator:
             if index == last and ep.forced_by is None:
                 ep.forced_by = f"the round limit ({last} rounds) is reached"
             if ep.forced_by is not None and not ep.told_last_round:
-                ep.messages.append(_user(protocol.last_round_message(ep.answer_form)))
+                ep.messages.append(_user(prompts.last_round_message(ep.answer_form)))
                 ep.told_last_round = True
             if self._round(ep, index, on_round):
                 return
@@ -387,7 +385,7 @@ class Navigator:
         reply = self._ask(ep, rnd)
         ep.messages.append({"role": "assistant", "content": reply.text})
         fetched = ep.box.fetched if self.config.require_fetched_leaf else None
-        parsed = protocol.parse_reply(reply.text, self.tree, ep.choices, fetched)
+        parsed = replies.parse_reply(reply.text, self.tree, ep.choices, fetched)
         _note_reply(ep, rnd, parsed)
         if isinstance(parsed.result, Answer):
             self._answered(ep, parsed.result)
@@ -399,18 +397,18 @@ class Navigator:
         action = parsed.action
         spent = self._spent(ep, action)
         if spent is not None:
-            rnd.notice = protocol.budget_notice(spent, call_not_run=action is not None)
+            rnd.notice = prompts.budget_notice(spent, call_not_run=action is not None)
         elif isinstance(parsed.result, ParseError):
             if self._stuck(ep):
                 n = self.config.max_repeated_errors
                 self._end(ep, "no_answer", f"the model wrote the same unusable reply {n} times")
                 return True
-            rnd.observation = protocol.error_message(parsed.result)
+            rnd.observation = prompts.error_message(parsed.result)
         elif action is not None:
             rnd.observation = self._act(ep, rnd, action).observation
             spent = self._spent(ep, None)
             if spent is not None:
-                rnd.notice = protocol.budget_notice(spent, call_not_run=False)
+                rnd.notice = prompts.budget_notice(spent, call_not_run=False)
         ep.forced_by = spent
         for text in (rnd.observation, rnd.notice):
             if text is not None:
@@ -461,7 +459,7 @@ class Navigator:
     def _constraint(self, ep: _Episode) -> Constraint:
         """This round's grammar: what the budgets, the fetched ids and the form still allow."""
         cfg, counts = self.config, ep.box.counts
-        rules = protocol.ReplyRules(
+        rules = grammar.ReplyRules(
             width=self.tree.width,
             fetched=frozenset(ep.box.fetched),
             choices=tuple(ep.choices) if ep.choices else None,
@@ -472,7 +470,7 @@ class Navigator:
             require_fetched_leaf=cfg.require_fetched_leaf,
             refused=frozenset(ep.refused),
         )
-        return protocol.reply_constraint(rules, free_tokens=cfg.max_think_tokens)
+        return grammar.reply_constraint(rules, free_tokens=cfg.max_think_tokens)
 
     def _act(self, ep: _Episode, rnd: Round, action: Action) -> ToolResult:
         started = self._clock()

@@ -12,8 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.tools import (
+    CaptionClipAnswerer,
+    GetCaption,
+    ToolBox,
+    VideoQA,
+    VLMClipAnswerer,
+)
+from longvideo_r1.captions.captioner import VLMCaptioner, VLMClipQA
+from longvideo_r1.captions.embedded import EmbeddedCaptioner
+from longvideo_r1.captions.reference import ImportedCaptioner
+from longvideo_r1.captions.service import CaptionService
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.llm.client import ChatClient
+from longvideo_r1.llm.embedded import EmbeddedBackend
+from longvideo_r1.llm.server import OpenAIBackend
+from longvideo_r1.media.subtitles import load_subtitles
+from longvideo_r1.media.video import Video
 from longvideo_r1.tree import Tree
 
 
@@ -21,17 +39,10 @@ def make_captioner(settings: Settings) -> Any:
     """The captioner named by ``settings.captioner``."""
     name = settings.captioner
     if name == "embedded":
-        from longvideo_r1.captions.embedded import EmbeddedCaptioner
-
         return EmbeddedCaptioner()
     if name == "vlm":
-        from longvideo_r1.captions.captioner import VLMCaptioner
-        from longvideo_r1.llm.client import ChatClient
-
         return VLMCaptioner(ChatClient.from_settings(settings.caption, "caption"))
     if name.startswith("imported:"):
-        from longvideo_r1.captions.reference import ImportedCaptioner
-
         return ImportedCaptioner(name)
     raise ConfigError(f"unknown captioner {name!r}: use 'embedded', 'vlm' or 'imported:NAME'")
 
@@ -44,11 +55,7 @@ def make_reasoning_backend(settings: Settings) -> Any:
     """
     endpoint = settings.reasoning
     if endpoint.base_url:
-        from longvideo_r1.llm.backends import OpenAIBackend
-
         return OpenAIBackend.from_settings(endpoint, "reasoning")
-    from longvideo_r1.llm.backends import EmbeddedBackend
-
     return EmbeddedBackend.from_model(endpoint.model, max_tokens=endpoint.max_tokens)
 
 
@@ -68,11 +75,6 @@ class VideoSession:
     def open(
         cls, path: str | Path, settings: Settings, subtitles: str | Path | None = None
     ) -> VideoSession:
-        from longvideo_r1.captions.service import CaptionService
-        from longvideo_r1.captions.store import CaptionStore
-        from longvideo_r1.media.subtitles import load_subtitles
-        from longvideo_r1.media.video import Video
-
         video = Video.open(path)
         try:
             tree = Tree.for_video(
@@ -99,19 +101,8 @@ class VideoSession:
 
     def toolbox(self, require_fetched_leaf: bool = True) -> Any:
         """Fresh tools over this video: get_caption through the cache, video_qa by role."""
-        from longvideo_r1.agent.tools import (
-            CaptionClipAnswerer,
-            GetCaption,
-            ToolBox,
-            VideoQA,
-            VLMClipAnswerer,
-        )
-
         endpoint = self.settings.video_qa
         if endpoint.base_url:
-            from longvideo_r1.captions.captioner import VLMClipQA
-            from longvideo_r1.llm.client import ChatClient
-
             client = ChatClient.from_settings(endpoint, "video_qa")
             answerer = VLMClipAnswerer(VLMClipQA(client), self.video, self.tree, self.cues)
         else:
@@ -124,8 +115,6 @@ class VideoSession:
         )
 
     def navigator(self, backend: Any, config: Any = None) -> Any:
-        from longvideo_r1.agent.navigator import AgentConfig, Navigator
-
         config = config or AgentConfig()
         return Navigator(backend, self.toolbox(config.require_fetched_leaf), self.tree, config)
 

@@ -3,7 +3,7 @@
 ``lvr1 ask``, evaluation, trajectory generation and RL rollouts all call the
 same objects, so what is trained is what is run. A tool takes an id (and a
 query), and returns a :class:`ToolResult` whose ``observation`` is exactly
-the user turn the model reads next, rendered by :mod:`longvideo_r1.agent.protocol`.
+the user turn the model reads next, rendered by :mod:`longvideo_r1.agent.prompts`.
 
 Two kinds of failure are kept apart on purpose:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import prompts, toolcalls
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.captions.captioner import CallCost, VLMClipQA
 from longvideo_r1.errors import ConfigError
@@ -130,9 +130,9 @@ def rejection(tree: Tree, action: Action, fetched: Collection[NodeId] | None = N
 
     Actions reach the tools from callers other than the parser (RL
     environments, scripts, tests), so the tools check again, with the
-    parser's own :func:`protocol.check_action`. ``fetched`` turns on the leaf rule.
+    parser's own :func:`toolcalls.check_action`. ``fetched`` turns on the leaf rule.
     """
-    return protocol.check_action(action, tree, fetched)
+    return toolcalls.check_action(action, tree, fetched)
 
 
 def refused(action: Action, problem: str, tree: Tree | None = None) -> ToolResult:
@@ -146,7 +146,7 @@ def refused(action: Action, problem: str, tree: Tree | None = None) -> ToolResul
     return ToolResult(
         tool=action.tool,
         node_id=tuple(action.node_id),
-        observation=protocol.error_message(problem),
+        observation=prompts.error_message(problem),
         node=node,
         query=action.query,
         error=problem,
@@ -201,7 +201,7 @@ class GetCaption:
         return ToolResult(
             tool="get_caption",
             node_id=node.id,
-            observation=protocol.caption_observation(node, record.text) if observe else "",
+            observation=prompts.caption_observation(node, record.text) if observe else "",
             node=node,
             text=record.text,
             made=made,
@@ -292,7 +292,7 @@ class VideoQA:
         return ToolResult(
             tool="video_qa",
             node_id=node.id,
-            observation=protocol.qa_observation(answer),
+            observation=prompts.qa_observation(answer),
             node=node,
             query=query,
             text=answer.strip(),

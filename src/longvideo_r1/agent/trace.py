@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from longvideo_r1 import __version__
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import prompts, protocol
 from longvideo_r1.errors import LVR1Error, validation_line
 from longvideo_r1.files import write_atomic
 from longvideo_r1.tree import Node, format_node_id
@@ -173,17 +173,17 @@ class Trace(BaseModel):
         byte-identical to what was sent.
         """
         highs = [(Node(c.node_id, c.start, c.end, 0, 0), c.text) for c in self.high_captions]
-        first = protocol.first_user_message(self.question, self.choices, self.duration, highs)
+        first = prompts.first_user_message(self.question, self.choices, self.duration, highs)
         parts = bool(self.config.get("first_message_parts", False))
         form = self.answer_form
         out: list[dict[str, Any]] = [
-            {"role": "system", "content": protocol.system_prompt(self.width, form)},
+            {"role": "system", "content": prompts.system_prompt(self.width, form)},
             first.message(as_parts=parts),
         ]
         told = False
         for rnd in self.rounds:
             if rnd.forced and not told:
-                out.append({"role": "user", "content": protocol.last_round_message(form)})
+                out.append({"role": "user", "content": prompts.last_round_message(form)})
                 told = True
             if rnd.output is None:
                 break

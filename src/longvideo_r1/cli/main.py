@@ -1117,7 +1117,7 @@ def cmd_data_oracle(args: argparse.Namespace) -> int:
 def cmd_data_teacher(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from longvideo_r1.llm.backends import OpenAIBackend
+    from longvideo_r1.llm.server import OpenAIBackend
 
     config = config_from_args(TeacherConfig, args)
     hints = config_from_args(HintConfig, args)

@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import Field
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol, replies
 from longvideo_r1.agent.navigator import (
     RunInterrupted,
     check_question,
@@ -59,8 +59,8 @@ from longvideo_r1.captions.visual import brightness_word
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
 from longvideo_r1.evaluation.identity import caption_identity
-from longvideo_r1.llm.backends import OpenAIBackend
 from longvideo_r1.llm.client import ChatReply
+from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.media.subtitles import weave
 from longvideo_r1.questions.schema import Question
 from longvideo_r1.tree import LEVELS, Node, Tree, format_node_id
@@ -123,7 +123,7 @@ class ParsedAnswer:
 
 def parse_answer(text: str, choices: Sequence[str]) -> ParsedAnswer:
     """The agent's strict parser: an ``<answer>`` naming one option, or the reason it is not."""
-    reply = protocol.parse_reply(text, None, choices)
+    reply = replies.parse_reply(text, None, choices)
     if reply.answer is not None and reply.answer.letter is not None:
         return ParsedAnswer(reply.answer.letter, reply.answer.text, None, reply.notes)
     if reply.action is not None:
@@ -168,7 +168,7 @@ def caption_lines(items: Sequence[tuple[Node, str]]) -> list[str]:
     ordered = sorted(items, key=lambda item: (item[0].start, item[0].depth))
     return [
         f"{node.level.capitalize()}-level Caption {format_node_id(node.id)} from "
-        f"{protocol.format_seconds(node.start)} to {protocol.format_seconds(node.end)}:"
+        f"{prompts.format_seconds(node.start)} to {prompts.format_seconds(node.end)}:"
         f"{text.strip()}"
         for node, text in ordered
     ]
@@ -256,10 +256,10 @@ class _Episode:
         form = step.form(backend)
         constraint = None
         if use_constraint(step.constrain, backend):
-            rules = protocol.ReplyRules(
+            rules = grammar.ReplyRules(
                 width=self.trace.width, choices=tuple(self.choices), answer_form=form, tools=False
             )
-            constraint = protocol.reply_constraint(rules)
+            constraint = grammar.reply_constraint(rules)
         self.trace.config.update(
             answer_form=form,
             constrained=constraint is not None,
@@ -463,7 +463,7 @@ class UniformFrames:
         """Frames with timestamps and woven subtitles, then the question (one user turn)."""
         intro = (
             f"These are {len(frames)} frames sampled evenly from a video of "
-            f"{protocol.format_seconds(duration)} seconds, each preceded by its timestamp"
+            f"{prompts.format_seconds(duration)} seconds, each preceded by its timestamp"
             + (", with the subtitle lines spoken after it." if cues else ".")
             + " Answer the multiple-choice question after them."
         )
@@ -500,7 +500,7 @@ class UniformFrames:
             lines.append(f"Frame at {fmt_time(desc.time)}: {_describe_frame(desc, cut)}")
             lines += [f"{label} {fmt_span(s.start, s.end)}: {s.text.strip()}" for s in slot]
         head = (
-            f"The video is {protocol.format_seconds(duration)} seconds long. A CPU frame "
+            f"The video is {prompts.format_seconds(duration)} seconds long. A CPU frame "
             f"analyzer looked at {len(frames)} frames spread evenly over it (no vision model): "
             f"what it measured on each, and the {label.lower()} lines "
             + ("of the whole video" if label == "Subtitle" else "heard around those frames")
@@ -624,7 +624,7 @@ class CaptionAll(_ReadsCaptions):
         leaves = tree.nodes(len(LEVELS))
         items = [(leaf, ep.fetch(session.service, leaf)) for leaf in leaves]
         context = (
-            f"The video is {protocol.format_seconds(tree.duration)} seconds long. Captions of "
+            f"The video is {prompts.format_seconds(tree.duration)} seconds long. Captions of "
             f"all its {len(leaves)} low-level clips, in time order:\n"
             + "\n".join(caption_lines(items))
         )
@@ -696,7 +696,7 @@ class RandomWalk(_ReadsCaptions):
         for node in random_walk(tree, self.calls, self.rng(question)):
             items.append((node, ep.fetch(session.service, node)))
         context = (
-            f"The video is {protocol.format_seconds(tree.duration)} seconds long. Captions of "
+            f"The video is {prompts.format_seconds(tree.duration)} seconds long. Captions of "
             f"the parts of it that were read: its {tree.width} high-level segments and "
             f"{len(items) - tree.width} finer segments picked at random, in time order:\n"
             + "\n".join(caption_lines(items))

@@ -46,7 +46,7 @@ from longvideo_r1.config import ROLES
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.evaluation.jobs import Answered, Job
 from longvideo_r1.evaluation.records import RunWhere, failed_record
-from longvideo_r1.llm.backends import default_threads
+from longvideo_r1.llm.embedded import default_threads
 from longvideo_r1.questions.schema import Question
 
 INSTALL_HINT = "pip install 'longvideo-r1[dist]'"

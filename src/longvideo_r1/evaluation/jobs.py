@@ -33,7 +33,8 @@ from longvideo_r1.evaluation.records import (
     record_from_trace,
     trace_name,
 )
-from longvideo_r1.llm.backends import backend_from_settings, default_threads
+from longvideo_r1.llm.embedded import default_threads
+from longvideo_r1.llm.factory import backend_from_settings
 from longvideo_r1.questions.schema import Question
 
 MAX_OPEN_SESSIONS = 2

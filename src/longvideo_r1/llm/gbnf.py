@@ -11,7 +11,7 @@ llama.cpp rejects underscores).
 The same tree also becomes a Python regex (the grammars here are not
 recursive) and a random string generator, so tests can check what a grammar
 admits against the parser that reads the replies, without a model.
-:mod:`longvideo_r1.agent.protocol` owns which replies the grammar admits; this
+:mod:`longvideo_r1.agent.grammar` owns which replies the grammar admits; this
 module knows nothing about the protocol.
 """
 

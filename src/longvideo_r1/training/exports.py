@@ -2,7 +2,7 @@
 
 Every export carries the conversation of :class:`~longvideo_r1.training.records.TrajectoryRecord`
 unchanged: the system prompt, the first user message and the observations
-are the strings :mod:`longvideo_r1.agent.protocol` renders, byte for byte, so a
+are the strings :mod:`longvideo_r1.agent.prompts` renders, byte for byte, so a
 model trained on them reads at inference exactly what it was trained on.
 Tool observations are user turns, as the protocol sends them.
 

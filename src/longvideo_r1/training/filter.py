@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol, replies
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.options import option
 from longvideo_r1.training.records import TrajectoryRecord
@@ -49,7 +49,7 @@ class FilterConfig:
 
 
 _HINT_WORDS = re.compile(r"\bhint(s|ed)?\b|\bI was told\b|\bI've been told\b", re.IGNORECASE)
-_ERROR_PREFIX = protocol.error_message("x").split(":", 1)[0]
+_ERROR_PREFIX = prompts.error_message("x").split(":", 1)[0]
 
 
 def check_record(record: TrajectoryRecord, config: FilterConfig | None = None) -> str | None:
@@ -67,8 +67,8 @@ def check_record(record: TrajectoryRecord, config: FilterConfig | None = None) -
     if len(messages) < 3 or [m["role"] for m in messages[:2]] != ["system", "user"]:
         return "malformed_conversation"
     tree = record.tree()
-    prompts = {protocol.system_prompt(tree.width, form) for form in protocol.ANSWER_FORMS}
-    if messages[0]["content"] not in prompts:
+    system_prompts = {prompts.system_prompt(tree.width, form) for form in protocol.ANSWER_FORMS}
+    if messages[0]["content"] not in system_prompts:
         return "system_prompt_mismatch"
     return _check_turns(record, tree, config)
 
@@ -89,7 +89,7 @@ def _check_turns(record: TrajectoryRecord, tree: Tree, config: FilterConfig) -> 
             return "forced_or_notice"
     for index in assistant_turns:
         text = messages[index]["content"]
-        reply = protocol.parse_reply(text, tree, record.choices, fetched)
+        reply = replies.parse_reply(text, tree, record.choices, fetched)
         problem = _turn_problem(reply, text, tree, record, fetched, config)
         if problem is not None:
             return problem
@@ -118,7 +118,7 @@ def _turn_problem(
     config: FilterConfig,
 ) -> str | None:
     if reply.error is not None:
-        loose = protocol.parse_reply(text, tree, record.choices)
+        loose = replies.parse_reply(text, tree, record.choices)
         if loose.action is not None and loose.action.tool == "video_qa":
             return "leaf_rule"
         return "parse_error"
@@ -144,7 +144,7 @@ def _exact(text: str, reply: protocol.Reply, choices: Sequence[str] | None = Non
     The parser accepts many spellings (JSON calls, ``(B)``, ids without
     spaces); a student trained on them would learn all of them. Whitespace
     around the blocks is the only freedom left, and an answer may be the
-    option's letter or its text as :func:`protocol.answer_in_form` writes it.
+    option's letter or its text as :func:`grammar.answer_in_form` writes it.
     """
     match = _REPLY.match(text.strip())
     if match is None or reply.think is None or "<think>" in match.group(1):
@@ -152,7 +152,7 @@ def _exact(text: str, reply: protocol.Reply, choices: Sequence[str] | None = Non
     answer = reply.answer
     if answer is not None and answer.letter is not None and choices:
         return match.group(2) in {
-            protocol.render_answer(protocol.answer_in_form(answer.letter, choices, form))
+            protocol.render_answer(grammar.answer_in_form(answer.letter, choices, form))
             for form in ("letter", "text")
         }
     result = answer.text if answer is not None else reply.action
@@ -168,7 +168,7 @@ def _observed(action: Action, observation: str, tree: Tree) -> bool:
     if action.tool == "video_qa":
         return observation.startswith("<information>")
     node = tree.node(action.node_id)
-    head = protocol.caption_observation(node, "x")[:-1]
+    head = prompts.caption_observation(node, "x")[:-1]
     return observation.startswith(head)
 
 

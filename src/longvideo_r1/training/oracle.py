@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import grammar, prompts, protocol
 from longvideo_r1.agent.navigator import AgentConfig, Navigator
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.agent.tools import ClipAnswerer
@@ -368,7 +368,7 @@ class _OraclePlayer:
         think = self._think(step)
         if step.kind == "answer":
             letter = self.question.answer or ""
-            body = protocol.answer_in_form(letter, self.question.choices or [], self.form)
+            body = grammar.answer_in_form(letter, self.question.choices or [], self.form)
             return protocol.render_reply(think, body)
         assert step.node is not None
         if step.kind == "video_qa":
@@ -393,7 +393,7 @@ class _OraclePlayer:
         return self.rng.choice(forms).format(**fields)
 
     def _fields(self, step: OracleStep) -> dict[str, str]:
-        fmt = protocol.format_seconds
+        fmt = prompts.format_seconds
         out: dict[str, str] = {
             "q": _plain(self.question.question),
             "letter": self.question.answer or "",

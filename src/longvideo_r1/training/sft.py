@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.errors import ConfigError, LVR1Error
-from longvideo_r1.llm.backends import EMBEDDED_ALIASES, resolve_embedded_model
 from longvideo_r1.llm.convert import gguf_to_hf, hf_to_gguf
+from longvideo_r1.llm.embedded import EMBEDDED_ALIASES, resolve_embedded_model
 from longvideo_r1.llm.weights import MODELS
 from longvideo_r1.questions.schema import LETTERS
 from longvideo_r1.training.exports import (

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from longvideo_r1.agent import protocol
+from longvideo_r1.agent import protocol, replies
 from longvideo_r1.agent.navigator import AgentConfig, Navigator
 from longvideo_r1.agent.tools import ClipAnswerer
 from longvideo_r1.config import AnswerFormSetting, ConstrainMode
@@ -178,7 +178,7 @@ class HintingBackend(ChatBackend):
     def _wrong_letter(self, text: str) -> str | None:
         """The letter of a wrong answer ("" if unreadable but wrong); ``None`` otherwise."""
         choices = self.question.choices
-        reply = protocol.parse_reply(text, self.ladder.tree, choices)
+        reply = replies.parse_reply(text, self.ladder.tree, choices)
         answer = reply.answer
         if answer is None:
             return None
