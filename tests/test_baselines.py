@@ -24,14 +24,16 @@ from helpers_eval import (
 from scripted_server import Say
 
 from longvideo_r1.agent import grammar, protocol
-from longvideo_r1.evaluation.baselines import (
+from longvideo_r1.evaluation.answering import (
     IMAGE_PART_STUB,
     AnswerStep,
+    answer_instruction,
+    parse_answer,
+)
+from longvideo_r1.evaluation.baselines import (
     CaptionAll,
     RandomWalk,
     UniformFrames,
-    answer_instruction,
-    parse_answer,
     random_walk,
     uniform_times,
 )

@@ -25,7 +25,7 @@ evaluator records and scores it exactly like the agent:
   it, again and again, never twice the same node. The reasoning model then
   answers from what was visited, in one call.
 
-The answer step is the agent's: the prompt asks for the same answer form
+The answer step (:mod:`longvideo_r1.evaluation.answering`) is the agent's: the prompt asks for the same answer form
 (``--answer-form``), the reply is decoded under the protocol's grammar with
 only ``<answer>`` admitted (``--constrain``), and it is read by the same
 strict parser. Nothing outside ``<answer>`` is scored. A reply that names no
@@ -44,12 +44,11 @@ from typing import Any
 
 from pydantic import Field
 
-from longvideo_r1.agent import grammar, prompts, protocol, replies
+from longvideo_r1.agent import grammar, prompts, protocol
 from longvideo_r1.agent.navigator import (
     RunInterrupted,
     check_question,
     describe_failure,
-    resolve_answer_form,
     use_constraint,
 )
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Trace
@@ -58,38 +57,20 @@ from longvideo_r1.captions.embedded import EmbeddedCaptioner, fmt_span, fmt_time
 from longvideo_r1.captions.visual import brightness_word
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
+from longvideo_r1.evaluation.answering import (
+    PROMPT_VERSION,
+    AnswerStep,
+    parse_answer,
+    question_block,
+    stub_images,
+    text_prompt,
+)
 from longvideo_r1.evaluation.identity import caption_identity
 from longvideo_r1.llm.client import ChatReply
 from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.media.subtitles import weave
 from longvideo_r1.questions.schema import Question
 from longvideo_r1.tree import LEVELS, Node, Tree, format_node_id
-
-
-def answer_instruction(answer_form: protocol.AnswerForm = "letter") -> str:
-    """Reason, then answer in the form asked for.
-
-    No example letter: small models copy it (with ``<answer>B</answer>`` as the
-    example, the embedded 0.5B model answered B to every question of the test bench).
-    """
-    what = {
-        "letter": "only the letter of the option you choose",
-        "text": "the text of the option you choose, copied exactly, without its letter",
-        "either": "the letter of the option you choose or its text copied exactly",
-    }[answer_form]
-    return (
-        f"Reason briefly inside <think>...</think>, then write {what} inside <answer>...</answer>."
-    )
-
-
-ANSWER_INSTRUCTION = answer_instruction("letter")
-TEXT_SYSTEM_PROMPT = (
-    "You answer multiple-choice questions about a video that you cannot watch. Instead you "
-    "get text about the video: {what}. Use only that text. {instruction}"
-)
-IMAGE_PART_STUB = "(image omitted from the trace)"
-PROMPT_VERSION = "v3"
-"""In every baseline's parameters: a changed prompt makes results a new configuration."""
 
 
 class BaselineTrace(Trace):
@@ -108,61 +89,6 @@ class BaselineTrace(Trace):
         return out
 
 
-# reading the reply -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParsedAnswer:
-    """The letter a reply names, or why it names none."""
-
-    letter: str | None
-    text: str | None
-    problem: str | None = None
-    notes: tuple[str, ...] = ()
-
-
-def parse_answer(text: str, choices: Sequence[str]) -> ParsedAnswer:
-    """The agent's strict parser: an ``<answer>`` naming one option, or the reason it is not."""
-    reply = replies.parse_reply(text, None, choices)
-    if reply.answer is not None and reply.answer.letter is not None:
-        return ParsedAnswer(reply.answer.letter, reply.answer.text, None, reply.notes)
-    if reply.action is not None:
-        return ParsedAnswer(None, None, "the reply calls a tool; this method has none")
-    problem = reply.error.message if reply.error is not None else "the reply names no option"
-    return ParsedAnswer(None, None, problem)
-
-
-def question_block(question: Question, answer_form: protocol.AnswerForm = "letter") -> str:
-    """The question and lettered options, last in every prompt (prefix caches reuse the rest)."""
-    lines = [f"Question: {question.question.strip()}", *question.choice_lines()]
-    return "\n".join([*lines, answer_instruction(answer_form)])
-
-
-def text_prompt(
-    what: str, context: str, question: Question, answer_form: protocol.AnswerForm = "letter"
-) -> list[dict[str, Any]]:
-    """System prompt naming what the text is, then the text, then the question."""
-    system = TEXT_SYSTEM_PROMPT.format(what=what, instruction=answer_instruction(answer_form))
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": f"{context}\n\n{question_block(question, answer_form)}"},
-    ]
-
-
-@dataclass(frozen=True)
-class AnswerStep:
-    """How every baseline asks for its one answer: the agent's settings, the agent's rules."""
-
-    constrain: str = "auto"
-    answer_form: str = "auto"
-
-    def form(self, backend: Any) -> protocol.AnswerForm:
-        return resolve_answer_form(self.answer_form, backend)
-
-    def params(self) -> dict[str, Any]:
-        return {"constrain": self.constrain, "answer_form": self.answer_form}
-
-
 def caption_lines(items: Sequence[tuple[Node, str]]) -> list[str]:
     """Captions in time order (coarse before fine at equal starts), with ids and spans."""
     ordered = sorted(items, key=lambda item: (item[0].start, item[0].depth))
@@ -178,20 +104,6 @@ def uniform_times(duration: float, n: int) -> list[float]:
     """Centres of ``n`` equal slices of the whole video: no frame sits on an edge."""
     step = duration / n
     return [(i + 0.5) * step for i in range(n)]
-
-
-def stub_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The prompt for the trace file: text kept verbatim, each image replaced by a stub."""
-    out = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [
-                text_part(IMAGE_PART_STUB) if part.get("type") == "image_url" else part
-                for part in content
-            ]
-        out.append({**message, "content": content})
-    return out
 
 
 # one episode ----------------------------------------------------------------------------

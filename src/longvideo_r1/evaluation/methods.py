@@ -17,6 +17,7 @@ from longvideo_r1.agent.trace import Trace
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation import baselines
+from longvideo_r1.evaluation.answering import AnswerStep
 from longvideo_r1.evaluation.identity import caption_identity, video_qa_identity
 from longvideo_r1.evaluation.records import RunFolder
 from longvideo_r1.questions.schema import Question
@@ -100,7 +101,7 @@ def make_method(options: MethodOptions, settings: Settings) -> Method:
     """The method object for a name; baselines pick their variant from the settings."""
     if options.method == "agent":
         return AgentMethod(options.agent)
-    answer = baselines.AnswerStep(options.agent.constrain, options.agent.answer_form)
+    answer = AnswerStep(options.agent.constrain, options.agent.answer_form)
     if options.method == "uniform-frames":
         return baselines.UniformFrames(
             frames=options.frames,
