@@ -25,12 +25,12 @@ evaluator records and scores it exactly like the agent:
   it, again and again, never twice the same node. The reasoning model then
   answers from what was visited, in one call.
 
-The answer step (:mod:`longvideo_r1.evaluation.answering`) is the agent's: the prompt asks for the same answer form
-(``--answer-form``), the reply is decoded under the protocol's grammar with
-only ``<answer>`` admitted (``--constrain``), and it is read by the same
-strict parser. Nothing outside ``<answer>`` is scored. A reply that names no
-option is a failure (status ``no_answer``, reason ``unparsable ...``), never a
-guess.
+The answer step (:mod:`longvideo_r1.evaluation.answering`) is the agent's: the
+prompt asks for the same answer form (``--answer-form``), the reply is decoded
+under the protocol's grammar with only ``<answer>`` admitted (``--constrain``),
+and it is read by the same strict parser. Nothing outside ``<answer>`` is
+scored. A reply that names no option is a failure (status ``no_answer``, reason
+``unparsable ...``), never a guess.
 """
 
 from __future__ import annotations
