@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from longvideo_r1.agent.navigator import AgentConfig, Navigator
 from longvideo_r1.agent.tools import (
@@ -20,22 +19,22 @@ from longvideo_r1.agent.tools import (
     VideoQA,
     VLMClipAnswerer,
 )
-from longvideo_r1.captions.captioner import VLMCaptioner, VLMClipQA
+from longvideo_r1.captions.captioner import Captioner, VLMCaptioner, VLMClipQA
 from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.reference import ImportedCaptioner
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.llm.backends import ChatBackend
 from longvideo_r1.llm.client import ChatClient
-from longvideo_r1.llm.embedded import EmbeddedBackend
-from longvideo_r1.llm.server import OpenAIBackend
-from longvideo_r1.media.subtitles import load_subtitles
+from longvideo_r1.llm.factory import backend_from_settings
+from longvideo_r1.media.subtitles import Cue, load_subtitles
 from longvideo_r1.media.video import Video
 from longvideo_r1.tree import Tree
 
 
-def make_captioner(settings: Settings) -> Any:
+def make_captioner(settings: Settings) -> Captioner:
     """The captioner named by ``settings.captioner``."""
     name = settings.captioner
     if name == "embedded":
@@ -47,16 +46,13 @@ def make_captioner(settings: Settings) -> Any:
     raise ConfigError(f"unknown captioner {name!r}: use 'embedded', 'vlm' or 'imported:NAME'")
 
 
-def make_reasoning_backend(settings: Settings) -> Any:
+def make_reasoning_backend(settings: Settings) -> ChatBackend:
     """The navigator's model: an OpenAI-compatible server if configured, else embedded.
 
     Without a base URL, ``reasoning.model`` may name an embedded model (a
     registry name, an alias or a GGUF path); unset means the default.
     """
-    endpoint = settings.reasoning
-    if endpoint.base_url:
-        return OpenAIBackend.from_settings(endpoint, "reasoning")
-    return EmbeddedBackend.from_model(endpoint.model, max_tokens=endpoint.max_tokens)
+    return backend_from_settings(settings.reasoning, "reasoning")
 
 
 @dataclass
@@ -64,12 +60,12 @@ class VideoSession:
     """One opened video with its tree, cues and caption service; close when done."""
 
     settings: Settings
-    video: Any
+    video: Video
     tree: Tree
-    store: Any
-    captioner: Any
-    service: Any
-    cues: list = field(default_factory=list)
+    store: CaptionStore
+    captioner: Captioner
+    service: CaptionService
+    cues: list[Cue] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -99,7 +95,7 @@ class VideoSession:
         )
         return {rec.node_id: rec.text for rec in records}
 
-    def toolbox(self, require_fetched_leaf: bool = True) -> Any:
+    def toolbox(self, require_fetched_leaf: bool = True) -> ToolBox:
         """Fresh tools over this video: get_caption through the cache, video_qa by role."""
         endpoint = self.settings.video_qa
         if endpoint.base_url:
@@ -114,7 +110,7 @@ class VideoSession:
             require_fetched_leaf=require_fetched_leaf,
         )
 
-    def navigator(self, backend: Any, config: Any = None) -> Any:
+    def navigator(self, backend: ChatBackend, config: AgentConfig | None = None) -> Navigator:
         config = config or AgentConfig()
         return Navigator(backend, self.toolbox(config.require_fetched_leaf), self.tree, config)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.captions.captioner import CaptionContext, Captioner, CaptionResult
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore
 from longvideo_r1.errors import CaptionError, LVR1Error
 from longvideo_r1.files import write_atomic
@@ -397,7 +398,7 @@ def export_reference_file(
     return write_reference(document, path)
 
 
-class ImportedCaptioner:
+class ImportedCaptioner(Captioner):
     """The captioner behind ``--captioner imported:NAME``: serves imported captions only.
 
     Imported captions live in the store under their identity; asking this
@@ -406,9 +407,13 @@ class ImportedCaptioner:
     """
 
     def __init__(self, identity: str = DEFAULT_IMPORT_IDENTITY):
-        self.identity = identity
+        self._identity = identity
 
-    def caption(self, ctx: Any) -> Any:
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def caption(self, ctx: CaptionContext) -> CaptionResult:
         raise CaptionError(
             f"node {ctx.node.label} has no caption under {self.identity}: import a reference "
             "file that covers it, or use a captioner that makes captions"
