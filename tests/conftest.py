@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers_eval import import_captions
 from hypothesis import HealthCheck, settings
 
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import VideoError
+from longvideo_r1.questions.schema import QuestionList
 from longvideo_r1.testing.badinputs import build_bad_inputs
 from longvideo_r1.testing.sources import default_data_dir
+from longvideo_r1.testing.testbench import load_testbench
 from longvideo_r1.testing.testvideo import BuiltVideo, load_test_video
 
 # Property tests check what is generated, not how fast: on a shared 2-core machine one
@@ -78,9 +81,27 @@ def test_video() -> BuiltVideo:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[CaptionStore]:
-    """An empty caption store of this test's own (modules that need another kind override it)."""
+    """An empty caption store of this test's own."""
     with CaptionStore(tmp_path / "store.sqlite") as opened:
         yield opened
+
+
+@pytest.fixture(scope="module")
+def testbench_store(tmp_path_factory: pytest.TempPathFactory, test_video: BuiltVideo) -> Path:
+    """A store file holding the test video's reference captions, one per test module.
+
+    Per module, not per session: evaluation runs add captions and records to it,
+    and one module's runs must not change what another module's find cached.
+    """
+    path = tmp_path_factory.mktemp("testbench-store") / "store.sqlite"
+    import_captions(test_video.path, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def testbench(test_video: BuiltVideo) -> QuestionList:
+    """The shipped test bench, its subtitles read from beside the test video."""
+    return load_testbench(subtitles=test_video.path.parent)
 
 
 @pytest.fixture(scope="session")

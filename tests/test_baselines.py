@@ -16,7 +16,6 @@ from helpers_eval import (
     THINK_B,
     RuleServer,
     caption_text,
-    import_captions,
     question_of,
     settings_for,
     user_text,
@@ -40,27 +39,15 @@ from longvideo_r1.evaluation.baselines import (
 from longvideo_r1.evaluation.methods import MethodOptions, make_method
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 from longvideo_r1.media.video import Video
-from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
+from longvideo_r1.testing.testbench import TESTBENCH_FILE
 from longvideo_r1.tree import Tree, format_node_id
 
 CHOICES = ["red", "yellow", "blue", "white"]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, test_video) -> Path:
-    path = tmp_path_factory.mktemp("baseline-store") / "store.sqlite"
-    import_captions(test_video.path, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bench(test_video):
-    return load_testbench(subtitles=test_video.path.parent)
-
-
-def run(method, bench, test_video, out: Path, settings, limit: int = 2):
+def run(method, testbench, test_video, out: Path, settings, limit: int = 2):
     return Evaluator(
-        bench,
+        testbench,
         questions_file=TESTBENCH_FILE,
         benchmark="testbench",
         videos_dir=test_video.path.parent,
@@ -136,13 +123,13 @@ def test_random_walk_zooms_in_without_repeats():
 
 
 def test_uniform_frames_sends_32_timed_frames_and_subtitles_to_the_vlm(
-    bench, test_video, store, tmp_path, uniform_decoded
+    testbench, test_video, testbench_store, tmp_path, uniform_decoded
 ):
-    settings = settings_for(store, video_qa="placeholder")
+    settings = settings_for(testbench_store, video_qa="placeholder")
     with RuleServer(lambda body: Say(THINK_B, prompt_tokens=9000), "scripted-vlm") as vlm:
         settings.video_qa.base_url = vlm.base_url
         method = make_method(MethodOptions("uniform-frames"), settings)
-        outcome = run(method, bench, test_video, tmp_path, settings)
+        outcome = run(method, testbench, test_video, tmp_path, settings)
     assert method.variant == "vlm-frames" and not method.needs_reasoning
     assert len(vlm.requests) == 2
     body = vlm.requests[0]
@@ -160,7 +147,7 @@ def test_uniform_frames_sends_32_timed_frames_and_subtitles_to_the_vlm(
     assert parts[0]["text"].startswith("These are 32 frames sampled evenly from a video of 151.6")
     subtitles = [t for t in texts if t.startswith("Subtitle ")]
     assert any("A hand lifts a yellow box" in t for t in subtitles)
-    assert parts[-1]["text"] == question_tail(bench[0])
+    assert parts[-1]["text"] == question_tail(testbench[0])
     first = min(outcome.records, key=lambda r: r.question_id)
     assert (first.answer, first.correct, first.status) == ("B", True, "answered")
     assert first.cost.video_qa_calls == 1 and first.cost.frames_decoded == uniform_decoded
@@ -174,13 +161,13 @@ def test_uniform_frames_sends_32_timed_frames_and_subtitles_to_the_vlm(
 
 
 def test_uniform_frames_without_a_vlm_says_what_it_does_instead(
-    bench, test_video, store, tmp_path, uniform_decoded
+    testbench, test_video, testbench_store, tmp_path, uniform_decoded
 ):
     """No vision model: CPU descriptors at the 32 times, to the reasoning model, named so."""
     with RuleServer(lambda body: Say(THINK_B)) as llm:
-        settings = settings_for(store, llm.base_url)
+        settings = settings_for(testbench_store, llm.base_url)
         method = UniformFrames(frames=32, use_vlm=False, detect_frames=0, ocr_frames=0)
-        outcome = run(method, bench, test_video, tmp_path, settings, limit=1)
+        outcome = run(method, testbench, test_video, tmp_path, settings, limit=1)
         body = llm.requests[0]
     assert outcome.manifest.variant == "embedded-descriptors"
     system, user = body["messages"]
@@ -190,7 +177,7 @@ def test_uniform_frames_without_a_vlm_says_what_it_does_instead(
     frames = [line for line in lines if line.startswith("Frame at ")]
     assert len(frames) == 32 and all("colours" in line for line in frames)
     assert any(line.startswith("Subtitle ") and "yellow box" in line for line in lines)
-    assert user["content"].endswith(question_tail(bench[0]))
+    assert user["content"].endswith(question_tail(testbench[0]))
     record = outcome.records[0]
     assert record.cost.reasoning_calls == 1 and record.cost.frames_decoded == uniform_decoded
     assert record.variant == "embedded-descriptors"
@@ -199,10 +186,12 @@ def test_uniform_frames_without_a_vlm_says_what_it_does_instead(
 # caption-all ------------------------------------------------------------------------------
 
 
-def test_caption_all_sends_every_leaf_caption_in_time_order(bench, test_video, store, tmp_path):
+def test_caption_all_sends_every_leaf_caption_in_time_order(
+    testbench, test_video, testbench_store, tmp_path
+):
     with RuleServer(lambda body: Say("<answer>yellow</answer>")) as llm:
-        settings = settings_for(store, llm.base_url)
-        outcome = run(CaptionAll(), bench, test_video, tmp_path, settings)
+        settings = settings_for(testbench_store, llm.base_url)
+        outcome = run(CaptionAll(), testbench, test_video, tmp_path, settings)
         bodies = list(llm.requests)
     tree = Tree.for_video(151.6, 3790)
     user = bodies[0]["messages"][1]["content"]
@@ -218,7 +207,7 @@ def test_caption_all_sends_every_leaf_caption_in_time_order(bench, test_video, s
         for n in leaves
     ]
     assert lines[1:65] == expected
-    assert user.endswith(question_tail(bench[0]))
+    assert user.endswith(question_tail(testbench[0]))
     # same video, same captions: the two prompts differ only in the question at the end
     other = bodies[1]["messages"][1]["content"]
     assert other.split("Question: ")[0] == user.split("Question: ")[0]
@@ -228,24 +217,34 @@ def test_caption_all_sends_every_leaf_caption_in_time_order(bench, test_video, s
     assert record.cost.captions_made == 0 and record.cost.rounds == 1
 
 
-def test_an_unparsable_baseline_answer_is_a_failure(bench, test_video, store, tmp_path):
+def test_an_unparsable_baseline_answer_is_a_failure(
+    testbench, test_video, testbench_store, tmp_path
+):
     with RuleServer(lambda body: Say("<think>no idea</think> probably something")) as llm:
-        outcome = run(CaptionAll(), bench, test_video, tmp_path, settings_for(store, llm.base_url))
+        outcome = run(
+            CaptionAll(),
+            testbench,
+            test_video,
+            tmp_path,
+            settings_for(testbench_store, llm.base_url),
+        )
     assert {(r.status, r.failure, r.answer) for r in outcome.records} == {
         ("no_answer", "unparsable", None)
     }
     assert all(r.reason.startswith("unparsable answer") for r in outcome.records)
 
 
-def test_a_baseline_answer_is_constrained_like_the_agents(bench, test_video, store, tmp_path):
+def test_a_baseline_answer_is_constrained_like_the_agents(
+    testbench, test_video, testbench_store, tmp_path
+):
     """The one call of a baseline gets the agent's grammar with only <answer> admitted."""
     reply = "<think>The captions say yellow.</think>\n<answer>yellow</answer>"
     with RuleServer(lambda body: Say(reply), grammar_field="ebnf") as llm:
-        settings = settings_for(store, llm.base_url)
+        settings = settings_for(testbench_store, llm.base_url)
         method = CaptionAll(answer=AnswerStep(constrain="on", answer_form="text"))
-        outcome = run(method, bench, test_video, tmp_path, settings)
+        outcome = run(method, testbench, test_video, tmp_path, settings)
         grammars, bodies = list(llm.grammars), list(llm.requests)
-    q = bench[0]
+    q = testbench[0]
     rules = grammar.ReplyRules(
         width=4, choices=tuple(q.choice_lines()), answer_form="text", tools=False
     )
@@ -261,18 +260,20 @@ def test_a_baseline_answer_is_constrained_like_the_agents(bench, test_video, sto
 # random-walk ------------------------------------------------------------------------------
 
 
-def test_random_walk_reads_high_captions_then_its_budget_seeded(bench, test_video, store, tmp_path):
+def test_random_walk_reads_high_captions_then_its_budget_seeded(
+    testbench, test_video, testbench_store, tmp_path
+):
     with RuleServer(lambda body: Say(THINK_B)) as llm:
-        settings = settings_for(store, llm.base_url)
-        outcome = run(RandomWalk(calls=5, seed=7), bench, test_video, tmp_path / "a", settings)
-        again = run(RandomWalk(calls=5, seed=7), bench, test_video, tmp_path / "b", settings)
+        settings = settings_for(testbench_store, llm.base_url)
+        outcome = run(RandomWalk(calls=5, seed=7), testbench, test_video, tmp_path / "a", settings)
+        again = run(RandomWalk(calls=5, seed=7), testbench, test_video, tmp_path / "b", settings)
         bodies = list(llm.requests)
     by_question: dict[str, list[str]] = {}
     for body in bodies:
         by_question.setdefault(question_of(body), []).append(user_text(body))
     for prompts in by_question.values():
         assert len(prompts) == 2 and prompts[0] == prompts[1]  # same seed, same walk
-    prompt = by_question[bench[0].question][0]
+    prompt = by_question[testbench[0].question][0]
     ids = re.findall(r"-level Caption (\([\d, ]+\)) from", prompt)
     assert len(ids) == 4 + 5
     assert [i for i in ids if i.count(",") == 1 and i.endswith(",)")] == [

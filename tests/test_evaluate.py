@@ -24,7 +24,6 @@ from helpers_eval import (
     THINK_B,
     RuleServer,
     evaluator,
-    import_captions,
     question_of,
     settings_for,
 )
@@ -45,26 +44,14 @@ from longvideo_r1.testing.testbench import load_testbench
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, test_video) -> Path:
-    path = tmp_path_factory.mktemp("eval-store") / "store.sqlite"
-    import_captions(test_video.path, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bench(test_video):
-    return load_testbench(subtitles=test_video.path.parent)
-
-
 def read_records(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
 
 
-def eval_argv(test_video, out: Path, store: Path, url: str, *extra: str) -> list[str]:
+def eval_argv(test_video, out: Path, testbench_store: Path, url: str, *extra: str) -> list[str]:
     return [
         "eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(out),
-        "--store", str(store), "--captioner", IDENTITY, "--reasoning-base-url", url,
+        "--store", str(testbench_store), "--captioner", IDENTITY, "--reasoning-base-url", url,
         "--reasoning-model", "scripted-model", "--quiet", *extra,
     ]  # fmt: skip
 
@@ -73,11 +60,11 @@ def eval_argv(test_video, out: Path, store: Path, url: str, *extra: str) -> list
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_duplicates_or_losses(test_video, store, tmp_path):
+def test_killed_run_resumes_without_duplicates_or_losses(test_video, testbench_store, tmp_path):
     """SIGKILL midway, rerun: every question answered once, none re-asked, nothing lost."""
     out = tmp_path / "out"
     with RuleServer(lambda body: Say(THINK_B, delay=0.4)) as server:
-        argv = eval_argv(test_video, out, store, server.base_url, "--workers", "2")
+        argv = eval_argv(test_video, out, testbench_store, server.base_url, "--workers", "2")
         child = _spawn(argv)
         results = out / "agent" / "results"
         deadline = time.monotonic() + 60
@@ -108,10 +95,10 @@ def test_killed_run_resumes_without_duplicates_or_losses(test_video, store, tmp_
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_keeps_what_finished(test_video, store, tmp_path):
+def test_ctrl_c_stops_cleanly_and_keeps_what_finished(test_video, testbench_store, tmp_path):
     out = tmp_path / "out"
     with RuleServer(lambda body: Say(THINK_B, delay=0.3)) as server:
-        argv = eval_argv(test_video, out, store, server.base_url)
+        argv = eval_argv(test_video, out, testbench_store, server.base_url)
         child = _spawn(argv)
         results = out / "agent" / "results"
         deadline = time.monotonic() + 60
@@ -143,12 +130,12 @@ def test_help_explains_eval_and_report(command, capsys):
     assert f"usage: lvr1 {command}" in capsys.readouterr().out
 
 
-def test_rerun_skips_finished_questions(bench, test_video, store, tmp_path):
+def test_rerun_skips_finished_questions(testbench, test_video, testbench_store, tmp_path):
     with RuleServer(lambda body: Say(THINK_B)) as server:
-        settings = settings_for(store, server.base_url)
-        first = evaluator(bench, test_video, tmp_path, settings, limit=4).run()
+        settings = settings_for(testbench_store, server.base_url)
+        first = evaluator(testbench, test_video, tmp_path, settings, limit=4).run()
         assert (first.ran, first.skipped, len(server.requests)) == (4, 0, 4)
-        again = evaluator(bench, test_video, tmp_path, settings, limit=6).run()
+        again = evaluator(testbench, test_video, tmp_path, settings, limit=6).run()
         assert (again.ran, again.skipped, len(server.requests)) == (2, 4, 6)
     manifest = json.loads((tmp_path / "agent" / "run.json").read_text())
     assert [r["limit"] for r in manifest["runs"]] == [4, 6]
@@ -157,10 +144,14 @@ def test_rerun_skips_finished_questions(bench, test_video, store, tmp_path):
 # failures ---------------------------------------------------------------------------------
 
 
-def test_garbage_answers_are_failures_counted_wrong(bench, test_video, store, tmp_path):
+def test_garbage_answers_are_failures_counted_wrong(
+    testbench, test_video, testbench_store, tmp_path
+):
     """A model that never writes a usable reply: no_answer records, never a guessed letter."""
     with RuleServer(lambda body: Say("lorem ipsum, no tags at all")) as server:
-        outcome = evaluator(bench, test_video, tmp_path, settings_for(store, server.base_url)).run()
+        outcome = evaluator(
+            testbench, test_video, tmp_path, settings_for(testbench_store, server.base_url)
+        ).run()
     assert len(outcome.records) == 16
     assert {r.status for r in outcome.records} == {"no_answer"}
     assert all(r.answer is None and not r.correct for r in outcome.records)
@@ -171,7 +162,7 @@ def test_garbage_answers_are_failures_counted_wrong(bench, test_video, store, tm
 
 
 def test_endpoint_errors_are_recorded_and_retried_only_when_asked(
-    bench, test_video, store, tmp_path
+    testbench, test_video, testbench_store, tmp_path
 ):
     down = threading.Event()
     down.set()
@@ -180,27 +171,29 @@ def test_endpoint_errors_are_recorded_and_retried_only_when_asked(
         return Fail(400, "scripted outage") if down.is_set() else Say(THINK_B)
 
     with RuleServer(rule) as server:
-        settings = settings_for(store, server.base_url)
-        outcome = evaluator(bench, test_video, tmp_path, settings, limit=3).run()
+        settings = settings_for(testbench_store, server.base_url)
+        outcome = evaluator(testbench, test_video, tmp_path, settings, limit=3).run()
         assert [r.status for r in outcome.records] == ["error"] * 3
         assert all("scripted outage" in (r.reason or "") for r in outcome.records)
         assert outcome.errors == 3
         assert compute_metrics(outcome.records).accuracy == 0.0
         down.clear()
         asked = len(server.requests)
-        plain = evaluator(bench, test_video, tmp_path, settings, limit=3).run()
+        plain = evaluator(testbench, test_video, tmp_path, settings, limit=3).run()
         assert plain.skipped == 3 and len(server.requests) == asked  # not retried
-        retry = evaluator(bench, test_video, tmp_path, settings, limit=3, retry_failed=True).run()
+        retry = evaluator(
+            testbench, test_video, tmp_path, settings, limit=3, retry_failed=True
+        ).run()
         assert retry.ran == 3 and len(server.requests) == asked + 3
     assert {r.status for r in retry.records} == {"answered"}
 
 
-def test_missing_video_is_a_failure_with_its_reason(test_video, store, tmp_path):
+def test_missing_video_is_a_failure_with_its_reason(test_video, testbench_store, tmp_path):
     real = Question("q-real", "testvideo", "What colour?", ["red", "yellow"], "B")
     lost = Question("q-lost", "nowhere", "What colour?", ["red", "yellow"], "A")
     with RuleServer(lambda body: Say(THINK_B)) as server:
         outcome = evaluator(
-            [real, lost], test_video, tmp_path, settings_for(store, server.base_url)
+            [real, lost], test_video, tmp_path, settings_for(testbench_store, server.base_url)
         ).run()
     by_id = {r.question_id: r for r in outcome.records}
     assert by_id["q-real"].correct and by_id["q-real"].status == "answered"
@@ -214,9 +207,11 @@ def test_missing_video_is_a_failure_with_its_reason(test_video, store, tmp_path)
 # refusals ---------------------------------------------------------------------------------
 
 
-def test_another_configuration_is_refused_in_one_line(test_video, store, tmp_path, capsys):
+def test_another_configuration_is_refused_in_one_line(
+    test_video, testbench_store, tmp_path, capsys
+):
     with RuleServer(lambda body: Say(THINK_B)) as server:
-        argv = eval_argv(test_video, tmp_path, store, server.base_url, "--limit", "1")
+        argv = eval_argv(test_video, tmp_path, testbench_store, server.base_url, "--limit", "1")
         assert main(argv) == 0
         capsys.readouterr()
         other = [a if a != "scripted-model" else "another-model" for a in argv]
@@ -229,15 +224,15 @@ def test_another_configuration_is_refused_in_one_line(test_video, store, tmp_pat
     assert "parameter max_rounds was 30, now 5" in err_rounds
 
 
-def test_one_writer_per_folder(bench, test_video, store, tmp_path):
-    settings = settings_for(store, "http://127.0.0.1:9/v1")
+def test_one_writer_per_folder(testbench, test_video, testbench_store, tmp_path):
+    settings = settings_for(testbench_store, "http://127.0.0.1:9/v1")
     folder = RunFolder(tmp_path / "agent")
     with folder.lock(), pytest.raises(ConfigError, match="another lvr1 eval is writing"):
-        evaluator(bench, test_video, tmp_path, settings).run()
+        evaluator(testbench, test_video, tmp_path, settings).run()
 
 
 def test_cli_reads_a_benchmark_file_and_records_a_missing_video(
-    test_video, store, tmp_path, capsys
+    test_video, testbench_store, tmp_path, capsys
 ):
     items = [
         {"qid": "ok", "video_uid": "testvideo", "question": "Colour?",
@@ -248,7 +243,7 @@ def test_cli_reads_a_benchmark_file_and_records_a_missing_video(
     path = tmp_path / "cgbench_mini.json"
     path.write_text(json.dumps(items))
     with RuleServer(lambda body: Say(THINK_B)) as server:
-        argv = eval_argv(test_video, tmp_path / "out", store, server.base_url)
+        argv = eval_argv(test_video, tmp_path / "out", testbench_store, server.base_url)
         argv[1] = str(path)
         code = main([*argv, "--benchmark", "CG-Bench"])
     assert code == 1  # a question recorded as an error
@@ -362,9 +357,9 @@ def test_every_method_on_the_embedded_default(test_video, tmp_path, monkeypatch,
     """One shipped question per method on the CPU defaults: every reply constrained and
     usable, so every method answers (right or wrong: accuracy is not asserted)."""
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    out, store = tmp_path / "out", tmp_path / "store.sqlite"
+    out, testbench_store = tmp_path / "out", tmp_path / "store.sqlite"
     base = ["eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(out)]
-    base += ["--store", str(store), "--limit", "1", "--quiet", "--max-rounds", "4"]
+    base += ["--store", str(testbench_store), "--limit", "1", "--quiet", "--max-rounds", "4"]
     for method in METHODS:
         extra = ["--walk-calls", "3"] if method == "random-walk" else []
         assert main([*base, "--method", method, *extra]) == 0, method

@@ -24,7 +24,6 @@ from helpers_eval import (
     RuleServer,
     StubMethod,
     evaluator,
-    import_captions,
     question_of,
     settings_for,
 )
@@ -60,13 +59,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, test_video) -> Path:
-    path = tmp_path_factory.mktemp("ray-store") / "store.sqlite"
-    import_captions(test_video.path, path)
-    return path
-
-
 def records_of(folder: Path) -> dict[str, dict]:
     return {
         r["question_id"]: r
@@ -88,11 +80,11 @@ def letter_by_question(body) -> Say:
     return Say(f"<think>From the captions.</think>\n<answer>{letter}</answer>")
 
 
-def test_ray_records_equal_thread_records(cluster, test_video, store, tmp_path):
+def test_ray_records_equal_thread_records(cluster, test_video, testbench_store, tmp_path):
     lost = Question("q-lost", "nowhere", "What colour?", ["red", "yellow"], "A")
     questions = [*load_testbench(subtitles=test_video.path.parent)[:7], lost]
     with RuleServer(letter_by_question) as server:
-        settings = settings_for(store, server.base_url)
+        settings = settings_for(testbench_store, server.base_url)
         threads = evaluator(questions, test_video, tmp_path / "threads", settings, workers=2).run()
         on_ray = evaluator(
             questions, test_video, tmp_path / "ray", settings, workers=2, ray="local"
@@ -114,11 +106,13 @@ def test_ray_records_equal_thread_records(cluster, test_video, store, tmp_path):
     assert (run["engine"], run["workers"], run["nodes"]) == ("ray", 2, 1)
 
 
-def test_interrupted_driver_keeps_records_and_resumes(cluster, test_video, store, tmp_path):
+def test_interrupted_driver_keeps_records_and_resumes(
+    cluster, test_video, testbench_store, tmp_path
+):
     """Ctrl-C in the driver after 3 results: what finished is kept, the rerun does the rest."""
     bench = load_testbench(subtitles=test_video.path.parent)
     with RuleServer(lambda body: Say(THINK_B, delay=0.3)) as server:
-        settings = settings_for(store, server.base_url)
+        settings = settings_for(testbench_store, server.base_url)
         first = evaluator(bench, test_video, tmp_path, settings, workers=2, ray="local")
         write, written = first._write, []
 
@@ -148,13 +142,13 @@ def test_interrupted_driver_keeps_records_and_resumes(cluster, test_video, store
     assert {r["status"] for r in records.values()} == {"answered"}
 
 
-def test_a_killed_driver_keeps_every_record(cluster, test_video, store, tmp_path):
+def test_a_killed_driver_keeps_every_record(cluster, test_video, testbench_store, tmp_path):
     """SIGKILL an ``lvr1 eval --ray ADDRESS`` process midway; the rerun loses and repeats nothing."""
     out = tmp_path / "out"
     with RuleServer(lambda body: Say(THINK_B, delay=0.4)) as server:
         argv = [
             "eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(out),
-            "--store", str(store), "--captioner", "imported:test", "--reasoning-base-url",
+            "--store", str(testbench_store), "--captioner", "imported:test", "--reasoning-base-url",
             server.base_url, "--reasoning-model", "scripted-model", "--quiet",
             "--ray", cluster, "--workers", "2", "--max-rounds", "3",
         ]  # fmt: skip
@@ -183,11 +177,13 @@ def test_a_killed_driver_keeps_every_record(cluster, test_video, store, tmp_path
     assert not list((out / "agent").rglob("*.tmp"))
 
 
-def test_a_dying_or_raising_worker_costs_one_question(cluster, test_video, store, tmp_path):
+def test_a_dying_or_raising_worker_costs_one_question(
+    cluster, test_video, testbench_store, tmp_path
+):
     """A worker process that exits and a call that raises past the harness: failed records."""
     bench = load_testbench(subtitles=test_video.path.parent)[:6]
     method = StubMethod(exit_on=(bench[1].id,), escape_on=(bench[3].id,))
-    settings = settings_for(store)
+    settings = settings_for(testbench_store)
     outcome = evaluator(
         bench, test_video, tmp_path, settings, method=method, workers=2, ray="local"
     ).run()
@@ -208,21 +204,23 @@ def test_a_dying_or_raising_worker_costs_one_question(cluster, test_video, store
     assert retried.ran == 2 and {r.status for r in retried.records} == {"answered"}
 
 
-def test_more_workers_than_the_cluster_has_cpus_is_refused(cluster, test_video, store, tmp_path):
+def test_more_workers_than_the_cluster_has_cpus_is_refused(
+    cluster, test_video, testbench_store, tmp_path
+):
     bench = load_testbench()[:1]
-    ev = evaluator(bench, test_video, tmp_path, settings_for(store), method=StubMethod(),
+    ev = evaluator(bench, test_video, tmp_path, settings_for(testbench_store), method=StubMethod(),
                    workers=3, ray="local")  # fmt: skip
     with pytest.raises(ConfigError, match="3 Ray workers of 1 CPUs each need 3 CPUs"):
         ev.run()
     assert not (tmp_path / "stub" / "results").exists()
 
 
-def test_cli_fills_the_cluster_by_default(cluster, test_video, store, tmp_path, capsys):
+def test_cli_fills_the_cluster_by_default(cluster, test_video, testbench_store, tmp_path, capsys):
     """Without --workers, one worker per CPU of the cluster (2 here)."""
     with RuleServer(lambda body: Say(THINK_B)) as server:
         argv = [
             "eval", "testbench", "--videos", str(test_video.path.parent), "--out", str(tmp_path),
-            "--store", str(store), "--captioner", "imported:test", "--quiet", "--limit", "3",
+            "--store", str(testbench_store), "--captioner", "imported:test", "--quiet", "--limit", "3",
             "--reasoning-base-url", server.base_url, "--reasoning-model", "scripted-model",
             "--ray", cluster,
         ]  # fmt: skip
