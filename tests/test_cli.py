@@ -13,7 +13,8 @@ from scripted_server import ScriptedChatServer
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
-from longvideo_r1.cli.main import main
+from longvideo_r1.cli.common import _agent_config, _settings
+from longvideo_r1.cli.main import build_parser, main
 from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import field_help
 from longvideo_r1.testing.testbench import load_testbench
@@ -533,8 +534,6 @@ def test_every_agent_field_has_a_flag_with_its_own_help(command, capsys, monkeyp
 
 
 def test_agent_flags_build_the_agent_config(store, monkeypatch):
-    from longvideo_r1.cli.main import _agent_config, _settings, build_parser
-
     monkeypatch.setenv("LVR1_ANSWER_FORM", "letter")
     argv = ["ask", "v.mp4", "q", "--temperature", "0.5", "--max-video-qa", "none"]
     argv += ["--max-repeated-calls", "0", "--qa-anywhere", "--first-message-parts"]
