@@ -98,12 +98,6 @@ def _parse_levels(text: str) -> tuple[int, ...]:
     return tuple(sorted({LEVEL_DEPTHS[n] for n in names}))
 
 
-def _cached_captions(store, fingerprint: str, identity: str, width: int) -> dict:
-    return {
-        rec.node_id: rec.text for rec in store.list_captions(fingerprint, identity, width=width)
-    }
-
-
 def cmd_tree(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _session(args, settings) as session:
