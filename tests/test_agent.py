@@ -111,6 +111,18 @@ def assistant(text: str) -> dict:
 # the happy path ---------------------------------------------------------------------
 
 
+def test_video_qa_answered_from_captions_is_counted_apart_from_a_vision_model(world: World):
+    world.answerer.looks = False  # as the CPU default's caption-notes answerer says of itself
+    script = [Say(GET_3_2), Say(GET_3_2_4), Say(ASK_3_2_4, prompt_tokens=1100), Say(ANSWER_B)]
+    with ScriptedChatServer(script) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    cost = trace.cost
+    assert (cost.video_qa_calls, cost.video_qa_from_captions) == (0, 1)
+    assert (cost.vlm_prompt_tokens, cost.vlm_completion_tokens) == (0, 0)
+    assert (cost.caption_prompt_tokens, cost.caption_completion_tokens) == (600 + 300, 120 + 12)
+    assert "0 video_qa (+1 answered from captions)" in trace.summary()
+
+
 def test_a_correct_trajectory_end_to_end(world: World):
     seen: list[Round] = []
     script = [

@@ -214,9 +214,17 @@ def test_caption_answerer_says_it_is_not_a_vision_model(service, tree, captioner
     )
     assert made.text.startswith(CAPTION_ONLY_NOTE)
     assert made.frames_decoded == 4  # the leaf caption was made for this call
+    assert made.from_captions and answerer.looks is False
     again = VideoQA(answerer, tree)((3, 2, 4), "Anything else?")
     assert again.frames_decoded == 0 and again.observation == made.observation
     assert captioner.calls == [(3, 2, 4)]
+
+
+def test_an_answerer_is_a_vision_model_unless_it_says_otherwise(tree, answerer):
+    answerer.answers = ["one", "two"]
+    assert VideoQA(answerer, tree)((3, 2, 4), "q?").from_captions is False
+    answerer.looks = False
+    assert VideoQA(answerer, tree)((3, 2, 4), "q?").from_captions is True
 
 
 def test_vlm_answerer_hands_video_tree_and_cues_to_the_clip_qa(tree):

@@ -620,6 +620,10 @@ def _charge(ep: _Episode, result: ToolResult) -> None:
         cost.captions_cached += result.cache_hit
         cost.caption_prompt_tokens += result.prompt_tokens
         cost.caption_completion_tokens += result.completion_tokens
+    elif result.from_captions:
+        cost.video_qa_from_captions += 1
+        cost.caption_prompt_tokens += result.prompt_tokens
+        cost.caption_completion_tokens += result.completion_tokens
     else:
         cost.video_qa_calls += 1
         cost.vlm_prompt_tokens += result.prompt_tokens

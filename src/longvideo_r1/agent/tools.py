@@ -82,10 +82,17 @@ class CaptionSource(Protocol):
 
 
 class ClipAnswerer(Protocol):
-    """Answers one question about one leaf clip; ``identity`` names the model behind it."""
+    """Answers one question about one leaf clip; ``identity`` names the model behind it.
+
+    ``looks`` says whether a vision model looks at the clip for the answer; an
+    answerer without the attribute is taken to be one. Records count the two
+    kinds apart, so notes read back from captions never pass for a vision call.
+    """
 
     @property
     def identity(self) -> str: ...
+
+    looks: bool
 
     def ask(self, leaf_id: NodeId, query: str) -> tuple[str, CallCost]: ...
 
@@ -119,6 +126,8 @@ class ToolResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    from_captions: bool = False
+    """A video_qa answered with the clip's caption notes: no vision model looked."""
 
     @property
     def ok(self) -> bool:
@@ -219,6 +228,8 @@ class GetCaption:
 class VLMClipAnswerer:
     """A vision model looks at the leaf's 16 frames (and its subtitle lines) and answers."""
 
+    looks = True
+
     def __init__(self, clip_qa: VLMClipQA, video: Any, tree: Tree, cues: Sequence[Any] = ()):
         self.clip_qa = clip_qa
         self.video = video
@@ -242,6 +253,8 @@ class CaptionClipAnswerer:
     not an answer, keeps the protocol whole (checkpoints call video_qa)
     without pretending to have looked.
     """
+
+    looks = False
 
     def __init__(self, service: CaptionSource, note: str = CAPTION_ONLY_NOTE):
         self.service = service
@@ -301,6 +314,7 @@ class VideoQA:
             frames_decoded=cost.frames_decoded,
             prompt_tokens=cost.prompt_tokens,
             completion_tokens=cost.completion_tokens,
+            from_captions=not getattr(self.answerer, "looks", True),
         )
 
 

@@ -115,7 +115,12 @@ class Cost(BaseModel):
     caption_calls: int = 0
     captions_made: int = Field(default=0, description="Caption calls a captioner ran for.")
     captions_cached: int = Field(default=0, description="Caption calls served from the store.")
-    video_qa_calls: int = 0
+    video_qa_calls: int = Field(default=0, description="video_qa calls a vision model answered.")
+    video_qa_from_captions: int = Field(
+        default=0,
+        description="video_qa calls answered with the clip's caption notes (no vision model); "
+        "what they decoded or generated counts with the captions.",
+    )
     rejected_calls: int = Field(default=0, description="Tool calls refused with an error.")
     parse_errors: int = 0
     frames_decoded: int = 0
@@ -264,12 +269,19 @@ def _outcome_line(trace: Trace) -> str:
     return f"{trace.status.replace('_', ' ')}: {trace.reason}"
 
 
+def from_captions_note(cost: Cost) -> str:
+    """The video_qa calls no vision model answered, named apart when there were any."""
+    n = cost.video_qa_from_captions
+    return f" (+{n} answered from captions)" if n else ""
+
+
 def _cost_line(cost: Cost) -> str:
     return (
         f"cost: {cost.rounds} rounds, {cost.reasoning_calls} reasoning calls "
         f"({cost.reasoning_prompt_tokens} + {cost.reasoning_completion_tokens} tokens), "
         f"{cost.caption_calls} captions ({cost.captions_made} made, "
-        f"{cost.captions_cached} cached), {cost.video_qa_calls} video_qa, "
+        f"{cost.captions_cached} cached), {cost.video_qa_calls} video_qa"
+        f"{from_captions_note(cost)}, "
         f"{cost.frames_decoded} frames; {cost.end_to_end_seconds:.1f} s end to end = "
         f"model {cost.model_seconds:.1f} + tools {cost.tool_seconds:.1f} "
         f"+ agent {cost.agent_overhead_seconds:.1f}"

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from longvideo_r1.agent.trace import from_captions_note
 from longvideo_r1.tree import Tree
 
 
@@ -145,7 +146,8 @@ def print_answer(trace, trace_path: Path | None, console) -> None:
     console.print(
         f"cost: {cost.rounds} rounds, {cost.caption_calls} caption calls "
         f"({cost.captions_made} made, {cost.captions_cached} cached), "
-        f"{cost.video_qa_calls} video_qa, {cost.frames_decoded} frames decoded, "
+        f"{cost.video_qa_calls} video_qa{from_captions_note(cost)}, "
+        f"{cost.frames_decoded} frames decoded, "
         f"{cost.reasoning_prompt_tokens + cost.reasoning_completion_tokens} reasoning tokens, "
         f"model {cost.model_seconds:.1f} s, tools {cost.tool_seconds:.1f} s, "
         f"end to end {cost.end_to_end_seconds:.1f} s",

@@ -103,6 +103,7 @@ def record_from_trace(
         dropped_completion_tokens=sum(d.completion_tokens for d in dropped),
         caption_calls=c.caption_calls,
         video_qa_calls=c.video_qa_calls,
+        video_qa_from_captions=c.video_qa_from_captions,
         seconds=seconds or c.end_to_end_seconds,
     )
     return TrajectoryRecord(

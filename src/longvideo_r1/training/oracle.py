@@ -468,6 +468,9 @@ class SyntheticClipAnswerer:
         "Looking at the clip, the answer is {answer}.",
     )
 
+    looks = True
+    """It stands in for a vision model in the trajectories it writes."""
+
     def __init__(self, answer_text: str, rng: random.Random | None = None) -> None:
         self.answer_text = answer_text.strip().rstrip(".")
         self.rng = rng or random.Random(0)

@@ -107,7 +107,10 @@ class TrajectoryCost(BaseModel):
     dropped_prompt_tokens: int = 0
     dropped_completion_tokens: int = 0
     caption_calls: int = Field(default=0, description="High-level captions included.")
-    video_qa_calls: int = 0
+    video_qa_calls: int = Field(default=0, description="video_qa calls a vision model answered.")
+    video_qa_from_captions: int = Field(
+        default=0, description="video_qa calls answered with caption notes, no vision model."
+    )
     seconds: float = 0.0
 
 
