@@ -14,7 +14,6 @@ Run folders that a rerun resumes (evaluation runs, trajectory folders) take
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -25,7 +24,13 @@ from typing import IO, Any
 
 from longvideo_r1.errors import ConfigError
 
+try:  # POSIX; elsewhere the atomic writes work and folders go unlocked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 LOCK_NAME = ".lock"
 """The lock file of a folder with one writer; it stays, empty, between runs."""
 
@@ -40,7 +45,7 @@ def _create_beside(path: Path, suffix: str) -> tuple[int, Path]:
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(tmp, _CREATE, 0o666)
         except FileExistsError:
             continue
         return fd, tmp
@@ -139,7 +144,8 @@ def folder_lock(folder: Path, writer: str) -> Iterator[None]:
         ) from None
     try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ConfigError(
                 f"another {writer} is writing to {folder}; wait for it or use another --out"
