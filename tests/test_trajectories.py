@@ -543,6 +543,16 @@ def test_a_folder_has_one_generator_at_a_time(tmp_path: Path, capsys):
     assert generate_oracle(questions, trees, tmp_path, OracleConfig()).already_done == 2
 
 
+def test_a_teacher_run_takes_the_folder_lock_before_any_backend(tmp_path: Path):
+    def no_backend(worker: int) -> OpenAIBackend:
+        raise AssertionError("a refused run must not make a backend")
+
+    held, refused = TrajectoryFolder(tmp_path).lock(), "another lvr1 data run is writing"
+    with held, pytest.raises(ConfigError, match=refused):
+        generate_teacher([question()], MappingTrees([CTREE]), no_backend, tmp_path)
+    assert not (tmp_path / "run.json").exists()
+
+
 def test_a_teacher_folder_refuses_another_teacher(tmp_path: Path):
     def rule(body: dict[str, Any]) -> Step:
         last = body["messages"][-1]["content"]
