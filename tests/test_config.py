@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from longvideo_r1.cli.main import main
 from longvideo_r1.config import load_settings
 from longvideo_r1.errors import ConfigError
 
@@ -69,3 +70,48 @@ def test_constrain_and_answer_form_come_from_file_environment_or_flags(tmp_path)
     with pytest.raises(ConfigError, match="invalid setting constrain") as info:
         load_settings(env={"LVR1_CONSTRAIN": "sometimes"})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("captoner: vlm\n", "unknown setting captoner (did you mean captioner?)"),
+        (
+            "reasoning:\n  bse_url: http://x/v1\n",
+            "unknown setting reasoning.bse_url (did you mean reasoning.base_url?)",
+        ),
+        ("video_qa: {model: m, timeot: 5}\n", "video_qa.timeot (did you mean video_qa.timeout?)"),
+        ("colour: red\n", "unknown setting colour (known: store, captioner, constrain,"),
+    ],
+    ids=["typo", "nested-typo", "inline-section", "nothing-near"],
+)
+def test_unknown_settings_are_refused_with_the_nearest_name(tmp_path, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=cfg, env={})
+    assert str(info.value).startswith(f"config file {cfg}: ")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes("captioner: embedded\nstore: /tmp/caf\u00e9.sqlite\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config_path=cfg, env={})
+    assert str(info.value) == (
+        f"config file {cfg} is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"captoner: vlm\n", b"reasoning: {bse_url: http://x/v1}\n", b"store: caf\xe9\n"],
+    ids=["typo", "nested-typo", "latin-1"],
+)
+def test_the_cli_refuses_a_bad_config_file_with_status_2(tmp_path, capsys, content):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(content)
+    assert main(["tree", str(tmp_path / "video.mp4"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lvr1 tree: error: config file {cfg}") and err.count("\n") == 1

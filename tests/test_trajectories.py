@@ -9,6 +9,7 @@ request ends with, and the stored conversation holds neither.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from scripted_server import Fail, Say, ScriptedChatServer, Step
 
 from longvideo_r1.agent import grammar, prompts, replies
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.options import field_help
@@ -498,6 +500,57 @@ def test_a_folder_refuses_records_made_with_other_settings(tmp_path: Path):
     (tmp_path / "run.json").write_text("[1, 2]")
     with pytest.raises(TrajectoryError, match="is not a trajectory manifest"):
         generate_oracle(questions, trees, tmp_path)
+
+
+def _oracle_holding_the_folder(out: str, started: Any, release: Any) -> None:
+    """Another process's oracle run that pauses after its first record, the folder in hand."""
+
+    def hold(_record: Any) -> None:
+        started.set()
+        release.wait(120)
+
+    items = ITEMS[:2]
+    trees = MappingTrees([i.ctree for i in items])
+    generate_oracle([i.question for i in items], trees, out, OracleConfig(), on_record=hold)
+
+
+def test_a_folder_has_one_generator_at_a_time(tmp_path: Path, capsys):
+    items = ITEMS[:2]
+    trees = MappingTrees([i.ctree for i in items])
+    questions = [i.question for i in items]
+    spawn = multiprocessing.get_context("spawn")
+    started, release = spawn.Event(), spawn.Event()
+    other = spawn.Process(target=_oracle_holding_the_folder, args=(str(tmp_path), started, release))
+    other.start()
+    try:
+        assert started.wait(120), "the other run never wrote its first record"
+        # the same settings pass the manifest check; only the lock stops two writers
+        with pytest.raises(ConfigError) as info:
+            generate_oracle(questions, trees, tmp_path, OracleConfig())
+        assert str(info.value) == (
+            f"another lvr1 data run is writing to {tmp_path}; wait for it or use another --out"
+        )
+        with pytest.raises(ConfigError, match="another lvr1 data run is writing"):
+            generate_oracle(questions, trees, tmp_path, OracleConfig(detour_rate=0.5))
+        assert main(["data", "oracle", "synthetic:2", "--out", str(tmp_path), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("lvr1 data oracle: error: another lvr1 data run") and "\n" not in err
+    finally:
+        release.set()
+        other.join(120)
+    assert other.exitcode == 0
+    # the lock went with the process: a rerun resumes the folder
+    assert generate_oracle(questions, trees, tmp_path, OracleConfig()).already_done == 2
+
+
+def test_a_teacher_run_takes_the_folder_lock_before_any_backend(tmp_path: Path):
+    def no_backend(worker: int) -> OpenAIBackend:
+        raise AssertionError("a refused run must not make a backend")
+
+    held, refused = TrajectoryFolder(tmp_path).lock(), "another lvr1 data run is writing"
+    with held, pytest.raises(ConfigError, match=refused):
+        generate_teacher([question()], MappingTrees([CTREE]), no_backend, tmp_path)
+    assert not (tmp_path / "run.json").exists()
 
 
 def test_a_teacher_folder_refuses_another_teacher(tmp_path: Path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import stat
 import threading
 import uuid
 from pathlib import Path
@@ -57,13 +59,22 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name != ".lock")
 
 
-def test_assembles_parts_in_order_with_a_sidecar(fake_split):
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=lambda m: f"umask-{m:03o}")
+def test_assembles_parts_in_order_with_a_sidecar(fake_split, mask):
     spec, whole, root = fake_split
-    path = weights.ensure_model(spec, root)
+    old_mask = os.umask(mask)
+    try:
+        path = weights.ensure_model(spec, root)
+    finally:
+        os.umask(old_mask)
     assert path == root / spec.name / "model.gguf"
     assert path.read_bytes() == whole
     assert leftovers(path.parent) == ["model.gguf", "model.gguf.verified.json"]
-    assert path.stat().st_mode & 0o044  # readable by others: the cache may be shared
+    sidecar = json.loads((path.parent / "model.gguf.verified.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(whole).hexdigest() == spec.files[0].sha256
+    # the mode open() would give: a shared cache is as readable as the umask lets it be
+    for made in (path, path.parent / "model.gguf.verified.json"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o666 & ~mask
 
 
 def test_reuses_a_verified_file_without_hashing(fake_split, monkeypatch):
@@ -268,7 +279,19 @@ def test_real_registered_models_assemble(spec):
     if not _installed(spec):
         pytest.skip(f"not installed: {spec.install_command()}")
     path = weights.ensure_model(spec)
-    if spec.entry is None:
-        assert {f.name for f in spec.files} <= {p.name for p in path.iterdir()}
-    else:
-        assert path.stat().st_size == spec.files[0].size
+    for file in spec.files:
+        made = path / file.name if spec.entry is None else path
+        assert re.fullmatch(r"[0-9a-f]{64}", file.sha256), file.sha256
+        assert made.stat().st_size == file.size
+        assert _sha256(made) == file.sha256, made  # what a loader opens is the registered file
+        if spec.entry is not None:
+            break
+
+
+def _sha256(path: Path) -> str:
+    """The digest, computed here rather than by the module under test."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -19,6 +19,7 @@ or ``off``) and ``LVR1_ANSWER_FORM`` (``auto``, ``letter``, ``text`` or ``either
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,12 +171,47 @@ def _read_file(path: Path, required: bool) -> dict[str, Any]:
             raise ConfigError(f"config file not found: {path}")
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} on "
+            f"line {line}); save it as UTF-8"
+        ) from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings")
+    _refuse_unknown_keys(data, Settings, path)
     return data
+
+
+def _refuse_unknown_keys(
+    data: Mapping[Any, Any], model: type[BaseModel], path: Path, prefix: str = ""
+) -> None:
+    """Refuse a key the settings lack, naming the nearest one: a typo must not mean the default.
+
+    Nested sections (``reasoning: {base_url: ...}``) are checked against their
+    own fields.
+    """
+    for key, value in data.items():
+        name = str(key)
+        field = model.model_fields.get(name)
+        if field is None:
+            raise ConfigError(
+                f"config file {path}: {_unknown(name, list(model.model_fields), prefix)}"
+            )
+        section = field.annotation
+        nested = isinstance(section, type) and issubclass(section, BaseModel)
+        if nested and isinstance(value, Mapping):
+            _refuse_unknown_keys(value, section, path, f"{prefix}{name}.")
+
+
+def _unknown(name: str, known: list[str], prefix: str) -> str:
+    """``unknown setting X (did you mean Y?)``, or the known names when none is near."""
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {prefix}{near[0]}?" if near else f"known: {', '.join(known)}"
+    return f"unknown setting {prefix}{name} ({hint})"
 
 
 def load_settings(

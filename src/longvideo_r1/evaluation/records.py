@@ -28,9 +28,7 @@ and network included).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +41,7 @@ from longvideo_r1.agent import protocol
 from longvideo_r1.agent.trace import Cost, Status, Trace
 from longvideo_r1.config import first_difference
 from longvideo_r1.errors import ConfigError, validation_line
-from longvideo_r1.files import safe_name, write_atomic
+from longvideo_r1.files import folder_lock, safe_name, write_atomic
 from longvideo_r1.questions.schema import Question
 
 RECORD_FORMAT = 1
@@ -293,21 +291,9 @@ class RunFolder:
                 for path in folder.glob(".*.tmp"):
                     path.unlink(missing_ok=True)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer per folder; the OS drops the lock when the process dies, even by SIGKILL."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        handle = (self.root / ".lock").open("a")
-        try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(
-                    f"another lvr1 eval is writing to {self.root}; wait for it or use another --out"
-                ) from None
-            yield
-        finally:
-            handle.close()
+        return folder_lock(self.root, "lvr1 eval")
 
 
 def _first_error(exc: Exception) -> str:

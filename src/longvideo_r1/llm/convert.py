@@ -16,7 +16,6 @@ conversion exact for the architectures whose tensors it knows how to lay out
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
+from longvideo_r1.files import atomic_path
 
 GGUFType = Literal["q8_0", "f16", "f32"]
 GGUF_TYPES: tuple[str, ...] = ("q8_0", "f16", "f32")
@@ -147,10 +147,8 @@ def hf_to_gguf(
         tensors.append((tensor.name, *_encode(data, type)))
 
     out = Path(out_path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a reader never sees half a model.
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
         _copy_metadata(reader, writer, template, name)
         writer.add_file_type(_FILE_TYPES[type])
@@ -160,9 +158,6 @@ def hf_to_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return GGUFExport(out, arch, len(tensors), type, out.stat().st_size)
 
 

@@ -31,14 +31,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from longvideo_r1.errors import LVR1Error
+from longvideo_r1.files import atomic_writer
 
 try:  # POSIX only; elsewhere two processes may both assemble (the rename stays atomic).
     import fcntl
@@ -308,13 +307,8 @@ def _record(path: Path, sidecar: Path, sha256: str) -> None:
         "sha256": sha256,
     }
     try:
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        with _temp_file(sidecar.parent, sidecar.name) as (handle, tmp):
+        with atomic_writer(sidecar, binary=True, suffix=TEMP_SUFFIX) as handle:
             handle.write(json.dumps(record, indent=1).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(tmp, sidecar)
     except OSError as exc:
         log.warning("cannot record the digest of %s in %s: %s", path, sidecar, exc)
 
@@ -348,20 +342,6 @@ def _mismatch(spec: ModelSpec, file: ModelFile, size: int, sha256: str | None) -
 
 
 @contextlib.contextmanager
-def _temp_file(directory: Path, name: str) -> Iterator[tuple[Any, Path]]:
-    """A hidden temp file beside the target, removed unless the caller renamed it away."""
-    fd, raw = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=directory)
-    tmp = Path(raw)
-    handle = os.fdopen(fd, "wb")
-    try:
-        yield handle, tmp
-    finally:
-        handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
 def _lock(directory: Path) -> Iterator[None]:
     """One assembler per model folder across processes; others wait, then reuse its file."""
     if fcntl is None:  # pragma: no cover - Windows
@@ -382,18 +362,8 @@ def _remove_stale_temps(directory: Path) -> None:
             stale.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable, so a crash cannot resurrect the old name."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _join(spec: ModelSpec, file: ModelFile, parts: list[Path], directory: Path) -> None:
-    """Concatenate, fsync, verify, then rename into place; nothing is left on failure."""
+    """Concatenate, verify, fsync, then rename into place; nothing is left on failure."""
     total = sum(p.stat().st_size for p in parts)
     if total != file.size:  # caught before writing hundreds of MB
         raise _mismatch(spec, file, total, None)
@@ -404,21 +374,16 @@ def _join(spec: ModelSpec, file: ModelFile, parts: list[Path], directory: Path) 
         )
     target = directory / file.name
     digest = hashlib.sha256()
-    with _temp_file(directory, file.name) as (handle, tmp):
+    # Mode as open() gives it (the umask's): a shared cache stays readable by others.
+    with atomic_writer(target, binary=True, suffix=TEMP_SUFFIX) as handle:
         for part in parts:
             with part.open("rb") as source:
                 while chunk := source.read(_CHUNK):
                     digest.update(chunk)
                     handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        tmp.chmod(0o644)  # mkstemp makes it private; a shared cache must be readable
-        size = tmp.stat().st_size
+        size = handle.tell()
         if (size, digest.hexdigest()) != (file.size, file.sha256):
-            raise _mismatch(spec, file, size, digest.hexdigest())
-        os.replace(tmp, target)
-    _fsync_dir(directory)
+            raise _mismatch(spec, file, size, digest.hexdigest())  # the temp file goes
     _record(target, _sidecar_path(directory, file.name), file.sha256)
 
 

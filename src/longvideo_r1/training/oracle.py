@@ -550,14 +550,6 @@ def generate_oracle(
     """
     config = config or OracleConfig()
     folder = TrajectoryFolder(out_dir)
-    folder.claim(
-        run_settings(
-            "oracle",
-            config,
-            hint_config or HintConfig(),
-            answerer=_factory_name(answerer_factory) or "synthetic_answerer",
-        )
-    )
 
     def work(job: _Job, worker: int) -> TrajectoryRecord:
         try:
@@ -574,4 +566,12 @@ def generate_oracle(
 
     jobs = _jobs(questions, config.variants)
     label = "oracle" if progress else None
-    return _run(jobs, work, folder, config.workers, config.retry_failed, on_record, None, label)
+    settings = run_settings(
+        "oracle",
+        config,
+        hint_config or HintConfig(),
+        answerer=_factory_name(answerer_factory) or "synthetic_answerer",
+    )
+    with folder.lock():
+        folder.claim(settings)
+        return _run(jobs, work, folder, config.workers, config.retry_failed, on_record, None, label)

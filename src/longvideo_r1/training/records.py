@@ -4,11 +4,13 @@ The teacher and the oracle write the same record (:class:`TrajectoryRecord`),
 one JSON file per question under ``OUT/records/``, so the filter and the
 exports read either without knowing which made it. A folder is claimed by
 the settings that make its records (:meth:`TrajectoryFolder.claim`), so a
-rerun cannot mix two settings into one training set.
+rerun cannot mix two settings into one training set, and locked while a run
+writes to it (:meth:`TrajectoryFolder.lock`), so two runs at once cannot either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -24,7 +26,7 @@ from longvideo_r1.agent import protocol
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.config import first_difference
 from longvideo_r1.errors import LVR1Error, validation_line
-from longvideo_r1.files import safe_name, write_atomic
+from longvideo_r1.files import folder_lock, safe_name, write_atomic
 from longvideo_r1.training.hints import Grounding, HintKind
 from longvideo_r1.tree import NodeId, Tree
 
@@ -190,6 +192,15 @@ class TrajectoryFolder:
 
     def path(self, record_id: str) -> Path:
         return self.records_dir / f"{safe_name(record_id)}.json"
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """One generator per folder, held from :meth:`claim` to the last record.
+
+        Without it two runs with different settings could both pass the claim
+        (neither sees the other's manifest yet, or both see none) and mix their
+        records. The lock is the evaluation run folder's (:func:`folder_lock`).
+        """
+        return folder_lock(self.root, "lvr1 data run")
 
     def claim(self, settings: Mapping[str, Any]) -> None:
         """Record what makes this folder's trajectories; refuse a rerun that would mix others in.

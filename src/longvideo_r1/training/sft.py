@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.errors import ConfigError, LVR1Error
+from longvideo_r1.files import write_atomic
 from longvideo_r1.llm.convert import gguf_to_hf, hf_to_gguf
 from longvideo_r1.llm.embedded import EMBEDDED_ALIASES, resolve_embedded_model
 from longvideo_r1.llm.weights import MODELS
@@ -500,7 +501,8 @@ def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
 def _write_result(result: SFTResult) -> None:
     """A small JSON beside the model, so a run's outcome survives the terminal."""
     root = result.output_dir if result.output_dir.name != "adapter" else result.output_dir.parent
-    (root / "sft_result.json").write_text(
+    write_atomic(
+        root / "sft_result.json",
         json.dumps(
             {
                 "final_loss": result.final_loss,
@@ -510,8 +512,8 @@ def _write_result(result: SFTResult) -> None:
                 "resumed_from": result.resumed_from,
             },
             indent=2,
-        ),
-        encoding="utf-8",
+        )
+        + "\n",
     )
 
 

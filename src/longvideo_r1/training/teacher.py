@@ -288,25 +288,26 @@ def generate_teacher(
 
     jobs = _jobs(questions, 1)
     try:
-        folder.claim(
-            run_settings(
-                "teacher",
-                config,
-                hint_config or HintConfig(),
-                teacher=backend_for(0).identity,
-                answerer=_factory_name(answerer_factory) or "caption_answerer",
+        with folder.lock():
+            folder.claim(
+                run_settings(
+                    "teacher",
+                    config,
+                    hint_config or HintConfig(),
+                    teacher=backend_for(0).identity,
+                    answerer=_factory_name(answerer_factory) or "caption_answerer",
+                )
             )
-        )
-        return _run(
-            jobs,
-            work,
-            folder,
-            config.workers,
-            config.retry_failed,
-            on_record,
-            config.max_consecutive_errors,
-            "teacher" if progress else None,
-        )
+            return _run(
+                jobs,
+                work,
+                folder,
+                config.workers,
+                config.retry_failed,
+                on_record,
+                config.max_consecutive_errors,
+                "teacher" if progress else None,
+            )
     finally:
         for backend in backends.values():
             backend.close()
