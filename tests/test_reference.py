@@ -326,6 +326,24 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_reference(tmp_path / "latin.json", tree)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"video_name": "x.mp4", "width": ' + "7" * 5000 + "}", "digits"),
+    ],
+    ids=["nested 100,000 deep", "a 5,000-digit number"],
+)
+def test_json_the_parser_cannot_hold_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(ReferenceFormatError) as info:
+        load_reference(path, tree_of(3))
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid JSON") and expected in message
+    assert "\n" not in message
+
+
 def test_integral_float_frame_ids_are_accepted(tmp_path: Path) -> None:
     data = document(3)
     data["captions"][0][0]["frame_ids"] = [3.0, 4.0]

@@ -32,7 +32,7 @@ from typing import Any
 
 from longvideo_r1.captions.captioner import CaptionContext, Captioner, CaptionResult
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore
-from longvideo_r1.errors import CaptionError, LVR1Error
+from longvideo_r1.errors import CaptionError, LVR1Error, one_line
 from longvideo_r1.files import write_atomic
 from longvideo_r1.tree import LEVELS, NodeId, Tree, format_node_id
 
@@ -144,6 +144,10 @@ def load_reference(path: str | os.PathLike[str], tree: Tree) -> ReferenceFile:
         raise ReferenceFormatError(
             f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise ReferenceFormatError(f"{source}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer longer than Python will convert
+        raise ReferenceFormatError(f"{source}: not valid JSON ({one_line(exc)})") from None
     except OSError as exc:
         raise ReferenceFormatError(f"{source}: cannot read ({exc.strerror or exc})") from None
     return parse_reference(data, tree, source)
