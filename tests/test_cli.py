@@ -12,10 +12,11 @@ from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.captions.reference import reference_document
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
-from longvideo_r1.media.video import file_fingerprint
+from longvideo_r1.media.video import Video, file_fingerprint
 from longvideo_r1.options import field_help
 from longvideo_r1.testing.testbench import load_testbench
 from longvideo_r1.training import oracle
@@ -173,6 +174,124 @@ def test_caption_with_a_scripted_vlm_then_tree_shows_captions(test_video, store,
     )  # fmt: skip
     captions = [n["caption"] for n in json.loads(out)["nodes"] if len(n["id"]) == 1]
     assert sorted(captions) == sorted(f"Segment {i} shows things." for i in range(4))
+
+
+# importing reference captions: provenance kept, nothing overwritten unasked
+
+
+def reference_file(video: Path, path: Path, name: str | None = None, word: str = "imported"):
+    """A reference caption file for ``video``, every node, as the released files look."""
+    with Video.open(video) as opened:
+        tree = Tree.for_video(opened.info.duration, opened.info.n_frames)
+    records = [
+        CaptionRecord("-", tree.width, n.id, "-", f"{word} {n.label}", tree.sample_times(n.id, 2))
+        for n in tree.walk()
+    ]
+    path.write_text(json.dumps(reference_document(records, tree, name or video.name)))
+    return path
+
+
+def stored_texts(store: Path) -> dict[str, list[str]]:
+    """Every caption text in the store by identity (empty when nothing was ever opened)."""
+    if not store.exists():
+        return {}
+    with CaptionStore(store) as db:
+        by_identity: dict[str, list[str]] = {}
+        for video in db.list_videos():
+            for identity in db.stats(video.fingerprint).captions_by_identity:
+                records = db.list_captions(video.fingerprint, identity)
+                by_identity[identity] = sorted(r.text for r in records)
+        return by_identity
+
+
+def caption_error(err: str) -> str:
+    """The last stderr line of a refused ``lvr1 caption``, checked to be its one error line."""
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("lvr1 caption: error: "), err
+    return line
+
+
+@pytest.mark.parametrize("captioner", ["embedded", "vlm"])
+def test_caption_import_refuses_a_model_captioner(captioner, test_video, store, tmp_path, capsys):
+    """Imported text must not be stored as (or over) the captions a model made."""
+    ref = reference_file(test_video.path, tmp_path / "ref.json")
+    code, _, err = run(
+        capsys, "caption", str(test_video.path), "--import-reference", str(ref), "--quiet",
+        "--captioner", captioner, "--caption-base-url", "http://127.0.0.1:9/v1",
+        "--caption-model", "m",
+    )  # fmt: skip
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "use --captioner imported:NAME or leave --captioner out" in caption_error(err)
+    assert stored_texts(store) == {}
+
+
+def test_caption_import_of_another_videos_file_needs_force_match(
+    test_video, store, tmp_path, capsys
+):
+    ref = reference_file(test_video.path, tmp_path / "ref.json", name="someone_else.mp4")
+    argv = ["caption", str(test_video.path), "--import-reference", str(ref), "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    line = caption_error(err)
+    assert f"{ref}: written for video 'someone_else.mp4', not 'testvideo.mp4'" in line
+    assert "--force-match" in line
+    assert stored_texts(store).get("imported:reference") is None
+    code, _, err = run(capsys, *argv, "--force-match")
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert "imported 84 captions" in said and "as imported:reference" in said
+    assert "imported despite: written for video 'someone_else.mp4'" in said
+    assert len(stored_texts(store)["imported:reference"]) == 84
+
+
+def test_caption_reimport_overwrites_only_with_replace(test_video, store, tmp_path, capsys):
+    first = reference_file(test_video.path, tmp_path / "first.json")
+    second = reference_file(test_video.path, tmp_path / "second.json", word="corrected")
+    argv = ["caption", str(test_video.path), "--quiet", "--import-reference"]
+    assert run(capsys, *argv, str(first))[0] == 0
+    code, _, err = run(capsys, *argv, str(first))
+    assert code == 0 and "84 already stored unchanged" in " ".join(err.split())
+    code, _, err = run(capsys, *argv, str(second))
+    assert code == 2
+    line = caption_error(err)
+    assert "84 of 84 captions" in line and "--replace" in line
+    assert all(t.startswith("imported ") for t in stored_texts(store)["imported:reference"])
+    code, _, err = run(capsys, *argv, str(second), "--replace")
+    assert code == 0, err
+    assert "replaced 84" in " ".join(err.split())
+    texts = stored_texts(store)
+    assert list(texts) == ["imported:reference"]
+    assert len(texts["imported:reference"]) == 84
+    assert all(t.startswith("corrected ") for t in texts["imported:reference"])
+
+
+def test_caption_force_never_deletes_imported_captions(test_video, store, tmp_path, capsys):
+    """No captioner can remake an import, so --force would only lose it."""
+    ref = reference_file(test_video.path, tmp_path / "ref.json")
+    video = str(test_video.path)
+    assert run(capsys, "caption", video, "--import-reference", str(ref), "--quiet")[0] == 0
+    code, _, err = run(capsys, "caption", video, "--captioner", "imported:reference", "--force")
+    assert code == 2
+    assert "--import-reference FILE --replace" in caption_error(err)
+    assert len(stored_texts(store)["imported:reference"]) == 84
+
+
+@pytest.mark.parametrize("flag", ["--replace", "--force-match"])
+def test_caption_import_flags_need_an_import(flag, test_video, store, capsys):
+    code, _, err = run(capsys, "caption", str(test_video.path), flag, "--quiet")
+    assert code == 2
+    assert f"{flag} applies only with --import-reference" in caption_error(err)
+
+
+def test_caption_import_of_json_nested_too_deep_is_one_line(test_video, store, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    argv = ["caption", str(test_video.path), "--import-reference", str(deep), "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert caption_error(err) == f"lvr1 caption: error: {deep}: not valid JSON (nested too deeply)"
 
 
 def test_ask_refuses_an_empty_question_before_any_work(test_video, store, capsys):

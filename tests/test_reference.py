@@ -11,8 +11,10 @@ from helpers_captions import IDENTITY, FakeContext, FakeInfo, FakeVideo
 
 from longvideo_r1.captions.reference import (
     DEFAULT_IMPORT_IDENTITY,
+    ImportConflictError,
     ImportedCaptioner,
     ReferenceFormatError,
+    ReferenceMismatchError,
     export_reference,
     export_reference_file,
     import_reference,
@@ -25,7 +27,7 @@ from longvideo_r1.captions.reference import (
 )
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
-from longvideo_r1.errors import CaptionError, LVR1Error
+from longvideo_r1.errors import CaptionError, ConfigError, LVR1Error
 from longvideo_r1.tree import Tree
 
 FP = "c" * 64
@@ -173,14 +175,38 @@ def test_import_maps_segments_through_the_tree(tmp_path: Path, store: CaptionSto
     assert leaf.text == "low segment 6" and leaf.seconds == 0.0 and len(leaf.frame_ids) == 2
 
 
-def test_reimport_replaces(tmp_path: Path, store: CaptionStore) -> None:
+def test_reimport_overwrites_only_when_asked(tmp_path: Path, store: CaptionStore) -> None:
     data = document(3)
     import_reference(dump(tmp_path, data), store, FP, tree_of(3))
+    again = import_reference(dump(tmp_path, data), store, FP, tree_of(3))
+    assert (again.unchanged, again.replaced) == (39, 0)  # the same file twice changes nothing
+    assert "39 already stored unchanged" in again.summary()
     data["captions"][0][0]["caption"] = "<caption>corrected</caption>"
-    import_reference(dump(tmp_path, data), store, FP, tree_of(3))
     key = CaptionKey(FP, 3, (1,), DEFAULT_IMPORT_IDENTITY)
+    with pytest.raises(ImportConflictError, match=r"1 of 39 captions differ .*--replace"):
+        import_reference(dump(tmp_path, data), store, FP, tree_of(3))
+    assert store.get_caption(key).text == "high segment 1"
+    report = import_reference(dump(tmp_path, data), store, FP, tree_of(3), replace=True)
+    assert (report.unchanged, report.replaced) == (38, 1) and "replaced 1" in report.summary()
     assert store.get_caption(key).text == "corrected"
     assert len(store.list_captions(FP, DEFAULT_IMPORT_IDENTITY, 3)) == 3 + 9 + 27
+
+
+@pytest.mark.parametrize("identity", [IDENTITY, "embedded:features:v1", "imported:", "vlm"])
+def test_imports_are_never_stored_as_a_model(
+    tmp_path: Path, store: CaptionStore, identity: str
+) -> None:
+    """Imported text carries an imported:NAME identity, so it never passes as (or replaces)
+    captions a captioner made."""
+    tree = tree_of(3)
+    fill(store, tree)
+    made = store.list_captions(FP, IDENTITY, 3)
+    with pytest.raises(ConfigError, match="imported:NAME"):
+        import_reference(dump(tmp_path, document(3)), store, FP, tree, identity=identity)
+    assert store.list_captions(FP, IDENTITY, 3) == made
+    assert store.stats().captions == len(made)
+    with pytest.raises(ConfigError, match="imported:NAME"):
+        ImportedCaptioner(identity)
 
 
 def test_export_refuses_incomplete_captions(store: CaptionStore) -> None:
@@ -280,9 +306,14 @@ CASES = [
         "medium level, segment 1: frame_ids must be a list of integer",
     ),
     (
+        "frame_time negative",
+        mutate(lambda d: d["captions"][2][3].update(frame_time=[-1.0])),
+        "low level, segment 4: frame_time must be a list of numbers (seconds, not negative)",
+    ),
+    (
         "frame_time beyond video",
         mutate(lambda d: d["captions"][2][26].update(frame_time=[5000.0])),
-        "low level, segment 27: frame_time outside",
+        "low level, segment 27 has frame times 5000.0-5000.0 s, outside its span here",
     ),
     (
         "entry not object",
@@ -326,6 +357,24 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_reference(tmp_path / "latin.json", tree)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"video_name": "x.mp4", "width": ' + "7" * 5000 + "}", "digits"),
+    ],
+    ids=["nested 100,000 deep", "a 5,000-digit number"],
+)
+def test_json_the_parser_cannot_hold_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(ReferenceFormatError) as info:
+        load_reference(path, tree_of(3))
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid JSON") and expected in message
+    assert "\n" not in message
+
+
 def test_integral_float_frame_ids_are_accepted(tmp_path: Path) -> None:
     data = document(3)
     data["captions"][0][0]["frame_ids"] = [3.0, 4.0]
@@ -345,9 +394,53 @@ def test_file_helpers_take_an_opened_video(tmp_path: Path, store: CaptionStore) 
     exported = json.loads(out.read_text())
     assert exported["video_name"] == "abc123.mp4"
     assert exported["captions"][2][0]["caption"] == "<caption>low segment 1</caption>"
+    same = FakeVideo(fingerprint=FP, info=FakeInfo(Path("/data/abc123.mkv"), 600.0, 18000))
+    assert import_reference_file(tmp_path / "ref.json", same, tree, store).notes == ()
+
+
+def test_a_file_named_for_another_video_is_refused_unless_forced(
+    tmp_path: Path, store: CaptionStore
+) -> None:
     other = FakeVideo(fingerprint=FP, info=FakeInfo(Path("/v/renamed.mkv"), 600.0, 18000))
-    renamed = import_reference_file(tmp_path / "ref.json", other, tree, store, "imported:x")
-    assert renamed.notes == ("the file is for video 'abc123.mp4', imported onto 'renamed.mkv'",)
+    path = dump(tmp_path, document(3))
+    with pytest.raises(ReferenceMismatchError) as info:
+        import_reference_file(path, other, tree_of(3), store, "imported:x")
+    assert str(info.value) == (
+        f"{path}: written for video 'abc123.mp4', not 'renamed.mkv' "
+        "(--force-match imports it anyway)"
+    )
+    assert store.stats().captions == 0
+    forced = import_reference_file(path, other, tree_of(3), store, "imported:x", force_match=True)
+    assert forced.imported == 39
+    assert forced.notes == ("imported despite: written for video 'abc123.mp4', not 'renamed.mkv'",)
+
+
+@pytest.mark.parametrize(("written_for", "last"), [(300.0, 297.2), (1200.0, 1188.9)])
+def test_a_file_for_another_duration_is_refused_unless_forced(
+    tmp_path: Path, store: CaptionStore, written_for: float, last: float
+) -> None:
+    """Same name, same width, but frame times of a shorter or longer video: refused."""
+    path = dump(tmp_path, document(3, duration=written_for))
+    with pytest.raises(ReferenceMismatchError) as info:
+        import_reference(path, store, FP, tree_of(3, 600.0))
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "--force-match" in message
+    assert f"frame times run to {last:.1f} s, this video is 600.0 s long" in message
+    assert store.stats().captions == 0
+    report = import_reference(path, store, FP, tree_of(3, 600.0), force_match=True)
+    assert report.imported == 39 and report.notes[0].startswith("imported despite: ")
+
+
+def test_frame_times_a_frame_off_the_boundaries_still_match(
+    tmp_path: Path, store: CaptionStore
+) -> None:
+    """The reference splits segments by whole frames, so its times may sit a frame past ours."""
+    data = document(3)
+    tree = tree_of(3)
+    for depth, level in enumerate(data["captions"], start=1):
+        for entry, node in zip(level, tree.nodes(depth), strict=True):
+            entry["frame_time"] = [max(0.0, node.start - 1 / 30), node.end + 1 / 30]
+    assert import_reference(dump(tmp_path, data), store, FP, tree).notes == ()
 
 
 def test_imported_captioner_serves_imports_and_refuses_to_invent(

@@ -14,6 +14,13 @@ first; it has no node in our tree, so import skips it and says so.
 Importing lets the released caption sets be navigated and evaluated without
 re-captioning; exporting lets our captions feed tools written for the
 reference. Segment ids map to node ids only through :class:`~.tree.Tree`.
+
+Imported text keeps its provenance: it is stored only under an
+``imported:NAME`` identity, never under a captioner that makes captions, so
+it can neither pass as a model's work nor overwrite it. A file written for
+another video (by name, or by frame times that do not fit this video's
+duration) is refused unless the caller forces the match, and captions an
+earlier import stored are overwritten only when asked.
 The ``<caption>`` tag helpers live here because this is where the tag is a
 file format; captioners import them to read model output.
 """
@@ -26,17 +33,20 @@ import os
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from longvideo_r1.captions.captioner import CaptionContext, Captioner, CaptionResult
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore
-from longvideo_r1.errors import CaptionError, LVR1Error
+from longvideo_r1.errors import CaptionError, ConfigError, LVR1Error, one_line
 from longvideo_r1.files import write_atomic
 from longvideo_r1.tree import LEVELS, NodeId, Tree, format_node_id
 
-DEFAULT_IMPORT_IDENTITY = "imported:reference"
+IMPORTED_PREFIX = "imported:"
+"""Every identity imported captions are stored under starts with this, and no other does."""
+
+DEFAULT_IMPORT_IDENTITY = f"{IMPORTED_PREFIX}reference"
 """Captioner identity that imported captions are stored under unless the caller names one."""
 
 _FIELDS = ("segment_id", "level", "caption", "frame_time", "frame_ids")
@@ -44,6 +54,27 @@ _FIELDS = ("segment_id", "level", "caption", "frame_time", "frame_ids")
 
 class ReferenceFormatError(LVR1Error, ValueError):
     """A reference caption file is malformed, does not fit this video's tree, or can't be written."""
+
+
+class ReferenceMismatchError(ReferenceFormatError):
+    """A valid reference file written for another video: its name or its duration differs."""
+
+
+class ImportConflictError(LVR1Error):
+    """An import would overwrite different captions stored under its identity, unasked."""
+
+
+def check_import_identity(identity: str) -> str:
+    """``identity`` if it is ``imported:NAME``; anything else would let imported text pass
+    as (and replace) the captions of a captioner that makes them."""
+    if not identity.startswith(IMPORTED_PREFIX):
+        raise ConfigError(
+            f"imported captions are stored as imported:NAME, not as {identity!r}: imported "
+            "text must never pass as the captions of a model"
+        )
+    if not identity[len(IMPORTED_PREFIX) :].strip():
+        raise ConfigError(f"imported:NAME needs a NAME, got {identity!r}")
+    return identity
 
 
 # <caption> tags ---------------------------------------------------------------------
@@ -106,7 +137,12 @@ class ReferenceFile:
 
 @dataclass(frozen=True)
 class ImportReport:
-    """What an import stored, under which identity, and what it skipped."""
+    """What an import stored, under which identity, and what it skipped.
+
+    ``counts`` are the file's captions per level; of those, ``unchanged`` were
+    already stored with the same text and frames, and ``replaced`` overwrote
+    different ones (only when the import was asked to replace).
+    """
 
     source: str
     video_name: str
@@ -114,6 +150,8 @@ class ImportReport:
     identity: str
     counts: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    unchanged: int = 0
+    replaced: int = 0
 
     @property
     def imported(self) -> int:
@@ -122,7 +160,12 @@ class ImportReport:
     def summary(self) -> str:
         levels = ", ".join(f"{n} {level}" for level, n in self.counts.items())
         text = f"imported {self.imported} captions ({levels}) from {self.source} as {self.identity}"
-        return "; ".join([text, *self.notes])
+        parts = [text]
+        if self.unchanged:
+            parts.append(f"{self.unchanged} already stored unchanged")
+        if self.replaced:
+            parts.append(f"replaced {self.replaced} that differed")
+        return "; ".join([*parts, *self.notes])
 
     def __str__(self) -> str:
         return self.summary()
@@ -144,6 +187,10 @@ def load_reference(path: str | os.PathLike[str], tree: Tree) -> ReferenceFile:
         raise ReferenceFormatError(
             f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise ReferenceFormatError(f"{source}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer longer than Python will convert
+        raise ReferenceFormatError(f"{source}: not valid JSON ({one_line(exc)})") from None
     except OSError as exc:
         raise ReferenceFormatError(f"{source}: cannot read ({exc.strerror or exc})") from None
     return parse_reference(data, tree, source)
@@ -241,12 +288,6 @@ def _parse_entry(
     if not isinstance(entry["caption"], str):
         raise ReferenceFormatError(f"{where}: caption must be a string")
     times = _numbers(entry["frame_time"], f"{where}: frame_time")
-    limit = tree.duration + max(2.0, 0.02 * tree.duration)
-    if any(t < 0 or t > limit for t in times):
-        raise ReferenceFormatError(
-            f"{where}: frame_time outside this video's 0..{tree.duration:.1f} s "
-            "(is this the file of another video?)"
-        )
     ids = _integers(entry["frame_ids"], f"{where}: frame_ids")
     return ReferenceCaption(
         node_id=tree.from_flat(depth, segment_id - 1),
@@ -264,10 +305,11 @@ def _is_int(value: Any) -> bool:
 
 def _numbers(value: Any, where: str) -> tuple[float, ...]:
     ok = isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in value
     )
     if not ok:
-        raise ReferenceFormatError(f"{where} must be a list of numbers (seconds)")
+        raise ReferenceFormatError(f"{where} must be a list of numbers (seconds, not negative)")
     return tuple(float(v) for v in value)
 
 
@@ -280,6 +322,69 @@ def _integers(value: Any, where: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+# is the file this video's? ---------------------------------------------------------
+
+FRAME_SLACK_S = 1.0
+"""Seconds a frame time may sit outside its segment's span here (at least; also two
+frames and 0.2% of the duration): the reference splits segments by whole frames and
+measures the duration its own way, so its boundaries may differ from ours a little."""
+
+
+def mismatches(ref: ReferenceFile, tree: Tree, video_name: str | None = None) -> list[str]:
+    """Why the file looks written for another video (empty when it fits this one).
+
+    Files name videos by dataset id, so names are compared without their
+    extension; ``video_name`` None skips the name (a caller without a video file).
+    """
+    found = []
+    if video_name is not None and Path(ref.video_name).stem != Path(video_name).stem:
+        found.append(f"written for video {ref.video_name!r}, not {video_name!r}")
+    misfit = _duration_misfit(ref, tree)
+    if misfit:
+        found.append(misfit)
+    return found
+
+
+def _duration_misfit(ref: ReferenceFile, tree: Tree) -> str | None:
+    """The first segment whose frame times fall outside its span in this video's tree.
+
+    Segments split the video evenly, so a file made for a longer or shorter
+    video (by more than about a leaf) puts some segment's frames where that
+    segment is not here; the file carries no duration of its own to compare.
+    """
+    frame = tree.duration / max(tree.n_frames, 1)
+    slack = max(FRAME_SLACK_S, 2 * frame, 0.002 * tree.duration)
+    for caption in ref.captions:
+        if not caption.frame_times:
+            continue
+        node = tree.node(caption.node_id)
+        first, last = min(caption.frame_times), max(caption.frame_times)
+        if first < node.start - slack or last > node.end + slack:
+            latest = max(t for c in ref.captions for t in c.frame_times)
+            return (
+                f"{caption.level} level, segment {caption.segment_id} has frame times "
+                f"{first:.1f}-{last:.1f} s, outside its span here ({node.start:.1f}-"
+                f"{node.end:.1f} s): the file's frame times run to {latest:.1f} s, this video "
+                f"is {tree.duration:.1f} s long"
+            )
+    return None
+
+
+def _match_notes(
+    ref: ReferenceFile, tree: Tree, video_name: str | None, force_match: bool
+) -> list[str]:
+    """Refuse a file for another video unless forced; forced, say what did not match."""
+    problems = mismatches(ref, tree, video_name)
+    if problems and not force_match:
+        raise ReferenceMismatchError(
+            f"{ref.source}: {'; '.join(problems)} (--force-match imports it anyway)"
+        )
+    notes = [f"imported despite: {problem}" for problem in problems]
+    if not any(caption.frame_times for caption in ref.captions):
+        notes.append("the file has no frame times, so its duration was not checked")
+    return notes
+
+
 # import / export --------------------------------------------------------------------
 
 
@@ -289,15 +394,58 @@ def import_reference(
     fingerprint: str,
     tree: Tree,
     identity: str = DEFAULT_IMPORT_IDENTITY,
+    *,
+    video_name: str | None = None,
+    force_match: bool = False,
+    replace: bool = False,
 ) -> ImportReport:
-    """Validate a reference file, then store all its captions in one transaction.
+    """Validate a reference file and check it is this video's, then store it in one transaction.
 
-    Nothing is written unless the whole file is valid, and re-importing a file
-    replaces the captions it imported before.
+    ``identity`` must be ``imported:NAME``. Nothing is written unless the whole
+    file is valid and fits the video (its name when ``video_name`` is given, and
+    its duration), or ``force_match``. Captions already stored under ``identity``
+    that equal the file's are kept; different ones are overwritten only with
+    ``replace``, and without it they refuse the whole import, naming how many.
     """
+    check_import_identity(identity)
     ref = load_reference(path, tree)
+    notes = [*ref.notes, *_match_notes(ref, tree, video_name, force_match)]
+    records = _records(ref, fingerprint, tree, identity)
+    stored = {r.node_id: r for r in store.list_captions(fingerprint, identity, width=tree.width)}
+    changed = {
+        r.node_id for r in records if r.node_id in stored and not _same(stored[r.node_id], r)
+    }
+    if changed and not replace:
+        first = next(r.node_id for r in records if r.node_id in changed)
+        raise ImportConflictError(
+            f"{ref.source}: {len(changed)} of {len(records)} captions differ from those already "
+            f"stored for this video as {identity} (first {format_node_id(first)}); --replace "
+            "overwrites them, or import under another --captioner imported:NAME"
+        )
+    fresh = [r for r in records if r.node_id not in stored or r.node_id in changed]
+    store.put_captions(fresh, replace=replace)
+    counts = {level: 0 for level in LEVELS}
+    for caption in ref.captions:
+        counts[caption.level] += 1
+    unchanged = sum(1 for r in records if r.node_id in stored) - len(changed)
+    return ImportReport(
+        source=ref.source,
+        video_name=ref.video_name,
+        width=ref.width,
+        identity=identity,
+        counts=counts,
+        notes=tuple(notes),
+        unchanged=unchanged,
+        replaced=len(changed),
+    )
+
+
+def _records(
+    ref: ReferenceFile, fingerprint: str, tree: Tree, identity: str
+) -> list[CaptionRecord]:
+    """The file's captions as store records of this video, all stamped with one time."""
     now = time.time()
-    records = [
+    return [
         CaptionRecord(
             fingerprint=fingerprint,
             width=tree.width,
@@ -310,11 +458,15 @@ def import_reference(
         )
         for caption in ref.captions
     ]
-    store.put_captions(records, replace=True)
-    counts = {level: 0 for level in LEVELS}
-    for caption in ref.captions:
-        counts[caption.level] += 1
-    return ImportReport(ref.source, ref.video_name, ref.width, identity, counts, ref.notes)
+
+
+def _same(stored: CaptionRecord, new: CaptionRecord) -> bool:
+    """Whether importing ``new`` would change what is stored (text or frames)."""
+    return (stored.text, tuple(stored.frame_times), tuple(stored.frame_ids)) == (
+        new.text,
+        tuple(new.frame_times),
+        tuple(new.frame_ids),
+    )
 
 
 def reference_document(records: Iterable[CaptionRecord], tree: Tree, video_name: str) -> dict:
@@ -371,18 +523,26 @@ def import_reference_file(
     tree: Tree,
     store: CaptionStore,
     identity: str = DEFAULT_IMPORT_IDENTITY,
+    *,
+    force_match: bool = False,
+    replace: bool = False,
 ) -> ImportReport:
     """:func:`import_reference` for an opened video (``.fingerprint``, ``.info.path``).
 
-    Reference files name videos by dataset id, so a different file name is
-    only noted, not refused; the tree width and frame times are what must fit.
+    Reference files name videos by dataset id, so the file's ``video_name`` must
+    match the video's file name without its extension (``abc123.mp4`` fits
+    ``/data/abc123.mkv``); a renamed video needs ``force_match``.
     """
-    report = import_reference(path, store, video.fingerprint, tree, identity)
-    ours = Path(video.info.path).name
-    if Path(report.video_name).stem != Path(ours).stem:
-        note = f"the file is for video {report.video_name!r}, imported onto {ours!r}"
-        report = replace(report, notes=(*report.notes, note))
-    return report
+    return import_reference(
+        path,
+        store,
+        video.fingerprint,
+        tree,
+        identity,
+        video_name=Path(video.info.path).name,
+        force_match=force_match,
+        replace=replace,
+    )
 
 
 def export_reference_file(
@@ -407,7 +567,7 @@ class ImportedCaptioner(Captioner):
     """
 
     def __init__(self, identity: str = DEFAULT_IMPORT_IDENTITY):
-        self._identity = identity
+        self._identity = check_import_identity(identity)
 
     @property
     def identity(self) -> str:

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from longvideo_r1.captions.reference import export_reference_file, import_reference_file
+from longvideo_r1.captions.reference import (
+    DEFAULT_IMPORT_IDENTITY,
+    IMPORTED_PREFIX,
+    export_reference_file,
+    import_reference_file,
+)
 from longvideo_r1.cli.common import (
     _captioner_option,
     _endpoint_options,
@@ -77,8 +82,23 @@ def add_caption_parser(sub, common: argparse.ArgumentParser) -> None:
     caption.add_argument(
         "--import-reference",
         metavar="PATH",
-        help="import captions in the reference JSON format (stored as 'imported:reference' "
-        "unless --captioner imported:NAME is given) before anything else",
+        help="import captions in the reference JSON format before anything else, stored as "
+        "'imported:reference' (or --captioner imported:NAME), never as a model's captions; "
+        "a file written for another video (its video_name, or frame times that do not fit "
+        "this video's duration) is refused",
+    )
+    caption.add_argument(
+        "--force-match",
+        action="store_true",
+        help="with --import-reference: import a file whose video_name or duration does not "
+        "match this video (the report says what did not match)",
+    )
+    caption.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --import-reference: overwrite captions an earlier import stored under the "
+        "same imported:NAME that differ from the file's (without it, such an import is "
+        "refused and nothing is written)",
     )
     caption.add_argument(
         "--export-reference", metavar="PATH", help="write the captions in the reference JSON format"
@@ -98,6 +118,27 @@ def _parse_levels(text: str) -> tuple[int, ...]:
     return tuple(sorted({LEVEL_DEPTHS[n] for n in names}))
 
 
+def _check_import_flags(args: argparse.Namespace) -> None:
+    """Refuse import flags that would do nothing, or store imported text as a model's.
+
+    ``--captioner embedded|vlm`` with ``--import-reference`` is refused rather than
+    ignored: it used to store the file under that model's identity, so whoever
+    types it expects later runs with that captioner to read the import; ignored,
+    those runs would quietly make captions of their own. One line says what to
+    type instead.
+    """
+    if not args.import_reference:
+        for flag, given in (("--replace", args.replace), ("--force-match", args.force_match)):
+            if given:
+                raise ConfigError(f"{flag} applies only with --import-reference")
+        return
+    if args.captioner and not args.captioner.startswith(IMPORTED_PREFIX):
+        raise ConfigError(
+            f"--import-reference stores captions as imported:NAME, not as --captioner "
+            f"{args.captioner}: use --captioner imported:NAME or leave --captioner out"
+        )
+
+
 def cmd_tree(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _session(args, settings) as session:
@@ -115,9 +156,16 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     depths = _parse_levels(args.levels)
+    _check_import_flags(args)
     if args.import_reference and not args.captioner:
-        args.captioner = "imported:reference"
+        args.captioner = DEFAULT_IMPORT_IDENTITY
     settings = _settings(args)
+    if args.force and settings.captioner.startswith(IMPORTED_PREFIX):
+        raise ConfigError(
+            f"--force would delete the captions imported as {settings.captioner}, which no "
+            "captioner can remake; to change them, import again with --import-reference FILE "
+            "--replace"
+        )
     with _session(args, settings) as session:
         if args.import_reference:
             summary = import_reference_file(
@@ -126,6 +174,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 session.tree,
                 session.store,
                 identity=session.captioner.identity,
+                force_match=args.force_match,
+                replace=args.replace,
             )
             console.print(str(summary), highlight=False)
         report = session.service.build(
