@@ -381,6 +381,8 @@ def test_damaged_caption_row_is_one_line_naming_it(
         assert f"video {FP}, captioner {IDENTITY}, width 4, node (1, 2) is damaged" in message
         assert f"({column}:" in message and "--force --levels medium" in message
         assert "DELETE FROM captions WHERE" in message and str(store.path) in message
+    _damage(store.path, message.rsplit(' "', 1)[1].rstrip('"'))  # the repair it prints
+    assert store.list_captions(FP, IDENTITY, 4) == []
 
 
 def test_damaged_artifact_is_one_line(store: CaptionStore) -> None:
@@ -406,7 +408,7 @@ def test_cli_names_a_damaged_row_and_exits_1(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert f"video {fingerprint}, captioner imported:reference" in err
-        assert "node (1,) is damaged" in err and "--force --levels high" in err
+        assert "node (1,) is damaged" in err and "import the reference file again" in err
 
 
 # opening ---------------------------------------------------------------------------

@@ -342,12 +342,22 @@ def _damaged_caption(
         f"DELETE FROM {table} WHERE fingerprint = {_sql(fp)} AND identity = {_sql(identity)} "
         f"AND width = {width} AND node = {_sql(node)}"
     )
+    remake = (
+        "import the reference file again"
+        if str(identity).startswith("imported:")
+        else f"remake it with `lvr1 caption VIDEO --captioner ... --force{levels}`"
+    )
     return DamagedRowError(
         f"caption store {path}: the stored {what} of video {fp}, captioner {identity}, "
-        f"width {width}, node {node} is damaged ({column}: {one_line(exc, 120)}); remake it "
-        f"with `lvr1 caption VIDEO --captioner ... --force{levels}` or delete the row: "
-        f"sqlite3 {shlex.quote(str(path))} {shlex.quote(delete)}"
+        f"width {width}, node {node} is damaged ({column}: {one_line(exc, 120)}); {remake} "
+        f"or delete the row: {_sqlite_command(path, delete)}"
     )
+
+
+def _sqlite_command(path: Path, sql: str) -> str:
+    """A shell line that runs ``sql`` on the store (the SQL in double quotes, readable)."""
+    quoted = "".join("\\" + c if c in '"$`\\' else c for c in sql)
+    return f'sqlite3 {shlex.quote(str(path))} "{quoted}"'
 
 
 def _sql(value: Any) -> str:
@@ -362,10 +372,11 @@ def failure_from_row(row: tuple[Any, ...], path: Path) -> FailureRecord:
     except ValueError as exc:
         raise DamagedRowError(
             f"caption store {path}: a failure row of video {fp}, captioner {identity} has a "
-            f"damaged node ({one_line(exc, 120)}); delete it: sqlite3 {shlex.quote(str(path))} "
-            + shlex.quote(
+            f"damaged node ({one_line(exc, 120)}); delete it: "
+            + _sqlite_command(
+                path,
                 f"DELETE FROM failures WHERE fingerprint = {_sql(fp)} "
-                f"AND identity = {_sql(identity)} AND node = {_sql(node)}"
+                f"AND identity = {_sql(identity)} AND node = {_sql(node)}",
             )
         ) from None
     seconds, frames, prompt, completion = spent
@@ -392,10 +403,10 @@ def artifact_from_row(value: str, path: Path, fingerprint: str, key: str) -> Any
     except ValueError as exc:
         raise DamagedRowError(
             f"caption store {path}: artifact {key!r} of video {fingerprint} is damaged "
-            f"({one_line(exc, 120)}); delete it and it is remade: sqlite3 "
-            f"{shlex.quote(str(path))} "
-            + shlex.quote(
+            f"({one_line(exc, 120)}); delete it and it is remade: "
+            + _sqlite_command(
+                path,
                 f"DELETE FROM artifacts WHERE fingerprint = {_sql(fingerprint)} "
-                f"AND key = {_sql(key)}"
+                f"AND key = {_sql(key)}",
             )
         ) from None
