@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.captions.captioner import CallCost
 from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
 from longvideo_r1.errors import CaptionError
 from longvideo_r1.tree import Node, NodeId, Tree, format_node_id, parse_node_id
@@ -85,11 +86,17 @@ def expected_times(tree: Tree, node_id: NodeId, frames: int = 4) -> list[float]:
     return tree.sample_times(node_id, frames)
 
 
+FAILED_CALL_FRAMES = 7
+"""What a scripted failure reports having decoded before it failed."""
+
+
 class ScriptedCaptioner:
     """Captions every node with :func:`expected_text`, slowly or failing on request.
 
     Counts and optionally logs every call (to a file, one node per line) so
-    tests can prove which nodes were asked for, across processes.
+    tests can prove which nodes were asked for, across processes. A scripted
+    failure reports what it spent (``exc.spent``), as the real captioners do;
+    a crash (a bug) does not.
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class ScriptedCaptioner:
         log_path: Path | None = None,
         frames: int = 4,
         wrap_tags: bool = False,
+        prefix: str = "",
     ):
         self.identity = identity
         self.delay = delay
@@ -109,6 +117,7 @@ class ScriptedCaptioner:
         self.log_path = log_path
         self.frames = frames
         self.wrap_tags = wrap_tags
+        self.prefix = prefix
         self.calls: list[NodeId] = []
         self.contexts: list[Any] = []
         self.active = 0
@@ -129,12 +138,14 @@ class ScriptedCaptioner:
             if self.delay:
                 time.sleep(self.delay)
             if node_id in self.fail:
-                raise CaptionError(f"scripted failure for node {format_node_id(node_id)}")
+                error = CaptionError(f"scripted failure for node {format_node_id(node_id)}")
+                error.spent = CallCost(FAILED_CALL_FRAMES, 30, 5, seconds=0.25)
+                raise error
             if node_id in self.crash:
                 raise ValueError("scripted bug\nspanning two lines")
             times = expected_times(ctx.tree, node_id, self.frames)
             fps = ctx.tree.n_frames / ctx.tree.duration
-            text = expected_text(node_id)
+            text = self.prefix + expected_text(node_id)
             return FakeResult(
                 text=f"<caption>{text}</caption>" if self.wrap_tags else text,
                 frame_times=times,
@@ -185,6 +196,11 @@ def _build(args: argparse.Namespace) -> int:
     captioner = ScriptedCaptioner(delay=args.delay, log_path=args.log)
     with CaptionStore(args.store) as store:
         service = CaptionService(video, tree, captioner, store, context_factory=FakeContext)
+        if args.go is not None:  # start together with the other builds
+            args.go.with_name(f"{args.go.name}-ready-{args.log.stem}").touch()
+            deadline = time.monotonic() + 60
+            while not args.go.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
         report = service.build(workers=args.workers, progress=False)
     print(
         json.dumps(
@@ -194,6 +210,9 @@ def _build(args: argparse.Namespace) -> int:
                 "failed": len(report.failed),
                 "interrupted": report.interrupted,
                 "remaining": report.remaining,
+                "frames_decoded": report.cost.frames_decoded,
+                "service_frames_decoded": service.cost.frames_decoded,
+                "service_made": service.cost.made,
             }
         ),
         flush=True,
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--width", type=int, default=3)
     build.add_argument("--delay", type=float, default=0.1)
     build.add_argument("--workers", type=int, default=3)
+    build.add_argument("--go", type=Path, help="wait for this file to exist before building")
     write = sub.add_parser("write")
     write.add_argument("--store", type=Path, required=True)
     write.add_argument("--worker", type=int, required=True)

@@ -249,6 +249,26 @@ def test_endpoint_errors_pass_through():
         VLMCaptioner(FakeClient(answer=fail)).caption(context(tree(), (1,)))
 
 
+def test_a_failed_caption_call_carries_what_it_spent():
+    """The frames were decoded and the reply's tokens paid before the reply proved unusable:
+    the error says so, for the caption service to record with the failure."""
+    video = FakeVideo()
+    captioner = VLMCaptioner(FakeClient(answer="no tags here"))
+    with pytest.raises(CaptionError) as info:
+        captioner.caption(context(tree(), (2, 1), video=video))
+    spent = info.value.spent
+    assert spent.frames_decoded == video.decoded[0] > 0
+    assert (spent.prompt_tokens, spent.completion_tokens) == (1200, 40) and spent.seconds > 0
+
+    def down(messages):
+        raise EndpointError("chat endpoint http://x/v1 (model m) answered HTTP 500")
+
+    with pytest.raises(EndpointError) as info:
+        VLMCaptioner(FakeClient(answer=down)).caption(context(tree(), (1,), video=video))
+    assert info.value.spent.frames_decoded == video.decoded[1] > 0
+    assert info.value.spent.prompt_tokens == 0
+
+
 def test_a_video_that_returns_too_few_frames_is_a_caption_error():
     with pytest.raises(CaptionError, match=r"node \(1, 1\): asked the video for 64 frames, got 63"):
         VLMCaptioner(FakeClient()).caption(context(tree(), (1, 1), video=FakeVideo(drop=1)))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers_captions import (
+    FAILED_CALL_FRAMES,
     HELPER,
     IDENTITY,
     FakeContext,
@@ -28,8 +29,8 @@ from helpers_captions import (
 )
 
 from longvideo_r1.captions.service import BuildReport, CaptionService, describe_error
-from longvideo_r1.captions.store import CaptionStore
-from longvideo_r1.errors import CaptionError, TreeError
+from longvideo_r1.captions.store import CaptionRecord, CaptionStore, ClaimOwner
+from longvideo_r1.errors import CaptionError, StoreError, TreeError
 
 
 def service_for(
@@ -180,6 +181,88 @@ def test_default_context_is_the_contract_caption_context(store: CaptionStore) ->
     assert isinstance(captioner.contexts[0], captioners.CaptionContext)
 
 
+def test_a_failed_call_keeps_what_it_spent(store: CaptionStore) -> None:
+    service = service_for(store, ScriptedCaptioner(fail={(3,)}))
+    for _ in range(2):
+        with pytest.raises(CaptionError) as info:
+            service.get((3,))
+    # the error carries the spend for whoever accounts per question (the agent's trace)
+    assert info.value.spent.frames_decoded == FAILED_CALL_FRAMES
+    assert service.cost.failed == 2 and service.cost.made == 0
+    assert service.cost.frames_decoded == service.cost.failed_frames_decoded == 2 * 7
+    assert service.cost.seconds == pytest.approx(0.5) and service.cost.prompt_tokens == 60
+    [failure] = store.list_failures()
+    assert (failure.attempts, failure.frames_decoded, failure.prompt_tokens) == (2, 14, 60)
+    assert failure.seconds == pytest.approx(0.5)
+    service_for(store, ScriptedCaptioner()).get((3,))  # made at last: the attempts stay counted
+    assert store.list_failures() == []
+    [resolved] = store.list_failures(resolved=True)
+    assert resolved.resolved_at is not None and resolved.frames_decoded == 14
+    stats = store.stats()
+    assert (stats.failures, stats.failed_attempts, stats.failed_frames_decoded) == (0, 2, 14)
+    assert stats.frames_decoded == 4  # the caption's own cost apart
+
+
+def test_a_bug_is_charged_its_time_at_least(store: CaptionStore) -> None:
+    service = service_for(store, ScriptedCaptioner(crash={(1,)}, delay=0.05))
+    with pytest.raises(ValueError) as info:
+        service.get((1,))
+    assert info.value.spent.frames_decoded == 0 and info.value.spent.seconds >= 0.05
+    assert store.list_failures()[0].seconds >= 0.05
+
+
+def test_a_lost_race_is_charged_this_call_not_the_winner(store: CaptionStore) -> None:
+    """Should another process store the node first (a lapsed claim), this call serves its
+    text but is charged what it spent itself, not the winner's record."""
+    captioner = ScriptedCaptioner()
+    service = service_for(store, captioner)
+    winner = CaptionRecord(
+        service.video.fingerprint, 3, (2, 2), IDENTITY, "the other process's caption",
+        frames_decoded=99, prompt_tokens=999, seconds=9.0,
+    )  # fmt: skip
+    plain = captioner.caption
+
+    def racing(ctx):
+        store.put_caption(winner)
+        return plain(ctx)
+
+    captioner.caption = racing  # type: ignore[method-assign]
+    fetched = service.fetch((2, 2))
+    assert fetched.made is True and fetched.record.text == "the other process's caption"
+    assert (fetched.record.frames_decoded, fetched.record.prompt_tokens) == (4, 100)
+    assert fetched.record.seconds == 0.5
+
+
+def test_a_node_claimed_elsewhere_is_waited_for_and_served_as_a_hit(store: CaptionStore) -> None:
+    captioner = ScriptedCaptioner()
+    service = service_for(store, captioner, poll=0.02)
+    key = service.key((1, 1))
+    other = ClaimOwner.current("another-service")
+    assert store.claim(key, other, lease=60).ours
+
+    def finish_elsewhere() -> None:
+        time.sleep(0.2)
+        store.put_caption(
+            CaptionRecord(key.fingerprint, key.width, key.node_id, key.identity, "made elsewhere")
+        )
+        store.release_claim(key, other)
+
+    thread = threading.Thread(target=finish_elsewhere)
+    thread.start()
+    fetched = service.fetch((1, 1))
+    thread.join()
+    assert (fetched.made, fetched.record.text) == (False, "made elsewhere")
+    assert captioner.calls == [] and service.cost.hits == 1 and service.cost.frames_decoded == 0
+
+
+def test_a_lapsed_claim_is_taken_over(store: CaptionStore) -> None:
+    captioner = ScriptedCaptioner()
+    service = service_for(store, captioner, poll=0.02)
+    assert store.claim(service.key((2,)), ClaimOwner.current("stalled"), lease=0.1).ours
+    fetched = service.fetch((2,))  # waits out the lease, then makes it
+    assert fetched.made is True and captioner.calls == [(2,)]
+
+
 def test_describe_error_is_one_line() -> None:
     assert describe_error(CaptionError("node (1,) failed")) == "node (1,) failed"
     assert describe_error(RuntimeError("a\n  b")) == "RuntimeError: a b"
@@ -247,6 +330,57 @@ def test_failures_count_attempts_across_runs(store: CaptionStore) -> None:
     assert failure.attempts == 3
 
 
+def test_interrupted_force_rebuild_keeps_every_old_caption(store: CaptionStore) -> None:
+    service_for(store, ScriptedCaptioner()).build(progress=False)
+
+    class Interrupting(ScriptedCaptioner):
+        def caption(self, ctx):
+            if len(self.calls) >= 5:
+                raise KeyboardInterrupt
+            return super().caption(ctx)
+
+    stopped = service_for(store, Interrupting(prefix="v2 ")).build(
+        workers=1, progress=False, force=True
+    )
+    assert stopped.interrupted
+    service = service_for(store, ScriptedCaptioner())
+    for node_id in all_nodes(3):  # every old caption still served, none half replaced
+        assert service.cached(node_id).text == expected_text(node_id)
+    assert stopped.swapped == 0 and "stay in use" in stopped.summary()
+
+    resumed_captioner = ScriptedCaptioner(prefix="v2 ")
+    resumed = service_for(store, resumed_captioner).build(progress=False, force=True)
+    assert (resumed.made, resumed.cached, resumed.swapped) == (34, 5, 39) and resumed.ok
+    assert len(resumed_captioner.calls) == 34  # the five staged before are not remade
+    for node_id in all_nodes(3):
+        assert service.cached(node_id).text == "v2 " + expected_text(node_id)
+    assert store.staged_nodes(service.video.fingerprint, IDENTITY, 3) == set()
+
+
+def test_force_remakes_a_damaged_caption(store: CaptionStore) -> None:
+    service = service_for(store, ScriptedCaptioner())
+    service.build(depths=(1,), progress=False)
+    conn = sqlite3.connect(store.path)
+    conn.execute("UPDATE captions SET frame_times = '[0.5, oops' WHERE node = '(2,)'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"node \(2,\) is damaged .*--force --levels high"):
+        service.build(depths=(1,), progress=False)
+    report = service.build(depths=(1,), progress=False, force=True)
+    assert report.ok and report.swapped == 3
+    assert service.cached((2,)).text == expected_text((2,))
+
+
+def test_build_accounts_for_failed_calls(store: CaptionStore) -> None:
+    report = service_for(store, ScriptedCaptioner(fail={(1,), (2,)})).build(
+        depths=(1,), progress=False
+    )
+    cost = report.cost
+    assert (report.made, cost.failed, cost.failed_frames_decoded) == (1, 2, 14)
+    assert cost.frames_decoded == 4 + 14 and cost.failed_seconds == pytest.approx(0.5)
+    assert "failed calls 0.5 s, 14 frames" in report.summary()
+
+
 def test_build_shows_a_progress_bar(store: CaptionStore, capsys: pytest.CaptureFixture) -> None:
     report = service_for(store, ScriptedCaptioner(fail={(1,)})).build(depths=(1, 2))
     assert report.made == 11
@@ -282,10 +416,21 @@ def test_interrupt_stops_promptly_and_keeps_finished(store: CaptionStore) -> Non
 # real processes --------------------------------------------------------------------
 
 
-def _start_build(store_path: Path, log: Path, delay: float, workers: int) -> subprocess.Popen:
+def _start_build(
+    store_path: Path, log: Path, delay: float, workers: int, go: Path | None = None
+) -> subprocess.Popen:
     command = [sys.executable, str(HELPER), "build", "--store", str(store_path)]
     command += ["--log", str(log), "--delay", str(delay), "--workers", str(workers)]
+    command += ["--go", str(go)] if go is not None else []
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def raw_claims(store_path: Path) -> list[tuple]:
+    conn = sqlite3.connect(store_path)
+    try:
+        return conn.execute("SELECT node, owner FROM claims").fetchall()
+    finally:
+        conn.close()
 
 
 def _wait_for_captions(store_path: Path, at_least: int, proc: subprocess.Popen) -> None:
@@ -353,6 +498,31 @@ def test_sigkilled_build_resumes_asking_only_for_missing_nodes(tmp_path: Path) -
     assert summary["made"] == len(everything - survived)
     assert summary["cached"] == len(survived)
     assert _check_rows(store_path) == everything
+
+
+def test_two_processes_make_each_node_once(tmp_path: Path) -> None:
+    """Two builds of one video at once: every node is made by one of them, and the other
+    waits for it and reads it as cached, charged nothing for it."""
+    store_path, go = tmp_path / "store.sqlite", tmp_path / "go"
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    procs = [_start_build(store_path, log, delay=0.05, workers=3, go=go) for log in logs]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go-ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+    summaries = [json.loads(out) for out, _ in outputs]
+    asked = read_log(logs[0]) + read_log(logs[1])
+    assert Counter(asked) == Counter(all_nodes(3))  # each node made exactly once
+    assert sum(s["made"] for s in summaries) == 39
+    for summary in summaries:
+        assert summary["made"] + summary["cached"] == 39 and summary["failed"] == 0
+        assert summary["frames_decoded"] == summary["made"] * 4  # only its own calls
+        assert summary["service_frames_decoded"] == summary["service_made"] * 4
+    assert _check_rows(store_path) == set(all_nodes(3))
+    assert raw_claims(store_path) == []  # every claim given back
 
 
 def test_ctrl_c_stops_a_build_promptly_and_keeps_what_was_made(tmp_path: Path) -> None:

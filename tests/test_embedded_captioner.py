@@ -184,6 +184,21 @@ def test_video_without_audio_has_no_speech_line_and_no_error():
     assert video.audio_calls == []
 
 
+def test_a_failure_after_decoding_carries_the_frames_it_decoded():
+    class Broken(FakeTranscriber):
+        def transcribe(self, audio, offset=0.0):
+            raise RuntimeError("the speech model fell over")
+
+    video = FakeVideo(has_audio=True)
+    tree = fake_tree(video)
+    captioner = EmbeddedCaptioner(transcriber=Broken(), analyzer=FAST_VISUAL)
+    with pytest.raises(RuntimeError, match="fell over") as info:
+        captioner.caption(context(video, tree, (1, 1, 1)))
+    times = tree.sample_times((1, 1, 1), EMBEDDED_PLANS["low"].frames)
+    assert info.value.spent.frames_decoded == decoder_cost(times) > 0
+    assert info.value.spent.seconds > 0
+
+
 @pytest.mark.slow
 def test_real_whisper_on_silent_audio_says_no_speech_detected():
     video = FakeVideo(has_audio=True)

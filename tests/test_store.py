@@ -21,10 +21,13 @@ from longvideo_r1.captions.store import (
     CaptionKey,
     CaptionRecord,
     CaptionStore,
+    ClaimOwner,
     VideoRecord,
 )
+from longvideo_r1.cli.main import main
 from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import LVR1Error, StoreError
+from longvideo_r1.media.video import file_fingerprint
 
 FP = "a" * 64
 
@@ -119,6 +122,22 @@ def test_failure_cleared_even_when_caption_already_there(store: CaptionStore) ->
     store.record_failure(key((3,)), "late failure from another process")
     store.put_caption(make_record(FP, 4, (3,), text="ignored"))
     assert store.list_failures(FP) == []
+
+
+def test_failures_keep_what_every_attempt_spent(store: CaptionStore) -> None:
+    store.record_failure(key((1,)), "timeout", seconds=2.0, frames_decoded=120, prompt_tokens=7)
+    second = store.record_failure(key((1,)), "bad reply", seconds=3.0, frames_decoded=80)
+    assert (second.attempts, second.seconds, second.frames_decoded) == (2, 5.0, 200)
+    assert (second.prompt_tokens, second.resolved_at) == (7, None)
+    store.put_caption(make_record(FP, 4, (1,)))  # made at last
+    assert store.list_failures() == []
+    [resolved] = store.list_failures(resolved=True)
+    assert resolved.frames_decoded == 200 and resolved.resolved_at is not None
+    stats = store.stats()
+    assert (stats.failures, stats.failed_attempts, stats.failed_frames_decoded) == (0, 2, 200)
+    assert stats.failed_seconds == 5.0 and stats.frames_decoded == 2  # the caption's own
+    again = store.record_failure(key((1,)), "failed again")  # e.g. a forced rebuild
+    assert again.attempts == 3 and again.resolved_at is None and again.frames_decoded == 200
 
 
 def test_long_error_is_bounded(store: CaptionStore) -> None:
@@ -283,6 +302,115 @@ def test_several_processes_write_and_read_at_once(tmp_path: Path) -> None:
     assert dupes == []
 
 
+# claims and staged captions --------------------------------------------------------
+
+
+def test_claim_is_one_owners_until_released_or_lapsed(store: CaptionStore) -> None:
+    mine, theirs = ClaimOwner.current("mine"), ClaimOwner.current("theirs")
+    first = store.claim(key((1, 1)), mine, lease=60)
+    assert first.ours and first.record is None
+    held = store.claim(key((1, 1)), theirs, lease=60)
+    assert not held.ours and held.holder == mine.name and held.record is None
+    assert store.claim(key((1, 1)), mine, lease=60).ours  # claiming again renews
+    assert store.renew_claims([key((1, 1)), key((1, 2))], mine, lease=60) == 1
+    assert store.claim(key((1, 1), width=3), theirs, lease=60).ours  # another key
+    assert store.release_claim(key((1, 1)), theirs) is False  # not theirs to give up
+    assert store.release_claim(key((1, 1)), mine) is True
+    assert store.claim(key((1, 1)), theirs, lease=0.05).ours
+    time.sleep(0.1)
+    assert store.claim(key((1, 1)), mine, lease=60).ours  # their lease lapsed
+    store.put_caption(make_record(FP, 4, (1, 1)))
+    done = store.claim(key((1, 1)), theirs, lease=60)
+    assert not done.ours and done.record.text == make_record(FP, 4, (1, 1)).text
+
+
+def test_claim_of_a_process_that_died_is_taken_over_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    script = f"""
+from longvideo_r1.captions.store import CaptionKey, CaptionStore, ClaimOwner
+with CaptionStore({str(path)!r}) as store:
+    assert store.claim(CaptionKey({FP!r}, 4, (2,), "x:y"), ClaimOwner.current("gone"), 3600).ours
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    with CaptionStore(path) as store:
+        assert store.claim(CaptionKey(FP, 4, (2,), "x:y"), ClaimOwner.current("me"), 60).ours
+
+
+def test_staged_captions_are_served_only_once_swapped(store: CaptionStore) -> None:
+    store.put_captions(make_record(FP, 4, (i,), text=f"old {i}") for i in (1, 2, 3))
+    store.stage_caption(make_record(FP, 4, (1,), text="new 1"))
+    store.stage_caption(make_record(FP, 4, (2,), text="new 2"))
+    store.stage_caption(make_record(FP, 4, (1,), identity="other:id", text="not ours"))
+    assert store.get_caption(key((1,))).text == "old 1"
+    assert store.get_staged(key((1,))).text == "new 1"
+    assert store.staged_nodes(FP, IDENTITY, 4) == {(1,), (2,)}
+    assert store.swap_staged(FP, IDENTITY, 4, [(1,), (2,), (3,)]) == 2
+    assert [r.text for r in store.list_captions(FP, IDENTITY, 4)] == ["new 1", "new 2", "old 3"]
+    assert store.staged_nodes(FP, IDENTITY, 4) == set()
+    assert store.get_caption(key((1,), identity="other:id")) is None
+
+
+# damaged rows ----------------------------------------------------------------------
+
+
+def _damage(path: Path, sql: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("frame_times", "not json"), ("frame_times", '{"a": 1}'), ("frame_ids", '["x"]')],
+)
+def test_damaged_caption_row_is_one_line_naming_it(
+    store: CaptionStore, column: str, value: str
+) -> None:
+    store.put_caption(make_record(FP, 4, (1, 2)))
+    _damage(store.path, f"UPDATE captions SET {column} = '{value}'")
+    for read in (
+        lambda: store.get_caption(key((1, 2))),
+        lambda: store.list_captions(FP, IDENTITY, 4),
+    ):
+        with pytest.raises(StoreError) as info:
+            read()
+        message = str(info.value)
+        assert "\n" not in message and info.value.exit_code == 1
+        assert f"video {FP}, captioner {IDENTITY}, width 4, node (1, 2) is damaged" in message
+        assert f"({column}:" in message and "--force --levels medium" in message
+        assert "DELETE FROM captions WHERE" in message and str(store.path) in message
+    _damage(store.path, message.rsplit(' "', 1)[1].rstrip('"'))  # the repair it prints
+    assert store.list_captions(FP, IDENTITY, 4) == []
+
+
+def test_damaged_artifact_is_one_line(store: CaptionStore) -> None:
+    store.put_artifact(FP, "speech:v1", [1, 2])
+    _damage(store.path, "UPDATE artifacts SET value = '[1, 2'")
+    with pytest.raises(StoreError, match=r"artifact 'speech:v1' of video a+ is damaged"):
+        store.get_artifact(FP, "speech:v1")
+
+
+def test_cli_names_a_damaged_row_and_exits_1(
+    test_video, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "store.sqlite"
+    argv = [str(test_video.path), "--captioner", "imported:reference", "--store", str(path)]
+    assert main(["tree", *argv, "--json"]) == 0
+    width = json.loads(capsys.readouterr().out)["width"]
+    fingerprint = file_fingerprint(test_video.path)
+    with CaptionStore(path) as store:
+        store.put_caption(make_record(fingerprint, width, (1,), identity="imported:reference"))
+    _damage(path, "UPDATE captions SET frame_times = 'oops'")
+    for command in (["tree", *argv], ["caption", *argv, "--levels", "high", "--quiet"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"video {fingerprint}, captioner imported:reference" in err
+        assert "node (1,) is damaged" in err and "import the reference file again" in err
+
+
 # opening ---------------------------------------------------------------------------
 
 
@@ -294,6 +422,48 @@ def test_reopen_keeps_data_and_schema(tmp_path: Path) -> None:
         assert store.get_caption(key((1,))) is not None
     assert raw_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert raw_rows(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+V1_SCHEMA = [
+    "CREATE TABLE videos (fingerprint TEXT PRIMARY KEY, path TEXT NOT NULL, duration REAL NOT "
+    "NULL, n_frames INTEGER NOT NULL, width INTEGER NOT NULL, registered_at REAL NOT NULL)",
+    "CREATE TABLE captions (fingerprint TEXT NOT NULL, width INTEGER NOT NULL, node TEXT NOT "
+    "NULL, identity TEXT NOT NULL, text TEXT NOT NULL, frame_times TEXT NOT NULL, frame_ids TEXT "
+    "NOT NULL, seconds REAL NOT NULL, frames_decoded INTEGER NOT NULL, prompt_tokens INTEGER NOT "
+    "NULL, completion_tokens INTEGER NOT NULL, created_at REAL NOT NULL, "
+    "PRIMARY KEY (fingerprint, width, node, identity))",
+    "CREATE TABLE failures (fingerprint TEXT NOT NULL, width INTEGER NOT NULL, node TEXT NOT "
+    "NULL, identity TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL, last_at REAL "
+    "NOT NULL, PRIMARY KEY (fingerprint, width, node, identity))",
+    "CREATE TABLE artifacts (fingerprint TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, "
+    "created_at REAL NOT NULL, PRIMARY KEY (fingerprint, key))",
+    "INSERT INTO captions VALUES ('" + FP + "', 4, '(1,)', '" + IDENTITY + "', 'kept', '[0.5]', "
+    "'[5]', 1.0, 2, 10, 3, 1700000000.0)",
+    "INSERT INTO failures VALUES ('" + FP + "', 4, '(2,)', '" + IDENTITY + "', 'old error', 3, "
+    "1700000000.0)",
+    "PRAGMA application_id = 1280725553",
+    "PRAGMA user_version = 1",
+]
+"""A store as longvideo-r1 wrote it before claims, staging and failure costs (version 1)."""
+
+
+def test_a_version_1_store_opens_and_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    for statement in V1_SCHEMA:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    with CaptionStore(path) as store:
+        assert store.get_caption(key((1,))).text == "kept"
+        [failure] = store.list_failures()
+        assert (failure.error, failure.attempts, failure.frames_decoded) == ("old error", 3, 0)
+        assert store.claim(key((2,)), ClaimOwner.current("me"), 60).ours
+        store.stage_caption(make_record(FP, 4, (1,), text="new"))
+        assert store.swap_staged(FP, IDENTITY, 4, [(1,)]) == 1
+    assert raw_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    with CaptionStore(path) as store:  # and opens again as a current store
+        assert store.get_caption(key((1,))).text == "new"
 
 
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -88,13 +88,40 @@ class CaptionContext:
 
 @dataclass(frozen=True)
 class CallCost:
-    """Cost of one VLM call that is not a caption (video_qa)."""
+    """Cost of one call that is not a stored caption: a video_qa answer, or a failed caption."""
 
     frames_decoded: int
     """Frames decoded for this call, not just the frames sent (see ``CaptionResult``)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+
+
+def charge_failure(exc: BaseException, cost: CallCost) -> BaseException:
+    """Attach what a failed call spent to its error (as ``exc.spent``); return the error.
+
+    A call that fails after decoding frames or getting a reply has still paid
+    for them: the caption service records this with the failure, and whoever
+    catches the error can charge it.
+    """
+    exc.spent = cost  # type: ignore[attr-defined]
+    return exc
+
+
+def spent_by(exc: BaseException) -> CallCost | None:
+    """What a failed call reported spending (see :func:`charge_failure`), if it did."""
+    spent = getattr(exc, "spent", None)
+    return spent if isinstance(spent, CallCost) else None
+
+
+def failure_cost(frames_decoded: int, started: float, reply: ChatReply | None = None) -> CallCost:
+    """The cost of a call that failed after decoding (and maybe after a reply came back)."""
+    return CallCost(
+        frames_decoded=frames_decoded,
+        prompt_tokens=reply.usage.prompt_tokens if reply is not None else 0,
+        completion_tokens=reply.usage.completion_tokens if reply is not None else 0,
+        seconds=time.perf_counter() - started,
+    )
 
 
 class Captioner(ABC):
@@ -388,9 +415,14 @@ class VLMCaptioner(Captioner):
         where = f"node {node.label}"
         plan = ctx.tree.plan(node.id)
         frames = _decode_frames(ctx.video, ctx.tree.sample_times(node.id), plan.max_side, where)
-        messages = self.messages(ctx.tree, node, frames, ctx.cues)
-        reply = self.client.chat(messages, max_tokens=self.max_tokens)
-        text = parse_tagged_reply(reply, "caption", self.require_tags, where, self.client.model)
+        reply: ChatReply | None = None
+        try:
+            messages = self.messages(ctx.tree, node, frames, ctx.cues)
+            reply = self.client.chat(messages, max_tokens=self.max_tokens)
+            text = parse_tagged_reply(reply, "caption", self.require_tags, where, self.client.model)
+        except Exception as exc:
+            charge_failure(exc, failure_cost(frames.decoded, started, reply))
+            raise
         return CaptionResult(
             text=text,
             frame_times=[float(f.time) for f in frames],

@@ -45,7 +45,13 @@ from dataclasses import asdict, dataclass
 from statistics import median
 from typing import Any
 
-from longvideo_r1.captions.captioner import CaptionContext, Captioner, CaptionResult
+from longvideo_r1.captions.captioner import (
+    CaptionContext,
+    Captioner,
+    CaptionResult,
+    charge_failure,
+    failure_cost,
+)
 from longvideo_r1.captions.speech import SAMPLE_RATE, Segment, Transcriber, segments_in
 from longvideo_r1.captions.visual import (
     DESCRIPTOR_VERSION,
@@ -165,6 +171,24 @@ class EmbeddedCaptioner(Captioner):
                 f"node {node.label}: asked the video for {len(times)} frames, got {len(frames)}"
             )
         t_decode = time.perf_counter() - t0
+        try:
+            text = self._write(ctx, plan, frames, t_decode)
+        except Exception as exc:  # the frames are decoded: the failure still cost them
+            charge_failure(exc, failure_cost(frames.decoded, started))
+            raise
+        return CaptionResult(
+            text=text,
+            frame_times=[float(f.time) for f in frames],
+            frame_ids=[int(f.index) for f in frames],
+            frames_decoded=frames.decoded,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _write(
+        self, ctx: CaptionContext, plan: EmbeddedPlan, frames: Sequence[Any], t_decode: float
+    ) -> str:
+        """The caption text of decoded frames: what they show, what is said, the subtitles."""
+        node, tree = ctx.node, ctx.tree
         look = self.analyzer.describe(
             frames,
             node.start,
@@ -186,13 +210,7 @@ class EmbeddedCaptioner(Captioner):
             {k: round(v, 2) for k, v in look.seconds.items()},
             t_speech,
         )
-        return CaptionResult(
-            text=text,
-            frame_times=[float(f.time) for f in frames],
-            frame_ids=[int(f.index) for f in frames],
-            frames_decoded=frames.decoded,
-            seconds=time.perf_counter() - started,
-        )
+        return text
 
     # speech ----------------------------------------------------------------------------
 

@@ -4,10 +4,13 @@ The agent asks for captions lazily (``get``: one node when it navigates
 there), ``lvr1 caption`` builds them eagerly (``build``: all nodes of some
 levels, concurrently). Both paths make a caption at most once per key: the
 store is checked first, a per-node lock keeps threads from making the same
-node twice, and each caption is committed the moment it is made, so a build
-that is interrupted or killed loses only the calls in flight and the next run
-picks up where it stopped. A node that fails is recorded and skipped over;
-the build reports it and the next run retries it.
+node twice, a claim in the store (with a lease this service renews while the
+call runs) keeps other processes from making it too, and each caption is
+committed the moment it is made, so a build that is interrupted or killed
+loses only the calls in flight and the next run picks up where it stopped. A
+node that fails is recorded with what the attempt spent and skipped over; the
+build reports it and the next run retries it. A forced rebuild stages its new
+captions and swaps them in when it is done, so until then the old are served.
 
 This module talks to videos and captioners only through the attributes the
 design contract names (``video.fingerprint``, ``video.info``,
@@ -19,23 +22,25 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from longvideo_r1.captions.captioner import CaptionContext
+from longvideo_r1.captions.captioner import CallCost, CaptionContext, charge_failure, spent_by
 from longvideo_r1.captions.reference import strip_caption_tags
 from longvideo_r1.captions.store import (
     ArtifactCache,
     CaptionKey,
     CaptionRecord,
     CaptionStore,
+    ClaimOwner,
     VideoRecord,
 )
-from longvideo_r1.errors import CaptionError, LVR1Error
+from longvideo_r1.errors import CaptionError, LVR1Error, StoreError
 from longvideo_r1.progress import Bar, progress_bar
 from longvideo_r1.tree import Node, NodeId, Tree
 
@@ -85,7 +90,12 @@ ContextFactory = Callable[..., Any]
 
 @dataclass
 class CaptionCost:
-    """What captions cost: cache hits against calls made, and what the calls used."""
+    """What captions cost: cache hits against calls made, and what the calls used.
+
+    The totals count every call this side paid for, failed ones included;
+    ``failed_seconds`` and ``failed_frames_decoded`` say how much of them the
+    failures were. A caption another process made is a hit here: it costs 0.
+    """
 
     hits: int = 0
     made: int = 0
@@ -94,18 +104,35 @@ class CaptionCost:
     frames_decoded: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    failed_seconds: float = 0.0
+    failed_frames_decoded: int = 0
 
     def add_made(self, record: CaptionRecord) -> None:
         self.made += 1
-        self.seconds += record.seconds
-        self.frames_decoded += record.frames_decoded
+        self._spend(record.seconds, record.frames_decoded)
         self.prompt_tokens += record.prompt_tokens
         self.completion_tokens += record.completion_tokens
+
+    def add_failed(self, spent: CallCost) -> None:
+        self.failed += 1
+        self._spend(spent.seconds, spent.frames_decoded)
+        self.failed_seconds += spent.seconds
+        self.failed_frames_decoded += spent.frames_decoded
+        self.prompt_tokens += spent.prompt_tokens
+        self.completion_tokens += spent.completion_tokens
+
+    def _spend(self, seconds: float, frames_decoded: int) -> None:
+        self.seconds += seconds
+        self.frames_decoded += frames_decoded
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """A caption and whether this request paid for it (False: served from the store)."""
+    """A caption and whether this request paid for it (False: served from the store).
+
+    When ``made``, the record's cost fields are what this request paid, even in
+    the rare race another process won (its text is served, its cost is not ours).
+    """
 
     record: CaptionRecord
     made: bool
@@ -124,6 +151,9 @@ class BuildReport:
     remaining: int = 0
     seconds: float = 0.0
     cost: CaptionCost = field(default_factory=CaptionCost)
+    forced: bool = False
+    swapped: int = 0
+    """With ``force``: new captions that replaced the old ones at the end."""
 
     @property
     def ok(self) -> bool:
@@ -140,27 +170,93 @@ class BuildReport:
             parts.append(f"{len(self.skipped)} skipped (failed before)")
         if self.interrupted:
             parts.append(f"interrupted with {self.remaining} left")
+        if self.forced:
+            parts.append(
+                f"{self.swapped} swapped in for the old"
+                if not self.interrupted
+                else "the old captions stay in use until a --force run finishes"
+            )
         cost = self.cost
+        failed = (
+            f"; failed calls {cost.failed_seconds:.1f} s, {cost.failed_frames_decoded} frames"
+            if cost.failed
+            else ""
+        )
         return (
             f"{self.total} captions: " + ", ".join(parts) + f" in {self.seconds:.1f} s "
             f"(captioning {cost.seconds:.1f} s, {cost.frames_decoded} frames decoded, "
-            f"{cost.prompt_tokens} prompt + {cost.completion_tokens} completion tokens)"
+            f"{cost.prompt_tokens} prompt + {cost.completion_tokens} completion tokens{failed})"
         )
 
 
 @dataclass(frozen=True)
 class _Outcome:
     node: NodeId
-    status: str  # "made" | "cached" | "failed" | "stopped"
+    status: str  # "made" | "cached" | "failed" | "busy" | "stopped"
     record: CaptionRecord | None = None
     error: str = ""
+    spent: CallCost | None = None
+
+
+class _Busy(Exception):
+    """Another process is making the node; a build comes back to it later."""
+
+
+class _Stopped(Exception):
+    """The build was interrupted while this node waited for another process."""
+
+
+class _Heartbeat:
+    """Renews this service's claims while their captions are made, so a long call keeps them.
+
+    A thread runs only while claims are held. If the process dies, renewal
+    stops with it and the lease runs out (on this host, the dead pid frees the
+    claim at once).
+    """
+
+    def __init__(self, store: CaptionStore, owner: Callable[[], ClaimOwner], lease: float):
+        self.store = store
+        self.owner = owner
+        self.lease = lease
+        self._held: set[CaptionKey] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, key: CaptionKey) -> None:
+        with self._lock:
+            self._held.add(key)
+            if self._thread is None or not self._thread.is_alive():  # none, or lost in a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="lvr1-caption-claims", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, key: CaptionKey) -> None:
+        with self._lock:
+            self._held.discard(key)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.lease / 3)
+            with self._lock:
+                keys = list(self._held)
+                if not keys:
+                    self._thread = None
+                    return
+            with suppress(LVR1Error):  # a busy store: the next beat tries again
+                self.store.renew_claims(keys, self.owner(), self.lease)
 
 
 # the service -----------------------------------------------------------------------
 
 
 class CaptionService:
-    """Captions of one video's tree by one captioner, served from and kept in a store."""
+    """Captions of one video's tree by one captioner, served from and kept in a store.
+
+    ``lease`` is how long a claim on a node lasts without renewal (it is
+    renewed every third of it while the call runs); ``poll`` is the longest
+    pause between two looks of a request waiting for another process's caption.
+    """
 
     def __init__(
         self,
@@ -170,6 +266,8 @@ class CaptionService:
         store: CaptionStore,
         cues: Sequence[CueLike] | None = None,
         context_factory: ContextFactory | None = None,
+        lease: float = 30.0,
+        poll: float = 0.5,
     ):
         self.video = video
         self.tree = tree
@@ -178,6 +276,10 @@ class CaptionService:
         self.cues: tuple[CueLike, ...] = tuple(cues or ())
         self.artifacts = ArtifactCache(store, video.fingerprint)
         self.cost = CaptionCost()
+        self.lease = lease
+        self.poll = poll
+        self._token = uuid.uuid4().hex
+        self._heartbeat = _Heartbeat(store, self.owner, lease)
         self._context_factory = context_factory
         self._cost_lock = threading.Lock()
         self._locks: dict[NodeId, threading.Lock] = {}
@@ -195,6 +297,10 @@ class CaptionService:
     @property
     def identity(self) -> str:
         return self.captioner.identity
+
+    def owner(self) -> ClaimOwner:
+        """Who this service is in the claims table (a forked child is someone else)."""
+        return ClaimOwner.current(self._token)
 
     def key(self, node_id: NodeId) -> CaptionKey:
         """The store key of a node's caption (the id is validated against the tree)."""
@@ -215,15 +321,32 @@ class CaptionService:
         """Like :meth:`get`, and says whether the caption was made by this call.
 
         Callers that account per question (the agent's trace) need to tell a
-        paid caption call from a cache hit.
+        paid caption call from a cache hit. A caption another process is
+        making is waited for and served as a hit.
         """
-        key = self.key(node_id)
-        record = self.store.get_caption(key)
+        return self._fetch(self.key(node_id))
+
+    def _fetch(
+        self,
+        key: CaptionKey,
+        staged: bool = False,
+        stop: threading.Event | None = None,
+        wait: bool = True,
+    ) -> Fetched:
+        """Serve, wait for or make one caption (a staged one for a forced rebuild).
+
+        Without ``wait`` a node another process is making raises :class:`_Busy`.
+        """
+        lookup = self.store.get_staged if staged else self.store.get_caption
+        record = lookup(key)
         if record is None:
             with self._node_lock(key.node_id):
-                record = self.store.get_caption(key)  # made while we waited?
+                record = self._claim(key, staged, stop, wait)
                 if record is None:
-                    return Fetched(self._make(key), made=True)
+                    try:
+                        return Fetched(self._make(key, staged), made=True)
+                    finally:
+                        self._release(key)
         with self._cost_lock:
             self.cost.hits += 1
         return Fetched(record, made=False)
@@ -232,22 +355,72 @@ class CaptionService:
         with self._locks_guard:
             return self._locks.setdefault(node_id, threading.Lock())
 
-    def _make(self, key: CaptionKey) -> CaptionRecord:
-        """Call the captioner once; store the caption, or record the failure and re-raise."""
+    def _claim(
+        self, key: CaptionKey, staged: bool, stop: threading.Event | None, wait: bool
+    ) -> CaptionRecord | None:
+        """The caption if it is stored now, else None once this service holds the claim.
+
+        While another process holds it, look again with growing pauses (up to
+        ``poll``) until it stores the caption, gives the claim up or lets it lapse.
+        """
+        pause = min(0.02, self.poll)
+        while True:
+            claim = self.store.claim(key, self.owner(), self.lease, staged=staged)
+            if claim.record is not None:
+                return claim.record
+            if claim.ours:
+                self._heartbeat.hold(key)
+                return None
+            if not wait:
+                raise _Busy(claim.holder)
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            time.sleep(pause)
+            pause = min(pause * 2, self.poll)
+
+    def _release(self, key: CaptionKey) -> None:
+        """Give the claim up; if the store is busy the lease lapses by itself."""
+        self._heartbeat.drop(key)
+        with suppress(StoreError):
+            self.store.release_claim(key, self.owner())
+
+    def _make(self, key: CaptionKey, staged: bool = False) -> CaptionRecord:
+        """Call the captioner once; store the caption, or record the failure and re-raise.
+
+        A failure is recorded with what the call spent (the frames it decoded,
+        its time, the tokens of a reply that could not be used), and the error
+        carries that spend as ``exc.spent`` for whoever accounts for it.
+        """
         node = self.tree.node(key.node_id)
         started = time.perf_counter()
         try:
             result = self.captioner.caption(self._context(node))
             record = self._record(key, result, time.perf_counter() - started)
         except Exception as exc:
-            self.store.record_failure(key, describe_error(exc))
+            spent = spent_by(exc) or CallCost(0, seconds=time.perf_counter() - started)
+            charge_failure(exc, spent)
+            self.store.record_failure(
+                key,
+                describe_error(exc),
+                seconds=spent.seconds,
+                frames_decoded=spent.frames_decoded,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+            )
             with self._cost_lock:
-                self.cost.failed += 1
+                self.cost.add_failed(spent)
             raise
-        stored = self.store.put_caption(record)
+        stored = (self.store.stage_caption if staged else self.store.put_caption)(record)
         with self._cost_lock:
             self.cost.add_made(record)
-        return stored
+        # the stored text is served; the cost is this call's even if another process won
+        return replace(
+            stored,
+            seconds=record.seconds,
+            frames_decoded=record.frames_decoded,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+        )
 
     def _context(self, node: Node) -> Any:
         factory = self._context_factory or CaptionContext
@@ -302,10 +475,14 @@ class CaptionService:
         """Make every missing caption of the given levels, ``workers`` calls at a time.
 
         Cached nodes are skipped, failed nodes are retried (unless
-        ``retry_failed`` is False), ``force`` forgets the levels' captions
-        first. A failure never stops the build. Ctrl-C starts no new call and
-        lets the calls in flight land (a second Ctrl-C abandons them); every
-        caption made is kept and the report says how many remain.
+        ``retry_failed`` is False). ``force`` remakes the levels' captions
+        into a staging table and swaps them in when the build ends
+        uninterrupted: until then, and if it is stopped, the old captions are
+        served, and the next forced build goes on from what was staged. A
+        failure never stops the build. Ctrl-C starts no new call and lets the
+        calls in flight land (a second Ctrl-C abandons them); every caption
+        made is kept and the report says how many remain. Nodes another
+        process is making are left for last, then waited for and counted cached.
         """
         if workers < 1:
             raise CaptionError(f"workers must be at least 1, got {workers}")
@@ -313,10 +490,11 @@ class CaptionService:
         nodes = [node.id for node in self.tree.walk(tuple(depths))]
         fp, width = self.video.fingerprint, self.tree.width
         if force:
-            self.store.delete_captions(fp, self.identity, width, nodes)
-        have = {r.node_id for r in self.store.list_captions(fp, self.identity, width)}
+            have = self.store.staged_nodes(fp, self.identity, width)
+        else:
+            have = {r.node_id for r in self.store.list_captions(fp, self.identity, width)}
         failed_before = {f.node_id for f in self.store.list_failures(fp, self.identity, width)}
-        report = BuildReport(total=len(nodes))
+        report = BuildReport(total=len(nodes), forced=force)
         todo = []
         for node_id in nodes:
             if node_id in have:
@@ -335,11 +513,15 @@ class CaptionService:
             done=report.cached,
             failed=0,
         ) as bar:
-            self._run(todo, workers, report, bar)
+            self._run(todo, workers, report, bar, staged=force)
+        if force and not report.interrupted:
+            report.swapped = self.store.swap_staged(fp, self.identity, width, nodes)
         report.seconds = time.monotonic() - started
         return report
 
-    def _run(self, todo: list[NodeId], workers: int, report: BuildReport, bar: Bar) -> None:
+    def _run(
+        self, todo: list[NodeId], workers: int, report: BuildReport, bar: Bar, staged: bool
+    ) -> None:
         """Run the calls in a pool, collecting outcomes on this thread.
 
         On Ctrl-C no new call starts; calls already running are paid for, so
@@ -348,9 +530,14 @@ class CaptionService:
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lvr1-caption")
         pending: dict[Future[_Outcome], NodeId] = {}
+
+        def submit(node_id: NodeId, wait: bool) -> None:
+            pending[pool.submit(self._build_one, node_id, stop, staged, wait)] = node_id
+
         try:
-            pending = {pool.submit(self._build_one, node_id, stop): node_id for node_id in todo}
-            self._collect(pending, report, bar)
+            for node_id in todo:
+                submit(node_id, wait=False)
+            self._collect(pending, report, bar, retry=lambda n: submit(n, wait=True))
         except KeyboardInterrupt:
             stop.set()
             report.interrupted = True
@@ -359,7 +546,7 @@ class CaptionService:
                 description="stopping: finishing the calls in flight (Ctrl-C again to abandon them)"
             )
             with suppress(KeyboardInterrupt):
-                self._collect(pending, report, bar, draining=True)
+                self._collect(pending, report, bar)
             settled = report.made + report.cached + len(report.failed) + len(report.skipped)
             report.remaining = report.total - settled
         else:
@@ -370,14 +557,15 @@ class CaptionService:
         pending: dict[Future[_Outcome], NodeId],
         report: BuildReport,
         bar: Bar,
-        draining: bool = False,
+        retry: Callable[[NodeId], None] | None = None,
     ) -> None:
-        """Tally outcomes as they land, waking often.
+        """Tally outcomes as they land, waking often; ``retry`` requeues a busy node.
 
         Short waits keep this (the main) thread responsive to Ctrl-C
         whichever thread the signal lands on. An interrupt raised inside a
         call stops the build like one on this thread, once the outcomes that
-        landed with it are counted; while draining it only loses that call.
+        landed with it are counted; while draining (no ``retry``) it only
+        loses that call, and busy nodes are left for the next run.
         """
         while pending:
             for future in [f for f in pending if f.cancelled()]:
@@ -385,25 +573,33 @@ class CaptionService:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             escaped: list[BaseException] = []
             for future in done:
-                del pending[future]
+                node_id = pending.pop(future)
                 if future.cancelled():
                     continue
                 error = future.exception()
-                if error is None:
-                    self._tally(future.result(), report, bar)
-                else:
+                if error is not None:
                     escaped.append(error)  # KeyboardInterrupt & co. raised inside a call
-            if escaped and not draining:
+                elif future.result().status == "busy" and retry is not None:
+                    retry(node_id)  # made by another process: wait for it after the rest
+                else:
+                    self._tally(future.result(), report, bar)
+            if escaped and retry is not None:
                 raise escaped[0]
 
-    def _build_one(self, node_id: NodeId, stop: threading.Event) -> _Outcome:
+    def _build_one(
+        self, node_id: NodeId, stop: threading.Event, staged: bool, wait: bool
+    ) -> _Outcome:
         """One node of a build; never raises, so one bad node can't stop the others."""
         if stop.is_set():
             return _Outcome(node_id, "stopped")
         try:
-            fetched = self.fetch(node_id)
+            fetched = self._fetch(self.key(node_id), staged=staged, stop=stop, wait=wait)
+        except _Busy:
+            return _Outcome(node_id, "busy")
+        except _Stopped:
+            return _Outcome(node_id, "stopped")
         except Exception as exc:
-            return _Outcome(node_id, "failed", error=describe_error(exc))
+            return _Outcome(node_id, "failed", error=describe_error(exc), spent=spent_by(exc))
         return _Outcome(node_id, "made" if fetched.made else "cached", fetched.record)
 
     @staticmethod
@@ -415,7 +611,7 @@ class CaptionService:
             report.cached += 1
         elif outcome.status == "failed":
             report.failed.append((outcome.node, outcome.error))
-            report.cost.failed += 1
+            report.cost.add_failed(outcome.spent or CallCost(0))
         else:
             return
         bar.update(advance=1, failed=len(report.failed))

@@ -17,167 +17,67 @@ method's transaction atomic with respect to the other threads. Processes
 contend through SQLite itself: WAL lets readers run beside the writer, writes
 start with ``BEGIN IMMEDIATE`` so a transaction never has to upgrade a read
 lock (the case ``busy_timeout`` cannot retry), and ``busy_timeout`` waits out
-the other process's write.
+the other process's write. Processes also share who is making which caption:
+a claim row with a lease (:meth:`CaptionStore.claim`), so one makes a node
+and the others wait and read it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longvideo_r1.captions.records import (
+    APPLICATION_ID,
+    CAPTION_COLUMNS,
+    FAILURE_COLUMNS,
+    KEY_WHERE,
+    MIGRATIONS,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
+    TABLES,
+    CaptionKey,
+    CaptionRecord,
+    Claim,
+    ClaimOwner,
+    DamagedRowError,
+    FailureRecord,
+    StoreStats,
+    VideoRecord,
+    artifact_from_row,
+    caption_from_row,
+    failure_from_row,
+    filters,
+    key_params,
+    lapsed,
+)
 from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import StoreError, one_line
 from longvideo_r1.tree import NodeId, format_node_id, parse_node_id
 
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of the schema this module writes."""
-
-APPLICATION_ID = 0x4C565231
-"""``PRAGMA application_id`` ("LVR1"): tells our stores from other SQLite files."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS videos (
-    fingerprint TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    duration REAL NOT NULL,
-    n_frames INTEGER NOT NULL,
-    width INTEGER NOT NULL,
-    registered_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS captions (
-    fingerprint TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    identity TEXT NOT NULL,
-    text TEXT NOT NULL,
-    frame_times TEXT NOT NULL,
-    frame_ids TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    frames_decoded INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (fingerprint, width, node, identity)
-);
-CREATE TABLE IF NOT EXISTS failures (
-    fingerprint TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    identity TEXT NOT NULL,
-    error TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_at REAL NOT NULL,
-    PRIMARY KEY (fingerprint, width, node, identity)
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    fingerprint TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (fingerprint, key)
-);
-"""
-_TABLES = ("videos", "captions", "failures", "artifacts")
-_CAPTION_COLUMNS = (
-    "fingerprint, width, node, identity, text, frame_times, frame_ids, seconds, "
-    "frames_decoded, prompt_tokens, completion_tokens, created_at"
-)
-
-
-# records ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaptionKey:
-    """What a caption's content depends on; the primary key of captions and failures."""
-
-    fingerprint: str
-    width: int
-    node_id: NodeId
-    identity: str
-
-    @property
-    def label(self) -> str:
-        return format_node_id(self.node_id)
-
-
-@dataclass(frozen=True)
-class CaptionRecord:
-    """One stored caption with what it cost to make (zero for imported ones)."""
-
-    fingerprint: str
-    width: int
-    node_id: NodeId
-    identity: str
-    text: str
-    frame_times: tuple[float, ...] = ()
-    frame_ids: tuple[int, ...] = ()
-    seconds: float = 0.0
-    frames_decoded: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    created_at: float = 0.0
-
-    @property
-    def key(self) -> CaptionKey:
-        return CaptionKey(self.fingerprint, self.width, self.node_id, self.identity)
-
-    @property
-    def label(self) -> str:
-        return format_node_id(self.node_id)
-
-
-@dataclass(frozen=True)
-class FailureRecord:
-    """The last error of a node whose caption could not be made, and how often it failed."""
-
-    fingerprint: str
-    width: int
-    node_id: NodeId
-    identity: str
-    error: str
-    attempts: int
-    last_at: float
-
-    @property
-    def key(self) -> CaptionKey:
-        return CaptionKey(self.fingerprint, self.width, self.node_id, self.identity)
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    """What the store knows about a video, so captions can be listed without opening it."""
-
-    fingerprint: str
-    path: str
-    duration: float
-    n_frames: int
-    width: int
-    registered_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """Counts and the total cost of the stored captions (optionally of one video/identity)."""
-
-    videos: int
-    captions: int
-    failures: int
-    artifacts: int
-    seconds: float
-    frames_decoded: int
-    prompt_tokens: int
-    completion_tokens: int
-    captions_by_identity: dict[str, int] = field(default_factory=dict)
-
+__all__ = [
+    "SCHEMA_VERSION",
+    "ArtifactCache",
+    "CaptionKey",
+    "CaptionRecord",
+    "CaptionStore",
+    "Claim",
+    "ClaimOwner",
+    "DamagedRowError",
+    "FailureRecord",
+    "StoreStats",
+    "VideoRecord",
+]
+"""The records live in :mod:`~longvideo_r1.captions.records`; importers keep using this module."""
 
 # the store -------------------------------------------------------------------------
 
@@ -277,7 +177,11 @@ class CaptionStore:
                 time.sleep(0.05)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        """Create the tables of a new store, or check an existing one is ours and current."""
+        """Create the tables of a new store, or check an existing one is ours and migrate it.
+
+        A new store and an old one take the same steps (version 1, then each
+        migration), in one transaction: a crash mid-migration leaves the old version.
+        """
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -294,13 +198,16 @@ class CaptionStore:
                     row[0]
                     for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 }
-                if tables - set(_TABLES):
+                if tables - set(TABLES):
                     raise StoreError(f"{self.path} is a SQLite file of another application")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in SCHEMA_V1:
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                version = 1
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -386,31 +293,34 @@ class CaptionStore:
     # captions ------------------------------------------------------------------
 
     def put_caption(self, record: CaptionRecord, replace: bool = False) -> CaptionRecord:
-        """Store a caption and clear the node's failure; return what is stored now.
+        """Store a caption and resolve the node's failure; return what is stored now.
 
         Without ``replace`` the first caption of a key wins, so when two
         processes race to make the same node both end up serving the same text.
         """
-        with self._write() as conn:
-            self._insert_caption(conn, record, replace)
-            row = conn.execute(
-                f"SELECT {_CAPTION_COLUMNS} FROM captions "
-                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
-                _key_params(record.key),
-            ).fetchone()
-        return _caption_from_row(row)
+        return self._put_one(record, replace, "captions")
 
     def put_captions(self, records: Iterable[CaptionRecord], replace: bool = False) -> int:
         """Store many captions in one transaction (all or none); return how many were given."""
         count = 0
         with self._write() as conn:
             for record in records:
-                self._insert_caption(conn, record, replace)
+                self._insert_caption(conn, record, replace, "captions")
                 count += 1
         return count
 
+    def _put_one(self, record: CaptionRecord, replace: bool, table: str) -> CaptionRecord:
+        with self._write() as conn:
+            self._insert_caption(conn, record, replace, table)
+            row = conn.execute(
+                f"SELECT {CAPTION_COLUMNS} FROM {table} WHERE {KEY_WHERE}", key_params(record.key)
+            ).fetchone()
+            return caption_from_row(row, self.path, table)
+
     @staticmethod
-    def _insert_caption(conn: sqlite3.Connection, record: CaptionRecord, replace: bool) -> None:
+    def _insert_caption(
+        conn: sqlite3.Connection, record: CaptionRecord, replace: bool, table: str
+    ) -> None:
         conflict = (
             "DO UPDATE SET text = excluded.text, frame_times = excluded.frame_times, "
             "frame_ids = excluded.frame_ids, seconds = excluded.seconds, "
@@ -420,10 +330,10 @@ class CaptionStore:
             else "DO NOTHING"
         )
         conn.execute(
-            f"INSERT INTO captions ({_CAPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO {table} ({CAPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             f"ON CONFLICT(fingerprint, width, node, identity) {conflict}",
             (
-                *_key_params(record.key),
+                *key_params(record.key),
                 record.text,
                 json.dumps([float(t) for t in record.frame_times], allow_nan=False),
                 json.dumps([int(i) for i in record.frame_ids]),
@@ -434,19 +344,17 @@ class CaptionStore:
                 record.created_at or time.time(),
             ),
         )
-        conn.execute(
-            "DELETE FROM failures WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
-            _key_params(record.key),
-        )
+        _resolve_failure(conn, record.key)
 
     def get_caption(self, key: CaptionKey) -> CaptionRecord | None:
+        return self._get_one(key, "captions")
+
+    def _get_one(self, key: CaptionKey, table: str) -> CaptionRecord | None:
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_CAPTION_COLUMNS} FROM captions "
-                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
-                _key_params(key),
+                f"SELECT {CAPTION_COLUMNS} FROM {table} WHERE {KEY_WHERE}", key_params(key)
             ).fetchone()
-        return _caption_from_row(row) if row else None
+        return caption_from_row(row, self.path, table) if row else None
 
     def list_captions(
         self,
@@ -461,12 +369,10 @@ class CaptionStore:
         ids but not spans, and are only listed without it (for stats, exports
         of everything).
         """
-        where, params = _filters(fingerprint=fingerprint, identity=identity, width=width)
+        where, params = filters(fingerprint=fingerprint, identity=identity, width=width)
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_CAPTION_COLUMNS} FROM captions{where}", params
-            ).fetchall()
-        records = [_caption_from_row(row) for row in rows]
+            rows = conn.execute(f"SELECT {CAPTION_COLUMNS} FROM captions{where}", params).fetchall()
+        records = [caption_from_row(row, self.path) for row in rows]
         if depth is not None:
             records = [r for r in records if len(r.node_id) == depth]
         return sorted(records, key=lambda r: (r.width, len(r.node_id), r.node_id))
@@ -478,8 +384,8 @@ class CaptionStore:
         width: int | None = None,
         nodes: Iterable[NodeId] | None = None,
     ) -> int:
-        """Forget captions (``--force``): all of a video and captioner, or only some; count them."""
-        where, params = _filters(fingerprint=fingerprint, identity=identity, width=width)
+        """Forget captions: all of a video and captioner, or only some; count them."""
+        where, params = filters(fingerprint=fingerprint, identity=identity, width=width)
         with self._write() as conn:
             if nodes is None:
                 return conn.execute(f"DELETE FROM captions{where}", params).rowcount
@@ -490,51 +396,166 @@ class CaptionStore:
                 for n in nodes
             )
 
-    # failures ------------------------------------------------------------------
+    # staged captions (a --force rebuild) -----------------------------------------
 
-    def record_failure(self, key: CaptionKey, error: str) -> FailureRecord:
-        """Remember a node's latest error and count the attempt."""
+    def stage_caption(self, record: CaptionRecord) -> CaptionRecord:
+        """Keep a rebuild's new caption aside; the old one is served until :meth:`swap_staged`.
+
+        First staged caption of a key wins, as in :meth:`put_caption`.
+        """
+        return self._put_one(record, False, "staged_captions")
+
+    def get_staged(self, key: CaptionKey) -> CaptionRecord | None:
+        return self._get_one(key, "staged_captions")
+
+    def staged_nodes(self, fingerprint: str, identity: str, width: int) -> set[NodeId]:
+        """Nodes an unfinished rebuild has remade already (read without decoding the rows)."""
+        where, params = filters(fingerprint=fingerprint, identity=identity, width=width)
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT node FROM staged_captions{where}", params).fetchall()
+        return {_node(row[0], self.path) for row in rows}
+
+    def swap_staged(
+        self, fingerprint: str, identity: str, width: int, nodes: Iterable[NodeId]
+    ) -> int:
+        """Replace the served captions of ``nodes`` by their staged ones, in one transaction.
+
+        Readers see all old or all new captions of the nodes, never a gap; a
+        node with nothing staged keeps its caption. Returns how many were swapped.
+        """
+        where, params = filters(fingerprint=fingerprint, identity=identity, width=width)
+        swapped = 0
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO failures (fingerprint, width, node, identity, error, attempts, "
-                "last_at) VALUES (?, ?, ?, ?, ?, 1, ?) "
-                "ON CONFLICT(fingerprint, width, node, identity) DO UPDATE SET "
-                "error = excluded.error, attempts = failures.attempts + 1, "
-                "last_at = excluded.last_at",
-                (*_key_params(key), one_line(error, 500), time.time()),
-            )
-            row = conn.execute(
-                "SELECT fingerprint, width, node, identity, error, attempts, last_at "
-                "FROM failures WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
-                _key_params(key),
-            ).fetchone()
-        return _failure_from_row(row)
+            for node in nodes:
+                node_params = (*params, format_node_id(node))
+                swapped += conn.execute(
+                    f"INSERT INTO captions ({CAPTION_COLUMNS}) SELECT {CAPTION_COLUMNS} "
+                    f"FROM staged_captions{where} AND node = ? ON CONFLICT(fingerprint, "
+                    "width, node, identity) DO UPDATE SET text = excluded.text, "
+                    "frame_times = excluded.frame_times, frame_ids = excluded.frame_ids, "
+                    "seconds = excluded.seconds, frames_decoded = excluded.frames_decoded, "
+                    "prompt_tokens = excluded.prompt_tokens, "
+                    "completion_tokens = excluded.completion_tokens, "
+                    "created_at = excluded.created_at",
+                    node_params,
+                ).rowcount
+                conn.execute(f"DELETE FROM staged_captions{where} AND node = ?", node_params)
+        return swapped
 
-    def clear_failure(self, key: CaptionKey) -> bool:
-        """Forget a node's failure; True if there was one."""
+    # claims --------------------------------------------------------------------
+
+    def claim(
+        self, key: CaptionKey, owner: ClaimOwner, lease: float, staged: bool = False
+    ) -> Claim:
+        """Claim the making of a caption, unless it is stored or someone else is making it.
+
+        One transaction reads the caption (the staged one for a rebuild) and
+        the claim, so a caption stored and released between two steps can't
+        be made twice. A claim whose lease ran out, or whose process on this
+        host is gone, is taken over. Claiming again what one holds renews it.
+        """
+        table = "staged_captions" if staged else "captions"
+        now = time.time()
+        with self._write() as conn:
+            params = key_params(key)
+            row = conn.execute(
+                f"SELECT {CAPTION_COLUMNS} FROM {table} WHERE {KEY_WHERE}", params
+            ).fetchone()
+            if row is not None:
+                return Claim(ours=False, record=caption_from_row(row, self.path, table))
+            held = conn.execute(
+                f"SELECT owner, host, pid, expires_at FROM claims WHERE {KEY_WHERE}", params
+            ).fetchone()
+            if held is not None and held[0] != owner.name and not lapsed(*held[1:], now):
+                return Claim(ours=False, holder=held[0], expires_at=held[3])
+            conn.execute(
+                "INSERT INTO claims (fingerprint, width, node, identity, owner, host, pid, "
+                "claimed_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(fingerprint, width, node, identity) DO UPDATE SET "
+                "owner = excluded.owner, host = excluded.host, pid = excluded.pid, "
+                "claimed_at = excluded.claimed_at, expires_at = excluded.expires_at",
+                (*params, owner.name, owner.host, owner.pid, now, now + lease),
+            )
+        return Claim(ours=True, holder=owner.name, expires_at=now + lease)
+
+    def renew_claims(self, keys: Iterable[CaptionKey], owner: ClaimOwner, lease: float) -> int:
+        """Extend the leases ``owner`` still holds (a long call must not lose its claim)."""
+        expires = time.time() + lease
+        with self._write() as conn:
+            return sum(
+                conn.execute(
+                    f"UPDATE claims SET expires_at = ? WHERE {KEY_WHERE} AND owner = ?",
+                    (expires, *key_params(key), owner.name),
+                ).rowcount
+                for key in keys
+            )
+
+    def release_claim(self, key: CaptionKey, owner: ClaimOwner) -> bool:
+        """Give a claim up (caption stored, or the call failed); True if it was still ours."""
         with self._write() as conn:
             cursor = conn.execute(
-                "DELETE FROM failures "
-                "WHERE fingerprint = ? AND width = ? AND node = ? AND identity = ?",
-                _key_params(key),
+                f"DELETE FROM claims WHERE {KEY_WHERE} AND owner = ?",
+                (*key_params(key), owner.name),
             )
             return cursor.rowcount > 0
+
+    # failures ------------------------------------------------------------------
+
+    def record_failure(
+        self,
+        key: CaptionKey,
+        error: str,
+        seconds: float = 0.0,
+        frames_decoded: int = 0,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> FailureRecord:
+        """Remember a node's latest error, count the attempt and add what it spent."""
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO failures ({FAILURE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, NULL) "
+                "ON CONFLICT(fingerprint, width, node, identity) DO UPDATE SET "
+                "error = excluded.error, attempts = failures.attempts + 1, "
+                "last_at = excluded.last_at, seconds = failures.seconds + excluded.seconds, "
+                "frames_decoded = failures.frames_decoded + excluded.frames_decoded, "
+                "prompt_tokens = failures.prompt_tokens + excluded.prompt_tokens, "
+                "completion_tokens = failures.completion_tokens + excluded.completion_tokens, "
+                "resolved_at = NULL",
+                (
+                    *key_params(key),
+                    one_line(error, 500),
+                    time.time(),
+                    float(seconds),
+                    int(frames_decoded),
+                    int(prompt_tokens),
+                    int(completion_tokens),
+                ),
+            )
+            row = conn.execute(
+                f"SELECT {FAILURE_COLUMNS} FROM failures WHERE {KEY_WHERE}", key_params(key)
+            ).fetchone()
+            return failure_from_row(row, self.path)
+
+    def clear_failure(self, key: CaptionKey) -> bool:
+        """Mark a node's failure resolved (its cost stays counted); True if there was one."""
+        with self._write() as conn:
+            return _resolve_failure(conn, key) > 0
 
     def list_failures(
         self,
         fingerprint: str | None = None,
         identity: str | None = None,
         width: int | None = None,
+        resolved: bool = False,
     ) -> list[FailureRecord]:
-        """Nodes whose last attempt failed, optionally of one video, captioner and width."""
-        where, params = _filters(fingerprint=fingerprint, width=width, identity=identity)
+        """Nodes whose last attempt failed (and with ``resolved`` those made since)."""
+        where, params = filters(fingerprint=fingerprint, width=width, identity=identity)
+        if not resolved:
+            where += (" AND" if where else " WHERE") + " resolved_at IS NULL"
         with self._read() as conn:
-            rows = conn.execute(
-                "SELECT fingerprint, width, node, identity, error, attempts, last_at "
-                f"FROM failures{where}",
-                params,
-            ).fetchall()
-        records = [_failure_from_row(row) for row in rows]
+            rows = conn.execute(f"SELECT {FAILURE_COLUMNS} FROM failures{where}", params).fetchall()
+        records = [failure_from_row(row, self.path) for row in rows]
         return sorted(records, key=lambda r: (r.fingerprint, r.identity, len(r.node_id), r.node_id))
 
     # artifacts -----------------------------------------------------------------
@@ -546,7 +567,7 @@ class CaptionStore:
                 "SELECT value FROM artifacts WHERE fingerprint = ? AND key = ?",
                 (fingerprint, key),
             ).fetchone()
-        return json.loads(row[0]) if row else None
+        return artifact_from_row(row[0], self.path, fingerprint, key) if row else None
 
     def put_artifact(self, fingerprint: str, key: str, value: Any) -> None:
         """Store a JSON-serialisable value, replacing any previous one."""
@@ -566,22 +587,26 @@ class CaptionStore:
     # stats ---------------------------------------------------------------------
 
     def stats(self, fingerprint: str | None = None, identity: str | None = None) -> StoreStats:
-        """Counts and summed cost, for ``lvr1 caption --stats`` and reports."""
-        where, params = _filters(fingerprint=fingerprint, identity=identity)
-        fp_where, fp_params = _filters(fingerprint=fingerprint)
+        """Counts and summed cost, failed attempts included, for reports."""
+        where, params = filters(fingerprint=fingerprint, identity=identity)
+        fp_where, fp_params = filters(fingerprint=fingerprint)
+        spend = (
+            "COALESCE(SUM(seconds), 0), COALESCE(SUM(frames_decoded), 0), "
+            "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
+        )
         with self._read() as conn:
-            totals = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(seconds), 0), COALESCE(SUM(frames_decoded), 0), "
-                "COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
-                f"FROM captions{where}",
-                params,
-            ).fetchone()
+            totals = conn.execute(f"SELECT COUNT(*), {spend} FROM captions{where}", params)
+            totals = totals.fetchone()
             by_identity = dict(
                 conn.execute(
                     f"SELECT identity, COUNT(*) FROM captions{where} GROUP BY identity", params
                 ).fetchall()
             )
-            failures = conn.execute(f"SELECT COUNT(*) FROM failures{where}", params).fetchone()[0]
+            failed = conn.execute(
+                "SELECT COALESCE(SUM(resolved_at IS NULL), 0), COALESCE(SUM(attempts), 0), "
+                f"{spend} FROM failures{where}",
+                params,
+            ).fetchone()
             videos = conn.execute(f"SELECT COUNT(*) FROM videos{fp_where}", fp_params).fetchone()
             artifacts = conn.execute(
                 f"SELECT COUNT(*) FROM artifacts{fp_where}", fp_params
@@ -589,13 +614,18 @@ class CaptionStore:
         return StoreStats(
             videos=videos[0],
             captions=totals[0],
-            failures=failures,
+            failures=int(failed[0]),
             artifacts=artifacts[0],
             seconds=float(totals[1]),
             frames_decoded=int(totals[2]),
             prompt_tokens=int(totals[3]),
             completion_tokens=int(totals[4]),
             captions_by_identity=by_identity,
+            failed_attempts=int(failed[1]),
+            failed_seconds=float(failed[2]),
+            failed_frames_decoded=int(failed[3]),
+            failed_prompt_tokens=int(failed[4]),
+            failed_completion_tokens=int(failed[5]),
         )
 
 
@@ -621,40 +651,23 @@ class ArtifactCache:
 # helpers ---------------------------------------------------------------------------
 
 
-def _key_params(key: CaptionKey) -> tuple[str, int, str, str]:
-    return (key.fingerprint, int(key.width), format_node_id(key.node_id), key.identity)
+def _resolve_failure(conn: sqlite3.Connection, key: CaptionKey) -> int:
+    """Close a node's open failure; the row and what it spent stay for the accounts."""
+    return conn.execute(
+        f"UPDATE failures SET resolved_at = ? WHERE {KEY_WHERE} AND resolved_at IS NULL",
+        (time.time(), *key_params(key)),
+    ).rowcount
 
 
-def _filters(**columns: Any) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause over the columns that are not None."""
-    present = [(name, value) for name, value in columns.items() if value is not None]
-    if not present:
-        return "", ()
-    clause = " WHERE " + " AND ".join(f"{name} = ?" for name, _ in present)
-    return clause, tuple(value for _, value in present)
-
-
-def _caption_from_row(row: tuple[Any, ...]) -> CaptionRecord:
-    (fp, width, node, identity, text, times, ids, seconds, frames, prompt, completion, at) = row
-    return CaptionRecord(
-        fingerprint=fp,
-        width=int(width),
-        node_id=parse_node_id(node),
-        identity=identity,
-        text=text,
-        frame_times=tuple(float(t) for t in json.loads(times)),
-        frame_ids=tuple(int(i) for i in json.loads(ids)),
-        seconds=float(seconds),
-        frames_decoded=int(frames),
-        prompt_tokens=int(prompt),
-        completion_tokens=int(completion),
-        created_at=float(at),
-    )
-
-
-def _failure_from_row(row: tuple[Any, ...]) -> FailureRecord:
-    fp, width, node, identity, error, attempts, last_at = row
-    return FailureRecord(fp, int(width), parse_node_id(node), identity, error, attempts, last_at)
+def _node(text: str, path: Path) -> NodeId:
+    """A node id column; a damaged one names the store (a staged row: rerun --force)."""
+    try:
+        return parse_node_id(text)
+    except ValueError as exc:
+        raise DamagedRowError(
+            f"caption store {path}: a staged caption has a damaged node ({one_line(exc, 120)}); "
+            f"delete the staged rows: sqlite3 {shlex.quote(str(path))} 'DELETE FROM staged_captions'"
+        ) from None
 
 
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:

@@ -72,7 +72,12 @@ def add_caption_parser(sub, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="concurrent caption requests (default 2)",
     )
-    caption.add_argument("--force", action="store_true", help="remake captions already cached")
+    caption.add_argument(
+        "--force",
+        action="store_true",
+        help="remake captions already cached; the old ones are served until every new one is "
+        "made, and an interrupted --force run goes on from where it stopped when run again",
+    )
     caption.add_argument(
         "--no-retry", action="store_true", help="skip nodes that failed before instead of retrying"
     )
