@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.captions.captioner import CallCost
-from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
+from longvideo_r1.captions.records import CaptionKey, CaptionRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError
 from longvideo_r1.tree import Node, NodeId, Tree, format_node_id, parse_node_id
 

@@ -19,7 +19,8 @@ from scripted_server import ScriptedChatServer, Step
 
 from longvideo_r1.agent.navigator import AgentConfig
 from longvideo_r1.agent.trace import Trace
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.captions.records import CaptionRecord, VideoRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import Settings
 from longvideo_r1.evaluation.methods import AgentMethod
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator

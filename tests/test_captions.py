@@ -28,8 +28,9 @@ from helpers_captions import (
     tree_for,
 )
 
+from longvideo_r1.captions.records import CaptionRecord, ClaimOwner
 from longvideo_r1.captions.service import BuildReport, CaptionService, describe_error
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore, ClaimOwner
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError, StoreError, TreeError
 
 

@@ -12,8 +12,9 @@ from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.reference import reference_document
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
 from longvideo_r1.media.video import Video, file_fingerprint

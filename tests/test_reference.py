@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers_captions import IDENTITY, FakeContext, FakeInfo, FakeVideo
 
+from longvideo_r1.captions.records import CaptionKey, CaptionRecord
 from longvideo_r1.captions.reference import (
     DEFAULT_IMPORT_IDENTITY,
     ImportConflictError,
@@ -26,7 +27,7 @@ from longvideo_r1.captions.reference import (
     write_reference,
 )
 from longvideo_r1.captions.service import CaptionService
-from longvideo_r1.captions.store import CaptionKey, CaptionRecord, CaptionStore
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError, ConfigError, LVR1Error
 from longvideo_r1.tree import Tree
 

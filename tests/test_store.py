@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 from helpers_captions import HELPER, IDENTITY, make_record
 
-from longvideo_r1.captions.store import (
+from longvideo_r1.captions.records import (
     SCHEMA_VERSION,
-    ArtifactCache,
     CaptionKey,
     CaptionRecord,
-    CaptionStore,
     ClaimOwner,
     VideoRecord,
 )
+from longvideo_r1.captions.store import ArtifactCache, CaptionStore
 from longvideo_r1.cli.main import main
 from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import LVR1Error, StoreError

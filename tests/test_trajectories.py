@@ -19,7 +19,8 @@ from helpers_eval import RuleServer
 from scripted_server import Fail, Say, ScriptedChatServer, Step
 
 from longvideo_r1.agent import grammar, prompts, replies
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.captions.records import CaptionRecord, VideoRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.server import OpenAIBackend

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.captions.captioner import CaptionContext, Captioner, CaptionResult
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore
+from longvideo_r1.captions.records import CaptionRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError, ConfigError, LVR1Error, one_line
 from longvideo_r1.files import write_atomic
 from longvideo_r1.tree import LEVELS, NodeId, Tree, format_node_id

@@ -31,15 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from longvideo_r1.captions.captioner import CallCost, CaptionContext, charge_failure, spent_by
+from longvideo_r1.captions.records import CaptionKey, CaptionRecord, ClaimOwner, VideoRecord
 from longvideo_r1.captions.reference import strip_caption_tags
-from longvideo_r1.captions.store import (
-    ArtifactCache,
-    CaptionKey,
-    CaptionRecord,
-    CaptionStore,
-    ClaimOwner,
-    VideoRecord,
-)
+from longvideo_r1.captions.store import ArtifactCache, CaptionStore
 from longvideo_r1.errors import CaptionError, LVR1Error, StoreError
 from longvideo_r1.progress import Bar, progress_bar
 from longvideo_r1.tree import Node, NodeId, Tree

@@ -64,21 +64,6 @@ from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import StoreError, one_line
 from longvideo_r1.tree import NodeId, format_node_id, parse_node_id
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "ArtifactCache",
-    "CaptionKey",
-    "CaptionRecord",
-    "CaptionStore",
-    "Claim",
-    "ClaimOwner",
-    "DamagedRowError",
-    "FailureRecord",
-    "StoreStats",
-    "VideoRecord",
-]
-"""The records live in :mod:`~longvideo_r1.captions.records`; importers keep using this module."""
-
 # the store -------------------------------------------------------------------------
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from longvideo_r1.agent.tools import CaptionClipAnswerer, ClipAnswerer, GetCaption, ToolBox, VideoQA
+from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.service import Fetched
-from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import CaptionError, LVR1Error
 from longvideo_r1.questions.schema import Question
 from longvideo_r1.training.records import TrajectoryError
