@@ -69,3 +69,19 @@ def test_constrain_and_answer_form_come_from_file_environment_or_flags(tmp_path)
     with pytest.raises(ConfigError, match="invalid setting constrain") as info:
         load_settings(env={"LVR1_CONSTRAIN": "sometimes"})
     assert "\n" not in str(info.value)
+
+
+def test_navigable_captions_are_off_by_default_and_come_from_file_environment_or_flags(
+    tmp_path,
+):
+    assert load_settings(env={}).navigable_captions is False
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("navigable_captions: on\n")  # YAML reads a bare on as true
+    assert load_settings(config_path=cfg, env={}).navigable_captions is True
+    env = {"LVR1_NAVIGABLE_CAPTIONS": "off"}
+    assert load_settings(config_path=cfg, env=env).navigable_captions is False
+    flags = load_settings(env=env, overrides={"navigable_captions": True})
+    assert flags.navigable_captions is True
+    with pytest.raises(ConfigError, match="invalid setting navigable_captions") as info:
+        load_settings(env={"LVR1_NAVIGABLE_CAPTIONS": "sometimes"})
+    assert "\n" not in str(info.value)
