@@ -12,6 +12,7 @@ from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
@@ -133,8 +134,6 @@ def test_navigable_captions_are_refused_for_another_captioner(test_video, store,
 
 def test_navigable_captions_are_cached_apart_from_plain_ones(test_video, store, capsys):
     """``lvr1 tree`` with the flag serves the navigable captions only, and without it none."""
-    from longvideo_r1.captions.embedded import EmbeddedCaptioner
-
     fingerprint = file_fingerprint(test_video.path)
     identity = EmbeddedCaptioner(navigable=True).identity
     with CaptionStore(store) as db:
