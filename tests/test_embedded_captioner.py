@@ -583,6 +583,21 @@ def test_real_full_tree(real, captioner, capsys):
     assert total < 600
 
 
+@pytest.mark.slow
+def test_real_navigable_high_caption_names_each_clip_at_its_child(real):
+    """Speech alone: the bow tie's and the rabbit's parts name them, no other part does."""
+    captioner = EmbeddedCaptioner(cpu_threads=2, navigable=True)
+    artifacts = DictArtifacts()
+    lines = {}
+    for high in ((3,), (4,)):
+        text = captioner.caption(context(real.video, real.tree, high, (), artifacts)).text
+        assert len(text.split()) <= real.tree.plan(high).max_words
+        lines.update({child.id: part_line(text, child.label) for child in real.tree.children(high)})
+    for said, word in ((105.5, "tie"), (148.0, "rabbit")):
+        holder = real.tree.covering(said, said + 0.1, 2)[0].id
+        assert [k for k, line in lines.items() if word in line.split(": ", 1)[1]] == [holder]
+
+
 class TitleCardVideo(FakeVideo):
     """Frames carry a large title, as a title card or lower third would."""
 
