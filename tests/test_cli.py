@@ -12,6 +12,7 @@ from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.reference import reference_document
 from longvideo_r1.captions.store import CaptionStore
@@ -114,6 +115,41 @@ def test_vlm_captioner_needs_an_endpoint(test_video, store, capsys):
     code, _, err = run(capsys, "caption", str(test_video.path), "--captioner", "vlm")
     assert code == 2
     assert "--caption-base-url" in err and len(err.strip().splitlines()) == 1
+
+
+def test_navigable_captions_flag_overrides_the_environment(monkeypatch, store):
+    parser = build_parser()
+    monkeypatch.setenv("LVR1_NAVIGABLE_CAPTIONS", "1")
+    assert _settings(parser.parse_args(["tree", "v.mp4"])).navigable_captions is True
+    args = parser.parse_args(["tree", "v.mp4", "--no-navigable-captions"])
+    assert _settings(args).navigable_captions is False
+    monkeypatch.delenv("LVR1_NAVIGABLE_CAPTIONS")
+    args = parser.parse_args(["caption", "v.mp4", "--navigable-captions"])
+    assert _settings(args).navigable_captions is True
+
+
+def test_navigable_captions_are_refused_for_another_captioner(test_video, store, capsys):
+    argv = ["caption", str(test_video.path), "--captioner", "vlm", "--navigable-captions"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("lvr1 caption: error: navigable captions are made by the embedded")
+
+
+def test_navigable_captions_are_cached_apart_from_plain_ones(test_video, store, capsys):
+    """``lvr1 tree`` with the flag serves the navigable captions only, and without it none."""
+    fingerprint = file_fingerprint(test_video.path)
+    identity = EmbeddedCaptioner(navigable=True).identity
+    with CaptionStore(store) as db:
+        db.register_video(VideoRecord(fingerprint, str(test_video.path), 151.6, 3790, 4))
+        db.put_caption(CaptionRecord(fingerprint, 4, (3,), identity, "Part (3, 2): box."))
+
+    def high_captions(*flags: str) -> list:
+        code, out, err = run(capsys, "tree", str(test_video.path), "--json", *flags)
+        assert code == 0, err
+        return [n["caption"] for n in json.loads(out)["nodes"] if len(n["id"]) == 1]
+
+    assert high_captions("--navigable-captions") == [None, None, "Part (3, 2): box.", None]
+    assert high_captions() == [None] * 4
 
 
 def test_unknown_level_is_a_clear_error(test_video, store, capsys):

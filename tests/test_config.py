@@ -115,3 +115,19 @@ def test_the_cli_refuses_a_bad_config_file_with_status_2(tmp_path, capsys, conte
     assert main(["tree", str(tmp_path / "video.mp4"), "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lvr1 tree: error: config file {cfg}") and err.count("\n") == 1
+
+
+def test_navigable_captions_are_off_by_default_and_come_from_file_environment_or_flags(
+    tmp_path,
+):
+    assert load_settings(env={}).navigable_captions is False
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("navigable_captions: on\n")  # YAML reads a bare on as true
+    assert load_settings(config_path=cfg, env={}).navigable_captions is True
+    env = {"LVR1_NAVIGABLE_CAPTIONS": "off"}
+    assert load_settings(config_path=cfg, env=env).navigable_captions is False
+    flags = load_settings(env=env, overrides={"navigable_captions": True})
+    assert flags.navigable_captions is True
+    with pytest.raises(ConfigError, match="invalid setting navigable_captions") as info:
+        load_settings(env={"LVR1_NAVIGABLE_CAPTIONS": "sometimes"})
+    assert "\n" not in str(info.value)

@@ -18,9 +18,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from longvideo_r1.captions.captioner import CaptionContext
+from longvideo_r1.captions.distinctive import (
+    DocumentFrequencies,
+    Part,
+    distinctive_words,
+    part_lines,
+)
 from longvideo_r1.captions.embedded import (
     EMBEDDED_PLANS,
     EmbeddedCaptioner,
+    child_texts,
     join_segments,
     keywords,
     leaves_of,
@@ -28,10 +35,15 @@ from longvideo_r1.captions.embedded import (
     speech_window,
 )
 from longvideo_r1.captions.speech import SAMPLE_RATE, Segment, TranscriberSettings
-from longvideo_r1.captions.visual import VisualAnalyzer, VisualSettings
+from longvideo_r1.captions.visual import (
+    ClipDescriptor,
+    FrameDescriptor,
+    VisualAnalyzer,
+    VisualSettings,
+)
 from longvideo_r1.media.subtitles import Cue
 from longvideo_r1.media.video import Frames
-from longvideo_r1.tree import Tree
+from longvideo_r1.tree import DEFAULT_PLANS, LevelPlan, Tree
 
 # fakes -----------------------------------------------------------------------------------
 
@@ -300,6 +312,180 @@ def test_shot_change_is_reported_with_its_time():
     assert "mostly red" in text
 
 
+# navigable captions: distinctive words per child -------------------------------------------
+
+
+@dataclass
+class ScriptTranscriber(FakeTranscriber):
+    """Says the filler word ``basically`` every second, and ``script[n]`` in second n."""
+
+    script: dict[int, str] = field(default_factory=dict)
+
+    def transcribe(self, audio, offset=0.0):
+        from longvideo_r1.captions.speech import Word
+
+        self.calls += 1
+        end = offset + len(audio) / SAMPLE_RATE
+        words = []
+        for n in range(int(offset), int(end) + 1):
+            said = ["basically", *self.script.get(n, "").split()]
+            for k, text in enumerate(said):
+                a, b = n + 0.05 + 0.1 * k, n + 0.1 + 0.1 * k
+                if offset <= a and b <= end:
+                    words.append(Word(a, b, text))
+        return [
+            Segment(words[0].start, words[-1].end, " ".join(w.text for w in words), tuple(words))
+        ]
+
+
+SCRIPT = {40: "yellow umbrella", 50: "the red bus stops", 51: "the bus"}
+"""On the 120 s fake video at width 4: (2, 2) is 37.5-45 s and (2, 3) is 45-52.5 s."""
+
+
+def part_line(text: str, label: str) -> str:
+    """The caption's line for the child ``label``, e.g. ``(2, 3)``."""
+    found = [line for line in text.splitlines() if line.startswith(f"Part {label} ")]
+    assert len(found) == 1, text
+    return found[0]
+
+
+def navigable(transcriber=None, **kwargs) -> EmbeddedCaptioner:
+    transcriber = transcriber or ScriptTranscriber(script=SCRIPT)
+    return EmbeddedCaptioner(
+        transcriber=transcriber, analyzer=FAST_VISUAL, navigable=True, **kwargs
+    )
+
+
+def test_the_child_that_holds_a_fact_lists_its_words_in_the_parent_caption():
+    video = FakeVideo(has_audio=True)
+    tree = fake_tree(video)
+    high = navigable().caption(context(video, tree, (2,), artifacts=DictArtifacts())).text
+    assert "Distinctive words per part:" in high
+    assert part_line(high, "(2, 2)") == "Part (2, 2) 37.5s-45.0s: yellow, umbrella."
+    third = part_line(high, "(2, 3)")
+    assert third.startswith("Part (2, 3) 45.0s-52.5s: bus, red, stops")  # said twice: first
+    assert "umbrella" not in third
+    assert part_line(high, "(2, 1)").endswith(": nothing distinctive.")
+    medium = navigable().caption(context(video, tree, (2, 2), artifacts=DictArtifacts())).text
+    leaf = tree.leaf_at(40.5)
+    assert "umbrella" in part_line(medium, leaf.label)
+
+
+def test_filler_said_everywhere_is_never_listed_though_it_is_the_most_frequent():
+    video = FakeVideo(has_audio=True)
+    tree = fake_tree(video)
+    captioner = navigable()
+    text = captioner.caption(context(video, tree, (2,), artifacts=DictArtifacts())).text
+    parts = [line for line in text.splitlines() if line.startswith("Part ")]
+    assert len(parts) == tree.width
+    assert not any("basically" in line for line in parts)
+    assert keywords([text], 1) == ["basically"]  # frequency alone would pick the filler
+
+
+def test_leaves_get_no_part_lines_and_the_setting_off_changes_nothing():
+    video = FakeVideo(has_audio=True)
+    tree = fake_tree(video)
+    artifacts = DictArtifacts()
+    leaf = navigable().caption(context(video, tree, (2, 2, 1), artifacts=artifacts)).text
+    assert "Part " not in leaf and "Distinctive" not in leaf
+    plain = EmbeddedCaptioner(transcriber=ScriptTranscriber(script=SCRIPT), analyzer=FAST_VISUAL)
+    high = plain.caption(context(video, tree, (2,), artifacts=artifacts)).text
+    assert "Part " not in high and "Distinctive" not in high
+
+
+def test_navigable_captions_transcribe_the_whole_video_once_and_reuse_it():
+    video = FakeVideo(has_audio=True)
+    tree = fake_tree(video)
+    transcriber = ScriptTranscriber(script=SCRIPT)
+    artifacts = DictArtifacts()
+    captioner = navigable(transcriber)
+    captioner.caption(context(video, tree, (1,), artifacts=artifacts))
+    windows = len({speech_window(tree, leaf)[0].id for leaf in tree.nodes(3)})
+    assert transcriber.calls == windows  # the whole video, for the document frequencies
+    for node in [*tree.nodes(1), *tree.nodes(2)[:3], *tree.nodes(3)[:5]]:
+        captioner.caption(context(video, tree, node.id, artifacts=artifacts))
+    other = ScriptTranscriber(script=SCRIPT)  # another process with the same store
+    navigable(other).caption(context(video, tree, (3,), artifacts=artifacts))
+    assert (transcriber.calls, other.calls) == (windows, 0)
+
+
+def test_word_limits_hold_with_part_lines():
+    video = FakeVideo(has_audio=True)
+    script = {n: f"alpha{n} beta{n} gamma{n} delta{n} epsilon{n}" for n in range(0, 120, 2)}
+    artifacts = DictArtifacts()
+    captioner = navigable(ScriptTranscriber(script=script))
+    for words in (400, 120, 30, 8):
+        plans = {k: LevelPlan(p.frames, p.max_side, words) for k, p in DEFAULT_PLANS.items()}
+        tree = Tree.for_video(video.info.duration, video.info.n_frames, plans=plans)
+        for node_id in [(1,), (2, 3), (4, 4, 4)]:
+            text = captioner.caption(context(video, tree, node_id, artifacts=artifacts)).text
+            assert len(text.split()) <= words, (words, text)
+            parts = [line for line in text.splitlines() if line.startswith("Part ")]
+            assert len(parts) in (0, tree.width if len(node_id) < 3 else 0), text
+            listed = [len(line.split(": ", 1)[1].split(", ")) for line in parts]
+            if len(node_id) == 1 and words >= 120:  # each medium child says 20 rare words
+                assert listed == [8 if words == 400 else 5] * tree.width, text
+
+
+def test_without_speech_subtitles_of_the_node_are_the_documents():
+    video = FakeVideo(has_audio=False)
+    tree = fake_tree(video)
+    cues = [Cue(t + 0.1, t + 0.5, "So basically here we are") for t in np.arange(30, 60, 1.875)]
+    cues.append(Cue(41.0, 42.0, "A lighthouse"))
+    captioner = navigable(speech=False)
+    text = captioner.caption(context(video, tree, (2,), cues)).text
+    assert part_line(text, "(2, 2)").endswith(": lighthouse.")
+    assert part_line(text, "(2, 1)").endswith(": nothing distinctive.")
+    assert video.audio_calls == []
+
+
+def test_on_screen_text_counts_for_the_child_its_frame_falls_in():
+    tree = Tree.for_video(120.0, 3000)
+    frames = tuple(
+        FrameDescriptor(t, int(t * 25), 0.5, (), text=("HARBOUR 1987",) if t == 40.0 else None)
+        for t in (32.0, 40.0, 48.0)
+    )
+    look = ClipDescriptor(30.0, 60.0, frames, (), ())
+    said = [Segment(46.0, 47.0, "the harbour master")]
+    assert child_texts(tree.node((2, 2)), look, said, []) == ["HARBOUR 1987"]
+    assert child_texts(tree.node((2, 3)), look, said, []) == ["the harbour master"]
+
+
+def test_identity_says_the_captions_are_navigable():
+    plain, nav = EmbeddedCaptioner(), EmbeddedCaptioner(navigable=True)
+    assert nav.identity == plain.identity + "-nav1"
+    assert len(nav.identity.split(":")) == 3
+
+
+def test_tf_idf_prefers_rare_words_and_drops_words_said_everywhere():
+    leaves = [["basically the bus"]] * 4 + [["basically an umbrella"]] + [["basically"]] * 3
+    frequencies = DocumentFrequencies.of(leaves)
+    assert (frequencies.documents, frequencies.counts["bus"]) == (8, 4)
+    assert frequencies.idf("basically") == 0
+    part = ["bus bus basically basically basically basically", "umbrella"]
+    assert distinctive_words(part, frequencies, 5) == ["umbrella", "bus"]
+    assert distinctive_words(part, frequencies, 1) == ["umbrella"]
+    # no documents: every word weighs the same and frequency ranks them
+    assert distinctive_words(part, DocumentFrequencies(), 5) == ["basically", "bus", "umbrella"]
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(["bus", "umbrella", "seventeen"]), max_size=9), max_size=8),
+    st.integers(min_value=0, max_value=120),
+)
+@settings(max_examples=200, deadline=None)
+def test_part_lines_fit_their_budget_and_name_every_part_or_none(words, budget):
+    parts = [Part(f"(1, {i + 1})", "0.0s-9.5s", tuple(w)) for i, w in enumerate(words)]
+    lines = part_lines(parts, budget)
+    assert sum(len(line.split()) for line in lines) <= budget
+    assert len(lines) in (0, len(parts) + 1 if parts else 0)
+    if lines:  # every part lists its first words, as many as the others or all it has
+        listed = [line.split(": ", 1)[1].rstrip(".").split(", ") for line in lines[1:]]
+        keep = max(len(words) for words in listed)
+        for words, part in zip(listed, parts, strict=True):
+            assert words == (list(part.words[:keep]) or ["nothing distinctive"])
+
+
 # the real test video -------------------------------------------------------------------
 
 
@@ -410,6 +596,21 @@ def test_real_full_tree(real, captioner, capsys):
     medium = real.tree.covering(pedestrians["start"] + 5, pedestrians["end"] - 5, 2)
     assert sum("people detected" in texts[n.id] for n in medium) >= len(medium) // 2
     assert total < 600
+
+
+@pytest.mark.slow
+def test_real_navigable_high_caption_names_each_clip_at_its_child(real):
+    """Speech alone: the bow tie's and the rabbit's parts name them, no other part does."""
+    captioner = EmbeddedCaptioner(cpu_threads=2, navigable=True)
+    artifacts = DictArtifacts()
+    lines = {}
+    for high in ((3,), (4,)):
+        text = captioner.caption(context(real.video, real.tree, high, (), artifacts)).text
+        assert len(text.split()) <= real.tree.plan(high).max_words
+        lines.update({child.id: part_line(text, child.label) for child in real.tree.children(high)})
+    for said, word in ((105.5, "tie"), (148.0, "rabbit")):
+        holder = real.tree.covering(said, said + 0.1, 2)[0].id
+        assert [k for k, line in lines.items() if word in line.split(": ", 1)[1]] == [holder]
 
 
 class TitleCardVideo(FakeVideo):

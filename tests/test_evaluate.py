@@ -32,7 +32,9 @@ from scripted_server import Fail, Say
 from longvideo_r1.agent import protocol
 from longvideo_r1.agent.trace import Cost, Trace
 from longvideo_r1.cli.main import main
+from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.identity import video_qa_identity
 from longvideo_r1.evaluation.jobs import Job
 from longvideo_r1.evaluation.methods import METHODS, MethodOptions, make_method, resolve_walk_calls
 from longvideo_r1.evaluation.metrics import Distribution, compute_metrics
@@ -436,3 +438,13 @@ def test_every_method_travels_to_ray_workers(name, tmp_path):
     copy = pickle.loads(pickle.dumps(job))
     assert copy.method.params() == method.params() and copy.settings == settings
     assert copy.worker(0, 1).make_backend is not None or not method.needs_reasoning
+
+
+def test_the_manifest_names_navigable_captions_apart():
+    """A run with navigable captions never resumes one without them, nor the reverse."""
+    plain = Settings.model_validate({"captioner": "embedded"})
+    nav = Settings.model_validate({"captioner": "embedded", "navigable_captions": True})
+    agent = make_method(MethodOptions(method="agent"), plain)
+    before, after = agent.identities(plain, "r")["caption"], agent.identities(nav, "r")["caption"]
+    assert after == before + "-nav1"
+    assert video_qa_identity(nav) == f"captions:{after}"

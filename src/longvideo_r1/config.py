@@ -13,8 +13,9 @@ Environment variables, per role ``CAPTION``, ``VIDEO_QA``, ``REASONING``::
     LVR1_<ROLE>_TIMEOUT    seconds per request
 
 and ``LVR1_STORE`` (caption database), ``LVR1_CONFIG`` (config file),
-``LVR1_CAPTIONER`` (``embedded`` or ``vlm``), ``LVR1_CONSTRAIN`` (``auto``, ``on``
-or ``off``) and ``LVR1_ANSWER_FORM`` (``auto``, ``letter``, ``text`` or ``either``).
+``LVR1_CAPTIONER`` (``embedded`` or ``vlm``), ``LVR1_NAVIGABLE_CAPTIONS`` (``on`` or
+``off``), ``LVR1_CONSTRAIN`` (``auto``, ``on`` or ``off``) and ``LVR1_ANSWER_FORM``
+(``auto``, ``letter``, ``text`` or ``either``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ class Settings(BaseModel):
         default="embedded",
         description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
     )
+    navigable_captions: bool = Field(
+        default=False,
+        description="The embedded captioner's high and medium captions name each part's "
+        "distinctive words (TF-IDF over the video's transcript). Off by default until a "
+        "measured table picks the default.",
+    )
     constrain: ConstrainMode = Field(
         default="auto",
         description="Constrain the navigator's replies to the protocol's grammar: auto (on for "
@@ -135,6 +142,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     plain = (
         ("store", "LVR1_STORE"),
         ("captioner", "LVR1_CAPTIONER"),
+        ("navigable_captions", "LVR1_NAVIGABLE_CAPTIONS"),
         ("constrain", "LVR1_CONSTRAIN"),
         ("answer_form", "LVR1_ANSWER_FORM"),
     )

@@ -35,10 +35,15 @@ from longvideo_r1.tree import Tree
 
 
 def make_captioner(settings: Settings) -> Captioner:
-    """The captioner named by ``settings.captioner``."""
+    """The captioner named by ``settings.captioner``, refusing a setting it would ignore."""
     name = settings.captioner
     if name == "embedded":
-        return EmbeddedCaptioner()
+        return EmbeddedCaptioner(navigable=settings.navigable_captions)
+    if settings.navigable_captions:
+        raise ConfigError(
+            f"navigable captions are made by the embedded captioner, not {name!r}: drop "
+            "--navigable-captions (or LVR1_NAVIGABLE_CAPTIONS, navigable_captions in the config)"
+        )
     if name == "vlm":
         return VLMCaptioner(ChatClient.from_settings(settings.caption, "caption"))
     if name.startswith("imported:"):

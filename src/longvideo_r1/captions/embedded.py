@@ -29,6 +29,17 @@ each word assigned to the leaf holding its midpoint.
 Coarse levels compress: many shots are merged into at most a few lines, and
 when speech or subtitles exceed the words left, the caption keeps keywords of
 the whole span plus lines spread evenly over it.
+
+Navigable captions (``navigable=True``, off by default). Quotes spread over a
+coarse node do not tell a reader which child holds a fact, so high and
+medium captions then also give one line per child with the distinctive words
+of its speech, subtitles and on-screen text (TF-IDF,
+:mod:`longvideo_r1.captions.distinctive`), e.g. ``Part (3, 2) 94.8s-104.2s:
+yellow, box, table, lifts.`` The document frequencies count the words of
+every leaf's transcript, so the first such caption of a video transcribes the
+whole video once (each window stored as it is done, as above) and every later
+caption and run reads the transcripts back; a process keeps the counts. The
+identity gains ``-nav1``, so the two settings never share cached captions.
 """
 
 from __future__ import annotations
@@ -36,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -51,6 +61,13 @@ from longvideo_r1.captions.captioner import (
     CaptionResult,
     charge_failure,
     failure_cost,
+)
+from longvideo_r1.captions.distinctive import (
+    DocumentFrequencies,
+    Part,
+    content_words,
+    distinctive_words,
+    part_lines,
 )
 from longvideo_r1.captions.speech import SAMPLE_RATE, Segment, Transcriber, segments_in
 from longvideo_r1.captions.visual import (
@@ -74,6 +91,12 @@ SPEECH_WINDOW_SECONDS = 28.0
 """Leaves are transcribed together in windows up to this long (whisper reads 30 s at once)."""
 SPEECH_PAD_SECONDS = 1.0
 """Audio added on both sides of a window so words at its edges are heard whole."""
+NAVIGABLE_VERSION = "1"
+"""Changes when the per-child lines change, so captions of the old form are not served."""
+PART_WORDS = 8
+"""Most distinctive words per child line; fewer when the caption's word limit is tight."""
+PARTS_SHARE = 3
+"""The per-child lines take at most 1/PARTS_SHARE of a caption's word limit."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +136,10 @@ class EmbeddedCaptioner(Captioner):
 
     Holds the whisper model (loaded on first speech), the visual analyzer and
     a small in-memory transcript cache used when a context has no artifact
-    store. ``speech=False`` or ``ocr=False`` switch those parts off (the
-    identity says so, so such captions are cached apart).
+    store. ``speech=False`` or ``ocr=False`` switch those parts off, and
+    ``navigable=True`` adds the per-child lines of distinctive words to high
+    and medium captions (the identity says so, so such captions are cached
+    apart).
     """
 
     name = "embedded"
@@ -127,12 +152,15 @@ class EmbeddedCaptioner(Captioner):
         cpu_threads: int | None = None,
         speech: bool = True,
         ocr: bool = True,
+        navigable: bool = False,
     ) -> None:
         self.transcriber = transcriber or Transcriber(cpu_threads=cpu_threads)
         self.analyzer = analyzer or VisualAnalyzer(cpu_threads=cpu_threads or 2)
         self.plans = dict(plans or EMBEDDED_PLANS)
         self.speech = speech
         self.ocr = ocr and self.analyzer.settings.ocr
+        self.navigable = navigable
+        self._frequencies: OrderedDict[tuple[Any, ...], DocumentFrequencies] = OrderedDict()
         self._memory: OrderedDict[str, list[Any]] = OrderedDict()
         self._memory_lock = threading.Lock()
         self._window_locks: dict[str, threading.Lock] = {}
@@ -142,7 +170,7 @@ class EmbeddedCaptioner(Captioner):
 
     @property
     def identity(self) -> str:
-        """``embedded:cpu+whisper-base:v1-auto-b1-vad-visv1``, plus what is switched off."""
+        """``embedded:cpu+whisper-base:v1-auto-b1-vad-visv1``, plus what is switched on or off."""
         speech = self.transcriber.model_name if self.speech else "nospeech"
         version = f"{CAPTION_VERSION}-{self.transcriber.settings.tag()}-vis{DESCRIPTOR_VERSION}"
         if not self.ocr:
@@ -154,6 +182,8 @@ class EmbeddedCaptioner(Captioner):
                 repr(sorted(asdict(p).items() for p in self.plans.values())).encode()
             )
             version += "-p" + digest.hexdigest()[:6]
+        if self.navigable:
+            version += f"-nav{NAVIGABLE_VERSION}"
         return f"{self.name}:cpu+{speech}:{version}"
 
     # caption ---------------------------------------------------------------------------
@@ -200,8 +230,9 @@ class EmbeddedCaptioner(Captioner):
         speech = self.node_speech(ctx) if self.speech else None
         t_speech = time.perf_counter() - t1
         cues = cues_between(ctx.cues, node.start, node.end)
+        parts = self.parts(ctx, look, speech, cues) if self.navigable else ()
         text = render_caption(
-            node, look, speech, cues, tree.plan(node.id).max_words, plan.max_lines
+            node, look, speech, cues, tree.plan(node.id).max_words, plan.max_lines, parts
         )
         log.debug(
             "node %s: decode %.2fs, visual %s, speech %.2fs",
@@ -211,6 +242,65 @@ class EmbeddedCaptioner(Captioner):
             t_speech,
         )
         return text
+
+    # navigable parts ---------------------------------------------------------------------
+
+    def parts(
+        self,
+        ctx: CaptionContext,
+        look: ClipDescriptor,
+        speech: Sequence[Segment] | None,
+        cues: Sequence[Cue],
+    ) -> list[Part]:
+        """Each child of a coarse node with the distinctive words said, subtitled or read there.
+
+        A leaf has no children and gets none.
+        """
+        children = ctx.tree.children(ctx.node.id)
+        if not children:
+            return []
+        frequencies = self.document_frequencies(ctx)
+        return [
+            Part(
+                child.label,
+                fmt_span(child.start, child.end),
+                tuple(
+                    distinctive_words(
+                        child_texts(child, look, speech, cues), frequencies, PART_WORDS
+                    )
+                ),
+            )
+            for child in children
+        ]
+
+    def document_frequencies(self, ctx: CaptionContext) -> DocumentFrequencies:
+        """Word counts over the video's leaves (a document is one leaf's transcript).
+
+        Every leaf's transcript comes from the artifact cache, or is
+        transcribed once and stored there, so the whole video is never
+        transcribed twice; the counts are kept per video and tree in this
+        process. Without speech (no audio, speech off) the documents are the
+        subtitles of the leaves under the node: the best "elsewhere" at hand.
+        """
+        tree = ctx.tree
+        if not (self.speech and ctx.video.info.has_audio):
+            return DocumentFrequencies.of(
+                [c.text for c in cues_between(ctx.cues, leaf.start, leaf.end)]
+                for leaf in leaves_of(tree, ctx.node)
+            )
+        key = (ctx.video.fingerprint, tree.width, tree.count(len(LEVELS)), tree.duration)
+        with self._memory_lock:
+            known = self._frequencies.get(key)
+        if known is not None:
+            return known
+        documents = [self.leaf_speech(ctx, leaf) for leaf in tree.nodes(len(LEVELS))]
+        frequencies = DocumentFrequencies.of([s.text for s in d or ()] for d in documents)
+        if all(d is not None for d in documents):  # a failed window is retried next time
+            with self._memory_lock:
+                self._frequencies[key] = frequencies
+                while len(self._frequencies) > 16:
+                    self._frequencies.popitem(last=False)
+        return frequencies
 
     # speech ----------------------------------------------------------------------------
 
@@ -313,6 +403,23 @@ def speech_window(tree: Tree, leaf: Node) -> list[Node]:
     size = max(1, int(SPEECH_WINDOW_SECONDS // max(leaf.duration, 1e-6)))
     first = (tree.flat_index(leaf.id) // size) * size
     return [tree.node(tree.from_flat(depth, k)) for k in range(first, min(n, first + size))]
+
+
+def child_texts(
+    child: Node, look: ClipDescriptor, speech: Sequence[Segment] | None, cues: Sequence[Cue]
+) -> list[str]:
+    """What was said, subtitled or read on screen within one child of a node.
+
+    The node's transcript is cut at leaf edges, so each segment lies in one
+    child (its midpoint does); on-screen text counts for the child its frame
+    falls in, and a subtitle for every child it overlaps.
+    """
+    texts = [s.text for s in speech or () if child.start <= (s.start + s.end) / 2 < child.end]
+    texts += [c.text for c in cues_between(cues, child.start, child.end)]
+    texts += [
+        line for f in look.frames if child.start <= f.time < child.end for line in f.text or ()
+    ]
+    return texts
 
 
 # rendering -------------------------------------------------------------------------------
@@ -420,26 +527,12 @@ def text_line(look: ClipDescriptor, budget: int) -> str | None:
     return _fit("On-screen text: ", items, budget, "more")
 
 
-_STOP_WORDS = """a about above after again all also am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers him his how i if in into is it its itself
-    just me more most my no nor not now of off on once only or other our out over own same
-    she should so some such than that the their them then there these they this those through
-    to too under until up very was we were what when where which while who whom why will with
-    would you your yes oh okay ok uh um yeah gonna got get one two"""
-_STOP = frozenset(_STOP_WORDS.split())
-_WORD_RE = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
-
-
 def keywords(texts: Iterable[str], limit: int) -> list[str]:
     """Most frequent content words, ties in order of first use: a searchable digest."""
     counts: Counter[str] = Counter()
     first: dict[str, int] = {}
     for text in texts:
-        for word in _WORD_RE.findall(text.lower()):
-            word = word.strip("'-")
-            if len(word) < 3 or word in _STOP:
-                continue
+        for word in content_words(text):
             counts[word] += 1
             first.setdefault(word, len(first))
     ranked = sorted(counts, key=lambda w: (-counts[w], first[w]))
@@ -561,16 +654,20 @@ def render_caption(
     cues: Sequence[Cue],
     max_words: int,
     max_lines: int,
+    parts: Sequence[Part] = (),
 ) -> str:
-    """The caption text: visual lines, cuts, speech and subtitles, on-screen text.
+    """The caption text: visual lines, cuts, per-child words, speech and subtitles, screen text.
 
-    Visual lines come first and are short; what is said gets the words left,
+    Visual lines come first and are short; the per-child lines of a navigable
+    caption get at most a third of the limit, what is said the words left,
     and on-screen text at most a fifth of the limit.
     """
     lines = visual_lines(look, max_lines)
     cut = cut_line(look)
     if cut:
         lines.append(cut)
+    used = sum(word_count(line) for line in lines)
+    lines.extend(part_lines(parts, min(max_words // PARTS_SHARE, max_words - used)))
     used = sum(word_count(line) for line in lines)
     screen = text_line(look, max(0, min(max_words // 5, max_words - used)))
     rest = max_words - used - (word_count(screen) if screen else 0)

@@ -92,6 +92,13 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
         help="'embedded' (CPU, default), 'vlm' (the caption endpoint) or 'imported:NAME' "
         "(captions imported with --import-reference; $LVR1_CAPTIONER)",
     )
+    parser.add_argument(
+        "--navigable-captions",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the embedded captioner's high and medium captions name each part's distinctive "
+        "words, cached apart from plain captions (default off; $LVR1_NAVIGABLE_CAPTIONS)",
+    )
 
 
 _AGENT_FLAGS_BY_HAND = ("require_fetched_leaf", "max_repeated_calls")
@@ -130,6 +137,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         "store": getattr(args, "store", None),
         "captioner": getattr(args, "captioner", None),
+        "navigable_captions": getattr(args, "navigable_captions", None),
         "min_width": getattr(args, "min_width", None),
         "max_width": getattr(args, "max_width", None),
         "constrain": getattr(args, "constrain", None),
