@@ -28,6 +28,7 @@ from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import add_config_flags, config_from_args
+from longvideo_r1.testing.longbench import LONGBENCH_NAME, load_longbench
 from longvideo_r1.testing.testbench import load_testbench
 from longvideo_r1.training.exports import ExportConfig, export_trajectories
 from longvideo_r1.training.filter import FilterConfig, filter_records
@@ -55,8 +56,8 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
     parser.add_argument(
         "questions",
         metavar="QUESTIONS",
-        help="a benchmark's question file with clue intervals (CG-Bench), 'testbench' (the "
-        "shipped test bench) or synthetic:N (N made-up questions, each with its own caption "
+        help="a benchmark's question file with clue intervals (CG-Bench), 'testbench' or "
+        "'testbench-long' (the shipped test benches) or synthetic:N (N made-up questions, each with its own caption "
         f"tree: no video, no captioning; {synthetic_seed})",
     )
     parser.add_argument(
@@ -71,7 +72,7 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
         "--benchmark",
         metavar="NAME",
         help="format of QUESTIONS: cgbench, lvbench, videomme, mlvu, longvideobench, egoschema "
-        "or reference (not needed for testbench or synthetic:N); clue intervals, which the "
+        "or reference (not needed for testbench, testbench-long or synthetic:N); clue intervals, which the "
         "oracle and the hints need, come with cgbench",
     )
     group.add_argument("--subset", metavar="NAME", help="loader subset (Video-MME: long, ...)")
@@ -209,6 +210,8 @@ def _trajectory_inputs(args: argparse.Namespace, settings: Settings, seed: int, 
         return [i.question for i in items], MappingTrees([i.ctree for i in items])
     if args.questions == "testbench":
         questions = list(load_testbench())
+    elif args.questions == LONGBENCH_NAME:
+        questions = list(load_longbench())
     else:
         questions = list(_question_file(args)[0])
     questions = questions[: args.limit]

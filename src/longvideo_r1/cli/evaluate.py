@@ -27,6 +27,8 @@ from longvideo_r1.evaluation.methods import MethodOptions, make_method, resolve_
 from longvideo_r1.evaluation.metrics import summary_line
 from longvideo_r1.evaluation.report import write_report
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
+from longvideo_r1.testing.longbench import LONGBENCH_FILE, LONGBENCH_NAME, load_longbench
+from longvideo_r1.testing.longvideo import load_long_testvideo
 from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
 from longvideo_r1.testing.testvideo import load_test_video
 
@@ -49,7 +51,8 @@ def add_eval_parser(sub, common: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "questions",
         metavar="QUESTIONS",
-        help="the benchmark's question file, or 'testbench' for the shipped test bench",
+        help="the benchmark's question file, or 'testbench' / 'testbench-long' for the shipped "
+        "test benches (2.5 min and 30 min videos)",
     )
     ev.add_argument(
         "--benchmark",
@@ -176,6 +179,15 @@ def _eval_questions(args: argparse.Namespace):
             Console(stderr=True).print("building the test video (once; cached afterwards)…")
             videos = load_test_video().path.parent
         return load_testbench(subtitles=videos), TESTBENCH_FILE, "testbench", videos
+    if args.questions == LONGBENCH_NAME:
+        if args.videos:
+            videos = Path(args.videos)
+        else:
+            Console(stderr=True).print(
+                "building the long test video (once, about 3 minutes; cached afterwards)…"
+            )
+            videos = load_long_testvideo().path.parent
+        return load_longbench(subtitles=videos), LONGBENCH_FILE, LONGBENCH_NAME, videos
     if args.benchmark and not args.videos:
         raise ConfigError("--videos DIR is needed: the folder holding the benchmark's videos")
     questions, name = _question_file(args)
