@@ -330,7 +330,6 @@ def save_longbench(manifest: Mapping[str, Any], path: PathLike | None = None) ->
     target = Path(path) if path is not None else LONGBENCH_FILE
     text = json.dumps(write_longbench(manifest), indent=2, ensure_ascii=False) + "\n"
     write_atomic(target, text)
-    target.chmod(0o644)  # a shipped file, not a private temporary one
     return target
 
 

@@ -221,7 +221,6 @@ def _build(
     os.replace(work / "video.srt", out / f"{VIDEO_NAME}.srt")
     manifest["build_seconds"] = round(time.monotonic() - started, 1)
     write_atomic(out / f"{VIDEO_NAME}.json", json.dumps(manifest, indent=2) + "\n")
-    (out / f"{VIDEO_NAME}.json").chmod(0o644)  # readable like the video beside it
     _log(log, f"wrote {video_path} in {manifest['build_seconds']:.0f} s")
     return video_path
 
