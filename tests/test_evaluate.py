@@ -466,6 +466,10 @@ def test_every_method_on_the_embedded_default(test_video, tmp_path, monkeypatch,
     assert read_records(out / "random-walk")[0]["cost"]["caption_calls"] == 4 + 3
     assert main(["report", str(out), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.png").stat().st_size > 1000
+    report = (tmp_path / "r.md").read_text()  # --limit 1: every method partial, and said so
+    assert report.count("| 1 of 16, partial |") == len(METHODS)
+    assert "Accuracy counts every question" not in report
+    assert "the last run was limited to 1 (--limit)" in report
 
 
 # Ray (the cluster itself is exercised in test_evaluate_ray.py) ----------------------------
