@@ -2,8 +2,9 @@
 
 The agent runs over real HTTP against rule-playing servers and over the real
 test video, with captions imported beforehand (no captioner runs), so every
-test here but the last takes seconds. The last one runs every method with the
-embedded CPU defaults and checks only the structure of what it wrote.
+fast test here takes seconds. The slow one of the embedded default runs every
+method on the CPU defaults and requires each to answer: exit 0, status
+answered, every reply constrained, no parse error.
 """
 
 from __future__ import annotations
@@ -206,6 +207,68 @@ def test_missing_video_is_a_failure_with_its_reason(test_video, testbench_store,
     assert metrics.cost["seconds"].n == 1  # costs only over questions that ran
 
 
+# stopping on errors in a row -----------------------------------------------------------
+
+
+def test_a_dead_endpoint_stops_the_run_and_a_rerun_goes_on(
+    test_video, testbench_store, tmp_path, capsys
+):
+    """Errors in a row mean a dead endpoint: stop, say why on stderr under --quiet, exit 1,
+    keep the records; a rerun with --retry-failed finishes the run."""
+    down = threading.Event()
+    down.set()
+
+    def rule(body):
+        return Fail(400, "scripted outage") if down.is_set() else Say(THINK_B)
+
+    with RuleServer(rule) as server:
+        argv = eval_argv(test_video, tmp_path, testbench_store, server.base_url)
+        assert main([*argv, "--max-consecutive-errors", "3"]) == 1
+        err = capsys.readouterr().err
+        assert len(read_records(tmp_path / "agent")) == 3  # one worker: nothing in flight
+        assert len(server.requests) == 3
+        stop_line = next(line for line in err.splitlines() if "stopped" in line)
+        assert "3 errors in a row" in stop_line and "scripted outage" in stop_line
+        assert "--retry-failed" in stop_line
+        manifest = json.loads((tmp_path / "agent" / "run.json").read_text())
+        assert manifest["runs"][-1]["ended"] == "stopped"
+        down.clear()
+        assert main([*argv, "--retry-failed"]) == 0
+    records = read_records(tmp_path / "agent")
+    assert len(records) == 16 and {r["status"] for r in records} == {"answered"}
+
+
+def test_errors_in_a_row_never_stop_a_run_with_zero(
+    testbench, test_video, testbench_store, tmp_path
+):
+    with RuleServer(lambda body: Fail(400, "scripted outage")) as server:
+        settings = settings_for(testbench_store, server.base_url)
+        outcome = evaluator(
+            testbench, test_video, tmp_path, settings, limit=5, max_consecutive_errors=0
+        ).run()
+    assert outcome.stopped is None and outcome.ran == 5
+
+
+def test_a_missing_video_counts_once_in_the_errors_in_a_row(test_video, testbench_store, tmp_path):
+    """One missing video with many questions is not a wrong --videos; several in a row are."""
+    one_video = [Question(f"a{i}", "absent", "Colour?", ["red", "yellow"], "A") for i in range(5)]
+    many = [Question(f"m{i}", f"absent-{i}", "Colour?", ["red", "yellow"], "A") for i in range(5)]
+    settings = settings_for(testbench_store, "http://127.0.0.1:9/v1")
+    kept = evaluator(one_video, test_video, tmp_path / "one", settings, max_consecutive_errors=2)
+    assert kept.run().stopped is None
+    stopped = evaluator(many, test_video, tmp_path / "many", settings, max_consecutive_errors=2)
+    outcome = stopped.run()
+    assert outcome.stopped is not None and "2 errors in a row" in outcome.stopped
+    assert outcome.ran == 2 and "absent-1.mp4" in outcome.stopped
+
+
+def test_bad_max_consecutive_errors_is_one_line(tmp_path, capsys):
+    argv = ["eval", "testbench", "--out", str(tmp_path), "--max-consecutive-errors", "-1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "lvr1 eval: error: --max-consecutive-errors must be 0 or more, got -1"
+
+
 # refusals ---------------------------------------------------------------------------------
 
 
@@ -224,6 +287,24 @@ def test_another_configuration_is_refused_in_one_line(
     assert len(err.splitlines()) == 1 and err.startswith("lvr1 eval: error:")
     assert "reasoning model was 'openai:scripted-model', now 'openai:another-model'" in err
     assert "parameter max_rounds was 30, now 5" in err_rounds
+
+
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("file", "is a file, not a folder"),
+        ("file/sub", "is a file, not a folder"),
+        ("/proc/lvr1-no-such-dir", "cannot write"),
+    ],
+)
+def test_an_out_that_cannot_hold_a_run_is_one_line(test_video, tmp_path, capsys, where, says):
+    (tmp_path / "file").write_text("a file")
+    argv = ["eval", "testbench", "--videos", str(test_video.path.parent), "--quiet"]
+    argv += ["--out", str(tmp_path / where), "--reasoning-base-url", "http://127.0.0.1:9/v1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lvr1 eval: error:"), err
+    assert says in err and "--out" in err
 
 
 def test_one_writer_per_folder(testbench, test_video, testbench_store, tmp_path):
@@ -387,6 +468,10 @@ def test_every_method_on_the_embedded_default(test_video, tmp_path, monkeypatch,
     assert read_records(out / "random-walk")[0]["cost"]["caption_calls"] == 4 + 3
     assert main(["report", str(out), "--out", str(tmp_path / "r.md")]) == 0
     assert (tmp_path / "r.png").stat().st_size > 1000
+    report = (tmp_path / "r.md").read_text()  # --limit 1: every method partial, and said so
+    assert report.count("| 1 of 16, partial |") == len(METHODS)
+    assert "Accuracy counts every question" not in report
+    assert "the last run was limited to 1 (--limit)" in report
 
 
 # Ray (the cluster itself is exercised in test_evaluate_ray.py) ----------------------------

@@ -228,3 +228,16 @@ def test_cli_fills_the_cluster_by_default(cluster, test_video, testbench_store, 
     assert "agent [agent] done: ran 3, skipped 0" in capsys.readouterr().out
     run = json.loads((tmp_path / "agent" / "run.json").read_text())["runs"][-1]
     assert (run["engine"], run["workers"]) == ("ray", 2)
+
+
+def test_errors_in_a_row_stop_the_ray_workers_too(cluster, test_video, testbench_store, tmp_path):
+    """A wrong --videos on Ray: the run stops as on threads, the question in flight drained."""
+    many = [Question(f"m{i}", f"absent-{i}", "Colour?", ["red", "yellow"], "A") for i in range(12)]
+    outcome = evaluator(
+        many, test_video, tmp_path, settings_for(testbench_store), method=StubMethod(),
+        workers=2, ray="local", max_consecutive_errors=3,
+    ).run()  # fmt: skip
+    assert outcome.stopped is not None and "3 errors in a row" in outcome.stopped
+    assert 3 <= outcome.ran <= 4  # the other worker's question at most
+    run = json.loads((tmp_path / "stub" / "run.json").read_text())["runs"][-1]
+    assert (run["ended"], run["planned"]) == ("stopped", 12)

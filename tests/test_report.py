@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import struct
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -10,22 +12,41 @@ import pytest
 from longvideo_r1.agent.trace import Cost
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluation.records import ItemRecord, QuestionSource, RunFolder, RunManifest
+from longvideo_r1.evaluation.records import (
+    ItemRecord,
+    QuestionSource,
+    RunFolder,
+    RunManifest,
+    RunStart,
+)
 from longvideo_r1.evaluation.report import collect, markdown, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(out: Path, method: str, outcomes: list[tuple[str, str | None, str]], **cost) -> None:
-    """A method folder with a manifest and one record per (category, answer, status)."""
+def write_run(
+    out: Path,
+    method: str,
+    outcomes: list[tuple[str, str | None, str]],
+    count: int | None = None,
+    runs: list[RunStart] | None = None,
+    **cost,
+) -> RunFolder:
+    """A method folder with a manifest and one record per (category, answer, status);
+    ``count`` questions in the question file (default: one per record, a complete run)."""
     folder = RunFolder(out / method)
     folder.write_manifest(
         RunManifest(
             method=method,
             variant="v1" if method != "uniform-frames" else "vlm-frames",
             benchmark="testbench",
-            questions=QuestionSource(path="/x/testbench.json", sha256="ab" * 32, count=4),
+            questions=QuestionSource(
+                path="/x/testbench.json",
+                sha256="ab" * 32,
+                count=len(outcomes) if count is None else count,
+            ),
             identities={"reasoning": f"openai:model-of-{out.name}"},
+            runs=runs or [],
         )
     )
     for i, (category, answer, status) in enumerate(outcomes):
@@ -47,6 +68,7 @@ def write_run(out: Path, method: str, outcomes: list[tuple[str, str | None, str]
                 trace=f"traces/q{i}.json",
             )
         )
+    return folder
 
 
 @pytest.fixture
@@ -71,10 +93,10 @@ def test_markdown_and_plot_from_two_runs(two_runs, tmp_path):
     assert text == report.markdown
     rows = [line for line in text.splitlines() if line.startswith("| agent |")]
     assert len(rows) == 4  # main table and spread table, one row per run each
-    assert "| agent | v1 | small-model | 3 | 33.3% (1/3) | 1 (no answer 1) | 4.0 |" in text
-    assert "| agent | v1 | large-model | 3 | 100.0% (3/3) | 0 | 6.0 |" in text
-    assert "| caption-all | v1 | small-model | 2 | 50.0% (1/2) | 0 |" in text
-    assert "| uniform-frames | vlm-frames | large-model | 1 | 100.0% (1/1) |" in text
+    assert "| agent | v1 | small-model | 3 of 3 | 33.3% (1/3) | 1 (no answer 1) | 4.0 |" in text
+    assert "| agent | v1 | large-model | 3 of 3 | 100.0% (3/3) | 0 | 6.0 |" in text
+    assert "| caption-all | v1 | small-model | 2 of 2 | 50.0% (1/2) | 0 |" in text
+    assert "| uniform-frames | vlm-frames | large-model | 1 of 1 | 100.0% (1/1) |" in text
     header = next(line for line in text.splitlines() if line.startswith("| category |"))
     assert "agent (small-model)" in header and "uniform-frames (large-model)" in header
     assert "| visual | 0.0% (0/2) | 0.0% (0/1) | 100.0% (2/2) | - |" in text
@@ -121,3 +143,78 @@ def test_folders_without_results_are_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a folder of lvr1 eval results" in err
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r.txt")]) == 2
+
+
+# partial runs ---------------------------------------------------------------------------
+
+
+def _started(**fields) -> RunStart:
+    return RunStart(started_at=datetime(2025, 1, 1, tzinfo=timezone.utc), **fields)
+
+
+def test_a_partial_run_is_counted_over_its_question_file_and_says_why(tmp_path):
+    """A run limited, stopped or with a damaged result file: n of the file's questions,
+    marked partial with its reasons, and never the every-question sentence."""
+    full = [("speech", "A", "answered")] * 4
+    write_run(tmp_path / "complete", "agent", full)
+    limited = tmp_path / "limited"
+    write_run(limited, "agent", full[:2], count=4, runs=[_started(limit=2, planned=2)])
+    stopped = tmp_path / "stopped"
+    folder = write_run(
+        stopped,
+        "agent",
+        full[:3],
+        count=4,
+        runs=[_started(planned=4, ended="stopped", stopped="8 errors in a row, the last: down")],
+    )
+    (folder.results / "q2.json").write_text("{ not json")
+    text = markdown(collect([tmp_path / "complete", limited, stopped]))
+    assert "| agent | v1 | complete | 4 of 4 | 100.0% (4/4) |" in text
+    assert "| agent | v1 | limited | 2 of 4, partial | 100.0% (2/2) |" in text
+    assert "| agent | v1 | stopped | 2 of 4, partial | 100.0% (2/2) |" in text
+    assert "Accuracy counts every question" not in text
+    assert (
+        "- agent (limited): 2 of 4 questions have a result; the last run was limited to 2" in text
+    )
+    assert "stopped: 8 errors in a row, the last: down" in text
+    assert "1 result file unreadable" in text
+    unreadable = next(line for line in text.splitlines() if "q2.json" in line)
+    assert str(folder.results / "q2.json") in unreadable and "not counted" in text
+
+
+def test_a_complete_run_keeps_the_every_question_sentence(two_runs):
+    assert "Accuracy counts every question" in markdown(collect(two_runs))
+    assert "partial" not in markdown(collect(two_runs))
+
+
+def test_a_manifest_from_before_the_run_outcome_fields_still_reports(tmp_path):
+    """run.json files written before ``planned`` / ``ended`` existed load as they are."""
+    folder = write_run(tmp_path / "old", "agent", [("speech", "A", "answered")], count=2)
+    data = json.loads(folder.manifest_path.read_text())
+    data["runs"] = [{"started_at": "2025-01-01T00:00:00Z", "limit": None, "workers": 1}]
+    folder.manifest_path.write_text(json.dumps(data))
+    assert folder.read_manifest().runs[0].ended is None
+    text = markdown(collect([tmp_path / "old"]))
+    assert "| 1 of 2, partial |" in text
+    assert "- agent (old): 1 of 2 questions have a result" in text
+
+
+# where the report goes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("file/r.md", "is a file, not a folder"),
+        ("file/sub/r.md", "is a file, not a folder"),
+        ("folder.md", "is a folder"),
+        ("/proc/lvr1-no-such-dir/r.md", "cannot write"),
+    ],
+)
+def test_a_report_that_cannot_be_written_is_one_line(two_runs, tmp_path, capsys, where, says):
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "folder.md").mkdir()
+    assert main(["report", str(two_runs[0]), "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lvr1 report: error:"), err
+    assert says in err

@@ -27,6 +27,7 @@ from longvideo_r1.evaluation.methods import MethodOptions, make_method, resolve_
 from longvideo_r1.evaluation.metrics import summary_line
 from longvideo_r1.evaluation.report import write_report
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
+from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.testing.longbench import LONGBENCH_FILE, LONGBENCH_NAME, load_longbench
 from longvideo_r1.testing.longvideo import load_long_testvideo
 from longvideo_r1.testing.testbench import TESTBENCH_FILE, load_testbench
@@ -44,9 +45,11 @@ def add_eval_parser(sub, common: argparse.ArgumentParser) -> None:
         "per question under OUT/<method>/results (and its trace under "
         "traces/). A rerun skips finished questions; interrupt any time and run again to "
         "go on. Failed questions are recorded with their reason and rerun only with "
-        "--retry-failed. A folder made with another configuration is refused. Exit status: 0 "
-        "when every question has a result and none is an error, 1 when some are recorded "
-        "as errors, 2 for bad input, 130 when interrupted.",
+        "--retry-failed. After --max-consecutive-errors error records in a row (a dead "
+        "endpoint, a wrong --videos) the run stops and says why. A folder made with another "
+        "configuration is refused. Exit status: 0 when every question has a result and none "
+        "is an error, 1 when some are recorded as errors or the run stopped on them, 2 for "
+        "bad input, 130 when interrupted.",
     )
     ev.add_argument(
         "questions",
@@ -97,6 +100,7 @@ def add_eval_parser(sub, common: argparse.ArgumentParser) -> None:
         help="leave out malformed items of the question file instead of stopping",
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(ev, EvalOptions, "stopping early", only=("max_consecutive_errors",))
     dist = ev.add_argument_group(
         "cluster (Ray, an optional extra: pip install 'longvideo-r1[dist]'; docs/distributed.md)"
     )
@@ -196,14 +200,7 @@ def _eval_questions(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    run_options = EvalOptions(
-        workers=args.workers,
-        limit=args.limit,
-        retry_failed=args.retry_failed,
-        progress=not args.quiet,
-        ray=args.ray,
-        ray_cpus=args.ray_cpus,
-    )
+    run_options = config_from_args(EvalOptions, args, progress=not args.quiet)
     if run_options.ray is not None:
         import_ray()  # refuse before any video is built or question read
     out_dir = Path(args.out).expanduser()
@@ -237,6 +234,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(summary_line(outcome))
     if outcome.interrupted:
         raise KeyboardInterrupt
+    if outcome.stopped:  # on stderr even under --quiet: the run did not do what was asked
+        print(
+            f"lvr1 eval: stopped: {outcome.stopped}; every result so far is kept: fix the "
+            "cause, then rerun with --retry-failed to go on",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if outcome.errors else 0
 
 

@@ -12,9 +12,9 @@ import contextlib
 import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -224,14 +224,27 @@ class ThreadEngine:
         return names[0]
 
     def results(self, todo: Sequence[Question]) -> Iterator[Answered]:
+        """One question per worker in flight, the next started as one is handed over: a run
+        the evaluator stops (errors in a row) starts nothing after the result that stopped
+        it, as the Ray engine does."""
         self.executor = ThreadPoolExecutor(self.size, thread_name_prefix="lvr1-eval")
-        for q in todo:
+        waiting = deque(todo)
+        self._submit(waiting)
+        while self.pending:
+            done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                answered = future.result()
+                if answered is not None:
+                    yield answered
+                self.pending.pop(future, None)  # after the yield: a Ctrl-C there leaves it
+                self._submit(waiting)  # for drain, and a stop there starts nothing more
+
+    def _submit(self, waiting: deque[Question]) -> None:
+        """Start questions until every worker has one (none once ``stop`` is set)."""
+        assert self.executor is not None
+        while waiting and len(self.pending) < self.size and not self.stop.is_set():
+            q = waiting.popleft()
             self.pending[self.executor.submit(self._item, q)] = q
-        for future in as_completed(list(self.pending)):
-            answered = future.result()
-            if answered is not None:
-                yield answered
-            self.pending.pop(future, None)  # after the yield: a Ctrl-C there leaves it for drain
 
     def drain(self) -> Iterator[Answered]:
         if self.executor is not None:

@@ -10,12 +10,19 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from longvideo_r1.errors import ConfigError
-from longvideo_r1.evaluation.records import EvalOutcome, ItemRecord, RunFolder, RunManifest
+from longvideo_r1.evaluation.records import (
+    EvalOutcome,
+    ItemRecord,
+    RunFolder,
+    RunManifest,
+    Unreadable,
+)
 
 
 class Distribution(BaseModel):
@@ -69,13 +76,19 @@ class Metrics(BaseModel):
     ``accuracy`` = correct / scored: every scored question counts, failures
     included (as wrong). ``failures`` counts the questions without an
     answer, by kind. Costs are over the questions a method ran for (a
-    missing video costs nothing and would flatter the means).
+    missing video costs nothing and would flatter the means). A run with
+    fewer results than ``questions`` is *partial*: its questions without a
+    result are not in any figure, so its accuracy is not the benchmark's.
     """
 
     method: str = ""
     variant: str = ""
     run: str = ""
     n: int
+    questions: int | None = Field(
+        default=None,
+        description="Questions of the run's question file (the manifest's count); None: unknown.",
+    )
     scored: int
     correct: int
     accuracy: float | None
@@ -88,14 +101,29 @@ class Metrics(BaseModel):
     categories: dict[str, CategoryScore]
     cost: dict[str, Distribution]
 
+    @property
+    def partial(self) -> bool:
+        """Some questions of the file have no result (--limit, stopped, killed, unreadable)."""
+        return self.questions is not None and self.n < self.questions
+
+    @property
+    def coverage(self) -> str:
+        """``n of questions``, or ``n`` when the question count is unknown."""
+        return str(self.n) if self.questions is None else f"{self.n} of {self.questions}"
+
 
 def _ratio(a: int, b: int) -> float | None:
     return a / b if b else None
 
 
 def compute_metrics(
-    records: Iterable[ItemRecord], method: str = "", variant: str = "", run: str = ""
+    records: Iterable[ItemRecord],
+    method: str = "",
+    variant: str = "",
+    run: str = "",
+    questions: int | None = None,
 ) -> Metrics:
+    """The metrics of ``records``; ``questions``, the question file's count, marks a partial run."""
     items = list(records)
     scored = [r for r in items if r.scored]
     correct = sum(1 for r in scored if r.correct)
@@ -115,6 +143,7 @@ def compute_metrics(
         variant=variant or (items[0].variant if items else ""),
         run=run,
         n=len(items),
+        questions=questions,
         scored=len(scored),
         correct=correct,
         accuracy=_ratio(correct, len(scored)),
@@ -127,25 +156,37 @@ def compute_metrics(
     )
 
 
-def load_run(folder: Path) -> tuple[RunManifest, list[ItemRecord]]:
-    """A method folder's manifest and records, for reports."""
+@dataclass(frozen=True)
+class RunData:
+    """What a method folder holds: its manifest, its readable records and the unreadable files."""
+
+    manifest: RunManifest
+    records: list[ItemRecord]
+    unreadable: list[Unreadable]
+
+
+def load_run(folder: Path) -> RunData:
+    """A method folder's manifest and records, for reports; unreadable files named, not skipped
+    in silence."""
     run = RunFolder(folder)
     manifest = run.read_manifest()
     if manifest is None:
         raise ConfigError(f"{folder} has no run.json: not an lvr1 eval method folder")
-    return manifest, list(run.records().values())
+    records, unreadable = run.scan()
+    return RunData(manifest, list(records.values()), unreadable)
 
 
 def summary_line(outcome: EvalOutcome) -> str:
     """One line for the terminal: what ran, the accuracy, failures and mean time."""
-    m = compute_metrics(outcome.records)
+    m = compute_metrics(outcome.records, questions=outcome.manifest.questions.count)
     acc = f"{m.accuracy:.1%} ({m.correct}/{m.scored})" if m.accuracy is not None else "n/a"
     kinds = ", ".join(f"{k} {v}" for k, v in m.failure_kinds.items())
     fail = f"{m.failures} failures ({kinds})" if m.failures else "no failures"
-    state = "interrupted" if outcome.interrupted else "done"
+    state = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "done"
+    results = f"{m.coverage} results" + (" (partial)" if m.partial else "")
     return (
         f"{outcome.manifest.method} [{outcome.manifest.variant}] {state}: ran {outcome.ran}, "
-        f"skipped {outcome.skipped} finished; {m.n} results, accuracy {acc}, {fail}, "
+        f"skipped {outcome.skipped} finished; {results}, accuracy {acc}, {fail}, "
         f"{m.cost['seconds'].mean:.1f} s and {m.cost['tokens'].mean:.0f} tokens per question; "
         f"{outcome.folder}"
     )

@@ -48,6 +48,8 @@ RECORD_FORMAT = 1
 MANIFEST_FORMAT = 1
 
 Failure = Literal["missing_video", "video", "error", "no_answer", "unparsable"]
+Ended = Literal["finished", "interrupted", "stopped"]
+"""How one invocation ended: every planned question ran, Ctrl-C, or too many errors in a row."""
 
 
 # records -------------------------------------------------------------------------------
@@ -199,6 +201,17 @@ class RunStart(BaseModel):
     retry_failed: bool = False
     engine: Literal["threads", "ray"] = "threads"
     nodes: int | None = Field(default=None, description="Ray: machines the workers ran on.")
+    planned: int | None = Field(
+        default=None,
+        description="Questions this invocation meant to have results for (--limit applied); "
+        "None in manifests written before it was recorded.",
+    )
+    ended: Ended | None = Field(
+        default=None,
+        description="How it ended; None while it runs, when it was killed, or in manifests "
+        "written before it was recorded.",
+    )
+    stopped: str | None = Field(default=None, description="Why it stopped early on its own.")
 
 
 @dataclass(frozen=True)
@@ -262,20 +275,40 @@ class RunFolder:
             ) from None
 
     def write_manifest(self, manifest: RunManifest) -> None:
-        write_atomic(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+        try:
+            write_atomic(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(unwritable(self.manifest_path, exc)) from None
 
     def records(self) -> dict[str, ItemRecord]:
         """Every readable record by question id; a damaged file is ignored and rerun."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[dict[str, ItemRecord], list[Unreadable]]:
+        """Every readable record by question id, and the result files that could not be read,
+        so a report can say what it did not count."""
         out: dict[str, ItemRecord] = {}
+        unreadable: list[Unreadable] = []
         if not self.results.is_dir():
-            return out
+            return out, unreadable
         for path in sorted(self.results.glob("*.json")):
             if path.name.startswith("."):
                 continue
-            with contextlib.suppress(OSError, ValidationError):
+            try:
                 record = ItemRecord.model_validate_json(path.read_bytes())
-                out[record.question_id] = record
-        return out
+            except (OSError, ValidationError) as exc:
+                unreadable.append(Unreadable(path, _first_error(exc)))
+                continue
+            out[record.question_id] = record
+        return out, unreadable
+
+    def create(self) -> None:
+        """Make the folder, or refuse in one line where ``--out`` cannot hold one."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = unwritable(self.manifest_path, exc)
+            raise ConfigError(f"--out cannot hold the run: {why}") from None
 
     def write_record(self, record: ItemRecord) -> Path:
         path = self.results / f"{safe_name(record.question_id)}.json"
@@ -294,6 +327,26 @@ class RunFolder:
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer per folder; the OS drops the lock when the process dies, even by SIGKILL."""
         return folder_lock(self.root, "lvr1 eval")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A result file that is not a record (damaged, or not ours): never counted, always named."""
+
+    path: Path
+    reason: str
+
+
+def unwritable(path: Path, exc: OSError) -> str:
+    """``cannot write PATH: why``, naming the file that stands where a folder must be."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"cannot write {path}: {parent} is a file, not a folder"
+            break
+    if path.is_dir():
+        return f"cannot write {path}: it is a folder"
+    return f"cannot write {path}: {exc.strerror or exc}"
 
 
 def _first_error(exc: Exception) -> str:
@@ -318,6 +371,8 @@ class EvalOutcome:
     ran: int
     interrupted: bool
     records: list[ItemRecord]
+    stopped: str | None = None
+    """Why the run stopped early on its own (too many errors in a row), if it did."""
 
     @property
     def errors(self) -> int:

@@ -8,6 +8,11 @@ writes a markdown page with a PNG plot of accuracy against cost beside it.
 A *run* is one output folder, labelled by its name: two runs of the same
 method (another model, another captioner, another machine) sit in adjacent
 rows and as separate points of the plot.
+
+A method folder with fewer results than its question file has questions is
+*partial* (``--limit``, a run stopped, interrupted or killed, a result file
+unreadable): its row says ``n of N, partial``, the page says why, and names
+every unreadable result file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Literal
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.methods import METHODS
 from longvideo_r1.evaluation.metrics import Metrics, compute_metrics, load_run
-from longvideo_r1.evaluation.records import RunManifest
+from longvideo_r1.evaluation.records import RunManifest, Unreadable, unwritable
 from longvideo_r1.files import write_atomic
 
 CostAxis = Literal["seconds", "tokens"]
@@ -41,10 +46,34 @@ class RunResult:
     folder: Path
     manifest: RunManifest
     metrics: Metrics
+    unreadable: tuple[Unreadable, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{self.manifest.method} ({self.run})"
+
+    @property
+    def partial(self) -> bool:
+        return self.metrics.partial
+
+    def why_partial(self) -> str:
+        """How many questions have a result, and what the manifest says about the rest."""
+        m = self.metrics
+        parts = [f"{m.n} of {m.questions} questions have a result"]
+        last = self.manifest.runs[-1] if self.manifest.runs else None
+        if last is not None:
+            if last.limit is not None and last.limit < self.manifest.questions.count:
+                parts.append(f"the last run was limited to {last.limit} (--limit)")
+            if last.ended == "stopped":
+                parts.append(f"the last run stopped: {last.stopped}")
+            elif last.ended == "interrupted":
+                parts.append("the last run was interrupted")
+            elif last.ended is None and last.planned is not None:
+                parts.append("the last run did not finish (killed, or still running)")
+        if self.unreadable:
+            many = "s" if len(self.unreadable) > 1 else ""
+            parts.append(f"{len(self.unreadable)} result file{many} unreadable")
+        return "; ".join(parts)
 
 
 def _method_folders(out_dir: Path) -> list[Path]:
@@ -75,9 +104,12 @@ def collect(out_dirs: Sequence[str | Path]) -> list[RunResult]:
         if not folders:
             raise ConfigError(f"{out_dir} holds no method folder with a run.json")
         for folder in folders:
-            manifest, records = load_run(folder)
-            metrics = compute_metrics(records, manifest.method, manifest.variant, label)
-            results.append(RunResult(label, folder, manifest, metrics))
+            data = load_run(folder)
+            manifest = data.manifest
+            metrics = compute_metrics(
+                data.records, manifest.method, manifest.variant, label, manifest.questions.count
+            )
+            results.append(RunResult(label, folder, manifest, metrics, tuple(data.unreadable)))
     return results
 
 
@@ -109,8 +141,9 @@ def main_table(results: Sequence[RunResult]) -> list[str]:
     for r in results:
         m, c = r.metrics, r.metrics.cost
         acc = f"{_pct(m.accuracy)} ({m.correct}/{m.scored})"
+        n = m.coverage + (", partial" if m.partial else "")
         rows.append(
-            f"| {r.manifest.method} | {r.manifest.variant} | {r.run} | {m.n} | {acc} "
+            f"| {r.manifest.method} | {r.manifest.variant} | {r.run} | {n} | {acc} "
             f"| {_failures(m)} | {_num(c['rounds'].mean)} "
             f"| {_num(c['captions_made'].mean)} / {_num(c['captions_cached'].mean)} "
             f"| {_num(c['video_qa_calls'].mean, 2)} | {_num(c['frames_decoded'].mean, 0)} "
@@ -172,18 +205,47 @@ def provenance(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+COMPLETE_NOTE = (
+    "Accuracy counts every question: a failure (no answer, an unparsable answer, an "
+    "error) is wrong, and failures are also listed apart."
+)
+PARTIAL_NOTE = (
+    "Accuracy is over the questions with a result: a failure (no answer, an unparsable "
+    "answer, an error) is wrong, and failures are also listed apart. Partial runs (n "
+    "below the question count, listed under the tables) have no result for some questions "
+    "of their file; those are in no figure, so their accuracy is not the benchmark's."
+)
+COST_NOTE = (
+    "Costs are means per question over the questions a method ran for; seconds are end "
+    "to end in the harness (decoding, captions made on demand and network included)."
+)
+
+
+def partial_lines(results: Sequence[RunResult]) -> list[str]:
+    """Why each partial run is partial, then every result file that was not counted."""
+    lines = [f"- {r.label}: {r.why_partial()}" for r in results if r.partial]
+    if lines:
+        lines = ["Partial runs:", "", *lines]
+    unreadable = [f"- {r.label}: `{u.path}`: {u.reason}" for r in results for u in r.unreadable]
+    if unreadable:
+        lines += ["", "Result files not counted (unreadable):", "", *unreadable]
+    return lines
+
+
 def markdown(results: Sequence[RunResult], plot_name: str | None = None) -> str:
-    """The report page: main table, spread, per-category accuracy, provenance, plot link."""
+    """The report page: main table, spread, partial runs, per-category accuracy, provenance,
+    plot link. A partial run changes the opening note: its accuracy is not over every question."""
+    note = PARTIAL_NOTE if any(r.partial for r in results) else COMPLETE_NOTE
     parts = [
-        "Accuracy counts every question: a failure (no answer, an unparsable answer, an "
-        "error) is wrong, and failures are also listed apart. Costs are means per question "
-        "over the questions a method ran for; seconds are end to end in the harness "
-        "(decoding, captions made on demand and network included).",
+        f"{note} {COST_NOTE}",
         "",
         *main_table(results),
         "",
         *spread_table(results),
     ]
+    partial = partial_lines(results)
+    if partial:
+        parts += ["", *partial]
     categories = category_table(results)
     if categories:
         parts += ["", "Accuracy per category:", "", *categories]
@@ -225,7 +287,8 @@ def plot(results: Sequence[RunResult], path: Path, axis: CostAxis = "seconds") -
             edgecolors="black",
             linewidths=0.6,
             zorder=3,
-            label=f"{r.label}: {y:.0f}%",
+            label=f"{r.label}: {y:.0f}%"
+            + (f" (partial, {r.metrics.coverage})" if r.partial else ""),
         )
     xs = [_cost(r, axis) for r in points if _cost(r, axis) > 0]
     if xs and max(xs) / min(xs) > 30:
@@ -263,8 +326,16 @@ def write_report(
     md_path = Path(out).expanduser() if out else Path(out_dirs[0]).expanduser() / "report.md"
     if md_path.suffix.lower() != ".md":
         raise ConfigError(f"--out names the markdown file and must end in .md, got {md_path}")
+    if md_path.is_dir():
+        raise ConfigError(f"cannot write {md_path}: it is a folder")
     png_path = md_path.with_suffix(".png")
-    plot(results, png_path, axis)
     text = markdown(results, png_path.name)
-    write_atomic(md_path, text)
+    for path, write in (
+        (png_path, lambda: plot(results, png_path, axis)),
+        (md_path, lambda: write_atomic(md_path, text)),
+    ):
+        try:
+            write()
+        except OSError as exc:
+            raise ConfigError(unwritable(path, exc)) from None
     return Report(text, md_path, png_path)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from longvideo_r1.agent import protocol
 from longvideo_r1.config import Settings
-from longvideo_r1.errors import ConfigError
+from longvideo_r1.errors import ConfigError, one_line
 from longvideo_r1.evaluation.cluster import RayEngine, split_address
 from longvideo_r1.evaluation.jobs import (
     Answered,
@@ -45,6 +45,7 @@ from longvideo_r1.evaluation.records import (
     config_difference,
     file_sha256,
 )
+from longvideo_r1.options import option
 from longvideo_r1.questions.schema import Question
 
 
@@ -65,12 +66,22 @@ class EvalOptions:
     progress: bool = True
     ray: str | None = None
     ray_cpus: float = 1.0
+    max_consecutive_errors: int | None = option(
+        8,
+        "Stop starting questions after this many error records in a row, which means the "
+        "endpoint is down or --videos is wrong; the questions of one missing video count "
+        "once (0 or none: never stop).",
+    )
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_consecutive_errors is not None and self.max_consecutive_errors < 0:
+            raise ConfigError(
+                f"--max-consecutive-errors must be 0 or more, got {self.max_consecutive_errors}"
+            )
         if not self.ray_cpus > 0:
             raise ConfigError(f"--ray-cpus must be more than 0, got {self.ray_cpus}")
         if self.ray is not None and self.ray not in ("local", "auto"):
@@ -146,16 +157,29 @@ class Evaluator:
                 retry_failed=self.options.retry_failed,
                 engine=where.engine,
                 nodes=where.nodes,
+                planned=len(self.chosen()),
             )
         )
         self.folder.write_manifest(new)
         return new
 
+    def _record_end(self, manifest: RunManifest, interrupted: bool, stopped: str | None) -> None:
+        """How this invocation ended, in its manifest entry: a report tells a limited run from a
+        stopped, interrupted or killed one (a killed one never gets here)."""
+        manifest.runs[-1].ended = (
+            "interrupted" if interrupted else "stopped" if stopped else "finished"
+        )
+        manifest.runs[-1].stopped = stopped
+        self.folder.write_manifest(manifest)
+
+    def chosen(self) -> list[Question]:
+        """The questions this invocation is meant to have results for (``--limit`` applied)."""
+        return self.questions[: self.options.limit] if self.options.limit else self.questions
+
     def plan(self, done: dict[str, ItemRecord]) -> tuple[list[Question], int]:
         """(questions to run, questions skipped because their record stands)."""
-        chosen = self.questions[: self.options.limit] if self.options.limit else self.questions
         todo, skipped = [], 0
-        for q in chosen:
+        for q in self.chosen():
             record = done.get(q.id)
             if record is not None and not (self.options.retry_failed and record.status == "error"):
                 skipped += 1
@@ -178,7 +202,9 @@ class Evaluator:
     # run ---------------------------------------------------------------------------------
 
     def run(self) -> EvalOutcome:
-        """Run what is missing; Ctrl-C stops after the rounds in flight and keeps every record."""
+        """Run what is missing; Ctrl-C, or too many errors in a row, stops after the rounds in
+        flight and keeps every record."""
+        self.folder.create()
         with self.folder.lock():
             self.folder.clean_temporaries()
             engine = self.engine()
@@ -187,7 +213,8 @@ class Evaluator:
                 manifest = self._check_manifest(self.manifest(reasoning), engine.where)
                 done = self.folder.records()
                 todo, skipped = self.plan(done)
-                interrupted, ran = self._run_all(todo, engine, done)
+                interrupted, ran, stopped = self._run_all(todo, engine, done)
+                self._record_end(manifest, interrupted, stopped)
             except BaseException:
                 self.stop.set()
                 raise
@@ -202,16 +229,21 @@ class Evaluator:
             ran=ran,
             interrupted=interrupted,
             records=list(records.values()),
+            stopped=stopped,
         )
 
     def _run_all(
         self, todo: list[Question], engine: Engine, done: dict[str, ItemRecord]
-    ) -> tuple[bool, int]:
-        """(interrupted, questions answered and recorded in this run)."""
+    ) -> tuple[bool, int, str | None]:
+        """(interrupted, questions answered and recorded in this run, why it stopped early)."""
         known = dict(done)
         ran: set[str] = set()
+        streak = ErrorStreak(self.options.max_consecutive_errors)
+        stopped: str | None = None
 
         def keep(answered: Answered) -> None:
+            if answered.record.question_id in ran:  # drain() hands back one left mid-handover
+                return
             self._write(answered)
             known[answered.record.question_id] = answered.record
             ran.add(answered.record.question_id)
@@ -222,13 +254,21 @@ class Evaluator:
             try:
                 for answered in engine.results(todo):
                     keep(answered)
+                    stopped = streak.add(answered.record)
+                    if stopped is not None:
+                        break
             except KeyboardInterrupt:
                 self.stop.set()
                 bar.note("interrupted: finishing the rounds in flight; every result so far is kept")
                 for answered in engine.drain():
                     keep(answered)
-                return True, len(ran)
-        return False, len(ran)
+                return True, len(ran), None
+            if stopped is not None:
+                self.stop.set()
+                bar.note(f"stopped: {stopped}; finishing the rounds in flight")
+                for answered in engine.drain():
+                    keep(answered)
+        return False, len(ran), stopped
 
     def _write(self, answered: Answered) -> None:
         """The trace, then the record that points to it: a record is never without its trace."""
@@ -242,6 +282,33 @@ class Evaluator:
                 f"cannot write the result of {record.question_id!r} under {self.folder.root}: "
                 f"{exc.strerror or exc}"
             ) from None
+
+
+@dataclass
+class ErrorStreak:
+    """Error records in a row: past ``limit`` the endpoint is down or ``--videos`` is wrong,
+    and every further question would only add an error record (seconds each, for a dead
+    endpoint's retries). The questions of one missing video count once: a benchmark with a
+    video not downloaded is not a wrong folder. ``limit`` 0 or None never stops."""
+
+    limit: int | None
+    count: int = 0
+    videos: set[str] = field(default_factory=set)
+
+    def add(self, record: ItemRecord) -> str | None:
+        """Count one record as it arrives; why to stop, once the streak reaches the limit."""
+        if record.status != "error":
+            self.count = 0
+            self.videos.clear()
+            return None
+        if record.failure == "missing_video":
+            if record.video_id in self.videos:
+                return None
+            self.videos.add(record.video_id)
+        self.count += 1
+        if self.limit and self.count >= self.limit:
+            return f"{self.count} errors in a row, the last: {one_line(record.reason or '?')}"
+        return None
 
 
 class _Progress:
