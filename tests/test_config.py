@@ -81,7 +81,7 @@ def test_constrain_and_answer_form_come_from_file_environment_or_flags(tmp_path)
             "unknown setting reasoning.bse_url (did you mean reasoning.base_url?)",
         ),
         ("video_qa: {model: m, timeot: 5}\n", "video_qa.timeot (did you mean video_qa.timeout?)"),
-        ("colour: red\n", "unknown setting colour (known: store, captioner, constrain,"),
+        ("colour: red\n", "unknown setting colour (known: store, captioner, navigable_captions,"),
     ],
     ids=["typo", "nested-typo", "inline-section", "nothing-near"],
 )
