@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers_eval import (
@@ -31,18 +32,27 @@ from helpers_eval import (
 from scripted_server import Fail, Say
 
 from longvideo_r1.agent import protocol
-from longvideo_r1.agent.trace import Cost, Trace
+from longvideo_r1.agent.trace import Cost, Evidence, Trace
 from longvideo_r1.cli.main import main
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.grounding import deepest_level
 from longvideo_r1.evaluation.identity import video_qa_identity
 from longvideo_r1.evaluation.jobs import Job
 from longvideo_r1.evaluation.methods import METHODS, MethodOptions, make_method, resolve_walk_calls
 from longvideo_r1.evaluation.metrics import Distribution, compute_metrics
-from longvideo_r1.evaluation.records import ItemRecord, RunFolder, record_from_trace
+from longvideo_r1.evaluation.records import (
+    Attempt,
+    ItemRecord,
+    RunFolder,
+    add_costs,
+    record_from_trace,
+)
 from longvideo_r1.files import safe_name
+from longvideo_r1.media.video import Video
 from longvideo_r1.questions.schema import Question
 from longvideo_r1.testing.testbench import load_testbench
+from longvideo_r1.tree import Tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +127,40 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(test_video, testbench_stor
     assert len(read_records(out / "agent")) == 16
 
 
+@pytest.mark.slow
+def test_ctrl_c_midway_through_a_question_keeps_what_it_spent(
+    test_video, testbench_store, tmp_path
+):
+    """A real Ctrl-C while a question's first round is out: the round finishes, the question
+    stops, its cost goes to an attempt file; the rerun answers it and its record sums it."""
+    out = tmp_path / "out"
+    asked, go = threading.Event(), threading.Event()
+
+    def rule(body):
+        if not asked.is_set():  # the first request of the first run: held until told
+            asked.set()
+            go.wait(60)
+        return _look_then_answer(body)
+
+    with RuleServer(rule) as server:
+        argv = eval_argv(test_video, out, testbench_store, server.base_url, "--limit", "1")
+        child = _spawn(argv)
+        assert asked.wait(60), "the run never asked its first question"
+        child.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # the run sees Ctrl-C and stops the question after its round
+        go.set()
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 130, err
+        folder = RunFolder(out / "agent")
+        assert folder.records() == {}
+        (attempt,) = folder.attempts_of("tv-01")
+        assert attempt.ended == "interrupted" and attempt.cost.reasoning_calls == 1
+        assert main(argv) == 0
+    (record,) = folder.records().values()
+    assert record.status == "answered" and record.cost.reasoning_calls == 2
+    assert record.prior_attempts == 1 and record.prior_cost == attempt.cost
+
+
 def _spawn(argv: list[str]) -> subprocess.Popen:
     code = "import sys; from longvideo_r1.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -189,6 +233,13 @@ def test_endpoint_errors_are_recorded_and_retried_only_when_asked(
         ).run()
         assert retry.ran == 3 and len(server.requests) == asked + 3
     assert {r.status for r in retry.records} == {"answered"}
+    # what the replaced error records spent is kept and summed into the new ones
+    old = {r.question_id: r for r in outcome.records}
+    for record in retry.records:
+        assert record.prior_attempts == 1 and record.prior_cost == old[record.question_id].cost
+        assert record.prior_seconds == pytest.approx(old[record.question_id].seconds)
+    (attempt,) = RunFolder(tmp_path / "agent").attempts_of(retry.records[0].question_id)
+    assert attempt.ended == "replaced" and "scripted outage" in (attempt.reason or "")
 
 
 def test_missing_video_is_a_failure_with_its_reason(test_video, testbench_store, tmp_path):
@@ -430,6 +481,168 @@ def test_question_ids_make_safe_distinct_file_names():
     odd = [safe_name("a/b"), safe_name("a_b"), safe_name("a:b"), safe_name("../x")]
     assert len(set(odd)) == 4
     assert all("/" not in n and not n.startswith(".") for n in odd)
+
+
+# grounding --------------------------------------------------------------------------------
+
+
+def _seen(node_id, start, end, how="get_caption") -> Evidence:
+    level = ("high", "medium", "low")[len(node_id) - 1]
+    return Evidence(node_id=node_id, level=level, start=start, end=end, how=how, round=1)
+
+
+def _grounded(evidence, clues, method="agent", duration=160.0) -> ItemRecord:
+    q = Question("q", "v", "Which?", ["a", "b"], "A", clue_intervals=clues)
+    trace = Trace(question="Which?", duration=duration, width=4, answer="A", status="answered")
+    trace.evidence = list(evidence)
+    return record_from_trace(q, method, "v", trace, 1.0, "traces/q.json")
+
+
+def test_grounding_counts_medium_and_low_visits_and_video_qa_leaves_by_hand():
+    """Width 4 over 160 s: high 40 s, medium 10 s, low 2.5 s. The random walk's opening high
+    caption is no visit; the leaf read and asked counts once; the medium holds the clue."""
+    record = _grounded(
+        [
+            _seen((1,), 0.0, 40.0),  # opening: given to every method, not a choice
+            _seen((1, 2), 10.0, 20.0),
+            _seen((1, 2, 3), 15.0, 17.5),
+            _seen((1, 2, 3), 15.0, 17.5, how="video_qa"),
+        ],
+        clues=[(12.0, 18.0)],
+    )
+    assert (record.visited_nodes, record.deepest_level, record.clue_hit) == (2, "low", True)
+    # visited union [10, 20): 10 s; clue 6 s, all of it read
+    assert record.grounding_precision == pytest.approx(0.6)
+    assert record.grounding_recall == pytest.approx(1.0)
+    assert record.grounding_f1 == pytest.approx(0.75)
+
+
+def test_grounding_of_a_miss_of_nothing_and_of_no_clues():
+    miss = _grounded([_seen((4, 1), 120.0, 130.0)], clues=[(12.0, 18.0)])
+    assert (miss.clue_hit, miss.grounding_f1, miss.deepest_level) == (False, 0.0, "medium")
+    nothing = _grounded([], clues=[(12.0, 18.0)])  # the agent chose to read nothing
+    assert (nothing.visited_nodes, nothing.deepest_level) == (0, None)
+    assert (nothing.clue_hit, nothing.grounding_f1) == (False, 0.0)
+    unclued = _grounded([_seen((1, 2), 10.0, 20.0)], clues=[])
+    assert (unclued.visited_nodes, unclued.deepest_level) == (1, "medium")
+    assert unclued.clue_hit is None and unclued.grounding_f1 is None
+
+
+def test_uniform_frames_has_no_grounding_at_all():
+    record = _grounded([], clues=[(12.0, 18.0)], method="uniform-frames")
+    assert record.visited_nodes is None and record.deepest_level is None
+    assert record.clue_hit is None and record.grounding_f1 is None
+
+
+def test_reading_every_leaf_scores_the_clues_share_of_the_video():
+    """caption-all: recall 1, precision the clue's share; a clue running past the end (within
+    the loaders' tolerance) is cut to the video first."""
+    tree = Tree(duration=160.0, width=4, n_frames=4000)
+    leaves = [_seen(n.id, n.start, n.end) for n in tree.nodes(3)]
+    record = _grounded(leaves, clues=[(12.0, 18.0), (155.0, 161.0)], method="caption-all")
+    assert record.visited_nodes == 64 and record.grounding_recall == pytest.approx(1.0)
+    assert record.grounding_precision == pytest.approx(11.0 / 160.0)
+
+
+def test_deepest_level_by_hand():
+    assert deepest_level(["medium", "low", "medium"]) == "low"
+    assert deepest_level(["high", "medium"]) == "medium"
+    assert deepest_level([]) is None
+
+
+def test_records_from_before_grounding_and_attempts_still_load():
+    old = _record("q", trace="t").model_dump(mode="json")
+    for name in ("visited_nodes", "deepest_level", "clue_hit", "grounding_precision",
+                 "grounding_recall", "grounding_f1", "prior_attempts", "prior_cost",
+                 "prior_seconds"):  # fmt: skip
+        del old[name]
+    record = ItemRecord.model_validate_json(json.dumps(old))
+    assert record.clue_hit is None and record.visited_nodes is None
+    assert record.prior_attempts == 0 and record.prior_cost is None
+
+
+GET_3_2 = "<think>The box is in the middle.</think>\n<tool>get_caption((3, 2))</tool>"
+
+
+def _look_then_answer(body) -> Say:
+    """Round 1 reads the medium segment (3, 2); round 2 answers B."""
+    first = sum(1 for m in body["messages"] if m["role"] == "assistant") == 0
+    return Say(GET_3_2 if first else THINK_B)
+
+
+def test_an_agent_run_records_its_grounding_and_the_report_shows_it(
+    testbench, test_video, testbench_store, tmp_path, capsys
+):
+    with RuleServer(_look_then_answer) as server:
+        settings = settings_for(testbench_store, server.base_url)
+        outcome = evaluator(testbench, test_video, tmp_path / "run", settings, limit=2).run()
+    by_id = {r.question_id: r for r in outcome.records}
+    with Video.open(test_video.path) as video:
+        tree = Tree.for_video(video.info.duration, video.info.n_frames)
+    seg = tree.node((3, 2))
+    assert seg.start < 89.48 < seg.end  # tv-01's clue [89.48, 104.64) starts inside it
+    first = by_id["tv-01"]
+    assert (first.visited_nodes, first.deepest_level, first.clue_hit) == (1, "medium", True)
+    common = seg.end - 89.48
+    assert first.grounding_precision == pytest.approx(common / (seg.end - seg.start))
+    assert first.grounding_recall == pytest.approx(common / (104.64 - 89.48))
+    assert by_id["tv-02"].clue_hit is False  # its clue [104.64, 108.64) lies further on
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    f1 = f"{first.grounding_f1 / 2:.2f}"  # the mean over two questions, one missed
+    assert f"| agent | run | 50.0% | 1/2 | {f1} |" in text
+    assert text.count("| 0 / 2 / 0 |") == 1  # deepest level: low / medium / none
+    assert f"| 50.0% (1/2); clue hits 1/2, F1 {f1} |" in text
+
+
+# attempts ---------------------------------------------------------------------------------
+
+
+def test_an_interrupted_question_keeps_what_it_spent_and_its_rerun_sums_it(
+    testbench, test_video, testbench_store, tmp_path
+):
+    """Stopped between rounds: no result, but an attempt file with its cost; the rerun's
+    record adds it (``prior_attempts``, ``prior_cost``) and the metrics count it as spent."""
+    stopping: dict[str, Any] = {}
+
+    def rule(body):
+        if not stopping:  # the first round of the first question: stop the run meanwhile
+            stopping["done"] = True
+            first_run.stop.set()
+        return _look_then_answer(body)
+
+    with RuleServer(rule) as server:
+        settings = settings_for(testbench_store, server.base_url)
+        first_run = evaluator(testbench, test_video, tmp_path, settings, limit=2)
+        outcome = first_run.run()
+        assert outcome.ran == 0 and outcome.records == []
+        folder = RunFolder(tmp_path / "agent")
+        (attempt,) = folder.attempts_of("tv-01")
+        assert (attempt.attempt, attempt.ended, attempt.reason) == (1, "interrupted", "interrupted")
+        assert attempt.cost.reasoning_calls == 1 and attempt.cost.rounds == 1
+        assert attempt.cost.caption_calls == 4 + 1  # the opening's four highs, then (3, 2)
+        again = evaluator(testbench, test_video, tmp_path, settings, limit=2).run()
+    by_id = {r.question_id: r for r in again.records}
+    assert by_id["tv-01"].prior_attempts == 1 and by_id["tv-02"].prior_attempts == 0
+    assert by_id["tv-01"].prior_cost == attempt.cost
+    assert by_id["tv-01"].prior_seconds == pytest.approx(attempt.seconds)
+    m = compute_metrics(again.records)
+    assert (m.prior.attempts, m.prior.questions, m.prior.cost.reasoning_calls) == (1, 1, 1)
+    assert m.cost["gpu_seconds_spent"].total == pytest.approx(m.cost["gpu_seconds"].total + 2.5 * 1)
+
+
+def test_attempts_are_numbered_per_question_and_summed(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.write_attempt("q1", "interrupted", Cost(reasoning_calls=2, captions_made=1), 3.0)
+    folder.write_attempt("q1.5", "interrupted", Cost(reasoning_calls=7), 1.0)  # "q1.*" too
+    folder.write_attempt("q1", "replaced", Cost(reasoning_calls=1, model_seconds=0.5), 2.0)
+    (folder.attempts / "q1.9.json").write_text("{ damaged")
+    attempts = folder.attempts_of("q1")
+    assert [(a.attempt, a.ended) for a in attempts] == [(1, "interrupted"), (2, "replaced")]
+    assert isinstance(attempts[0], Attempt) and sorted(p.name for p in folder.attempts.iterdir())
+    total = add_costs(a.cost for a in attempts)
+    assert (total.reasoning_calls, total.captions_made, total.model_seconds) == (3, 1, 0.5)
+    assert not list(folder.attempts.glob(".*.tmp"))
 
 
 # the embedded default ---------------------------------------------------------------------

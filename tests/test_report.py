@@ -12,6 +12,7 @@ import pytest
 from longvideo_r1.agent.trace import Cost
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.prices import GpuPrices, parse_prices
 from longvideo_r1.evaluation.records import (
     ItemRecord,
     QuestionSource,
@@ -19,7 +20,7 @@ from longvideo_r1.evaluation.records import (
     RunManifest,
     RunStart,
 )
-from longvideo_r1.evaluation.report import collect, markdown, write_report
+from longvideo_r1.evaluation.report import _cost, collect, markdown, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -218,3 +219,135 @@ def test_a_report_that_cannot_be_written_is_one_line(two_runs, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("lvr1 report: error:"), err
     assert says in err
+
+
+# cost in the paper's units --------------------------------------------------------------
+
+
+def test_gpu_seconds_price_calls_made_not_cached_nor_answered_from_captions():
+    cost = Cost(
+        rounds=5,
+        reasoning_calls=4,
+        caption_calls=7,
+        captions_made=2,
+        captions_cached=5,
+        video_qa_calls=1,
+        video_qa_from_captions=3,
+    )
+    assert GpuPrices().seconds(cost) == pytest.approx(4 * 2.5 + 2 * 7.0 + 1 * 2.7)
+    assert GpuPrices(reasoning=1, caption=0, video_qa=10).seconds(cost) == 14.0
+
+
+def test_prices_are_overridden_one_kind_at_a_time():
+    assert parse_prices(None) == GpuPrices(2.5, 7.0, 2.7)
+    assert parse_prices(["caption=4", "video_qa = 0"]) == GpuPrices(2.5, 4.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ("gpu=3", "KIND one of reasoning, caption, video_qa, got 'gpu=3'"),
+        ("caption", "--price takes KIND=SECONDS"),
+        ("caption=fast", "--price caption must be a number of seconds, 0 or more, got 'fast'"),
+        ("reasoning=-1", "got '-1'"),
+        ("video_qa=nan", "got 'nan'"),
+    ],
+)
+def test_a_bad_price_is_refused_in_one_line(two_runs, capsys, item, says):
+    with pytest.raises(ConfigError, match="--price"):
+        parse_prices([item])
+    assert main(["report", str(two_runs[0]), "--price", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lvr1 report: error:"), err
+    assert says in err
+    assert not (two_runs[0] / "report.md").exists()
+
+
+def test_the_table_shows_calls_by_kind_and_gpu_seconds_with_its_prices(tmp_path):
+    calls = {
+        "rounds": 3,
+        "reasoning_calls": 3,
+        "captions_made": 1,
+        "captions_cached": 6,
+        "video_qa_calls": 1,
+        "video_qa_from_captions": 2,
+        "end_to_end_seconds": 40.0,
+    }
+    write_run(tmp_path / "run", "agent", [("speech", "A", "answered")], **calls)
+    text = markdown(collect([tmp_path / "run"]))
+    assert "| video_qa vision / from captions |" in text and "| GPU-equiv. s / question |" in text
+    # 3 x 2.5 + 1 x 7.0 + 1 x 2.7 = 17.2 GPU-equivalent s, beside the 40 s measured here
+    assert "| 3.0 | 1.0 / 6.0 | 1.00 / 2.00 | 0 | 0 | 17.2 | 40.0 |" in text
+    assert "2.5 s per reasoning call, 7 s per caption made, 2.7 s per video_qa" in text
+    assert "the paper's A800 figures" in text
+    cheap = GpuPrices(reasoning=1.0)
+    text = markdown(collect([tmp_path / "run"], cheap), prices=cheap)
+    assert "| 12.7 | 40.0 |" in text and "1 s per reasoning call" in text
+    assert "A800" not in text
+
+
+def test_cli_plots_against_gpu_seconds_with_the_prices_given(two_runs, tmp_path, capsys):
+    out = tmp_path / "r.md"
+    argv = ["report", str(two_runs[0]), "--x", "gpu-seconds", "--out", str(out)]
+    assert main([*argv, "--price", "reasoning=10"]) == 0
+    assert (tmp_path / "r.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "10 s per reasoning call" in out.read_text()
+    agent = collect([two_runs[0]], GpuPrices(reasoning=10))[0]
+    # small-model's agent: 4 rounds but no reasoning call returned in its records, 2 made
+    assert _cost(agent, "gpu-seconds") == pytest.approx(2 * 7.0)
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(two_runs[0]), "--x", "dollars"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_earlier_attempts_are_added_in_a_note(tmp_path):
+    folder = write_run(
+        tmp_path / "run", "agent", [("speech", "A", "answered")] * 2, reasoning_calls=2
+    )
+    record = folder.records()["q0"]
+    prior = Cost(reasoning_calls=3, captions_made=2, video_qa_calls=1)
+    folder.write_record(
+        record.model_copy(update={"prior_attempts": 2, "prior_cost": prior, "prior_seconds": 9.0})
+    )
+    text = markdown(collect([tmp_path / "run"]))
+    line = next(x for x in text.splitlines() if x.startswith("- agent (run): 2 earlier"))
+    # prior: 3 x 2.5 + 2 x 7.0 + 1 x 2.7 = 24.2; the final records: 2 x 5.0
+    assert "2 earlier attempts at 1 question spent 3 reasoning calls, 2 captions made" in line
+    assert "24.2 GPU-equiv. s and 9.0 s" in line
+    assert "a question cost 17.1 GPU-equiv. s and 5.5 s on average" in line
+    assert "34.2 GPU-equiv. s and 11.0 s in all" in line
+    write_run(tmp_path / "fresh", "agent", [("speech", "A", "answered")], reasoning_calls=2)
+    assert "earlier attempt" not in markdown(collect([tmp_path / "fresh"]))
+
+
+# grounding ------------------------------------------------------------------------------
+
+
+def _ground(folder: RunFolder, qid: str, **fields) -> None:
+    record = folder.records()[qid]
+    folder.write_record(record.model_copy(update=fields))
+
+
+def test_grounding_per_method_and_category_beside_accuracy(tmp_path):
+    run = tmp_path / "run"
+    agent = write_run(run, "agent", [("speech", "A", "answered"), ("visual", "B", "answered")] * 2)
+    hit = {"visited_nodes": 3, "deepest_level": "low", "clue_hit": True}
+    _ground(agent, "q0", **hit, grounding_precision=0.5, grounding_recall=1.0, grounding_f1=0.6)
+    _ground(agent, "q1", **hit, grounding_precision=0.2, grounding_recall=0.5, grounding_f1=0.4)
+    _ground(agent, "q2", visited_nodes=1, deepest_level="medium", clue_hit=False,
+            grounding_precision=0.0, grounding_recall=0.0, grounding_f1=0.0)  # fmt: skip
+    _ground(agent, "q3", visited_nodes=0, clue_hit=False, grounding_precision=0.0,
+            grounding_recall=0.0, grounding_f1=0.0)  # fmt: skip
+    write_run(run, "uniform-frames", [("speech", "A", "answered")])  # no grounding: "-"
+    text = markdown(collect([run]))
+    assert "| agent | run | 50.0% | 2/4 | 0.25 | 0.17 | 0.38 | 2 / 1 / 1 |" in text
+    assert "| uniform-frames | run | 100.0% | - | - | - | - | - |" in text
+    assert "Accuracy and grounding per category:" in text
+    assert "| speech | 100.0% (2/2); clue hits 1/2, F1 0.30 | 100.0% (1/1) |" in text
+    assert "| visual | 0.0% (0/2); clue hits 1/2, F1 0.20 | - |" in text
+    assert "not the opening's high-level captions" in text
+
+
+def test_runs_without_grounding_show_no_grounding_table(two_runs):
+    text = markdown(collect(two_runs))
+    assert "clue hits" not in text and "Accuracy per category:" in text

@@ -25,7 +25,8 @@ from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.cluster import import_ray
 from longvideo_r1.evaluation.methods import MethodOptions, make_method, resolve_walk_calls
 from longvideo_r1.evaluation.metrics import summary_line
-from longvideo_r1.evaluation.report import write_report
+from longvideo_r1.evaluation.prices import GpuPrices, parse_prices
+from longvideo_r1.evaluation.report import COST_AXES, write_report
 from longvideo_r1.evaluation.runner import EvalOptions, Evaluator
 from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.testing.longbench import LONGBENCH_FILE, LONGBENCH_NAME, load_longbench
@@ -157,8 +158,12 @@ def add_report_parser(sub) -> None:
         "report",
         help="tabulate and plot accuracy against cost from one or more eval folders",
         description="Read eval output folders (each with one or more method folders), print "
-        "a markdown table of accuracy, failures and cost per method and run, per-category "
-        "accuracy, and write it with a PNG plot of accuracy against cost.",
+        "a markdown table of accuracy, failures and cost per method and run (calls by kind, "
+        "GPU-equivalent seconds priced per call, seconds measured here, and what earlier "
+        "interrupted or replaced attempts spent), grounding where the questions have clue "
+        "intervals (clue hits, F1 of the spans read against the clue spans, depth reached), "
+        "per-category accuracy and grounding, and write it with a PNG plot of accuracy "
+        "against cost.",
     )
     rep.add_argument("out_dirs", nargs="+", metavar="OUT_DIR", help="lvr1 eval output folder")
     rep.add_argument(
@@ -168,9 +173,20 @@ def add_report_parser(sub) -> None:
     )
     rep.add_argument(
         "--x",
-        choices=["seconds", "tokens"],
+        choices=list(COST_AXES),
         default="seconds",
-        help="cost axis of the plot: mean seconds (default) or tokens per question",
+        help="cost axis of the plot: mean seconds (default), tokens or GPU-equivalent seconds "
+        "(gpu-seconds: the calls priced by --price) per question",
+    )
+    rep.add_argument(
+        "--price",
+        action="append",
+        metavar="KIND=SECONDS",
+        help="GPU seconds per call of one kind, for the GPU-equivalent figures: reasoning "
+        f"(default {GpuPrices.reasoning:g}), caption (per caption made, default "
+        f"{GpuPrices.caption:g}) or video_qa (per call a vision model answered, default "
+        f"{GpuPrices.video_qa:g}); the defaults are the paper's A800 figures. Repeat for "
+        "several kinds",
     )
 
 
@@ -245,7 +261,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report = write_report(args.out_dirs, args.out, args.x)
+    prices = parse_prices(args.price)
+    report = write_report(args.out_dirs, args.out, args.x, prices)
     print(report.markdown, end="")
     print(f"wrote {report.markdown_path} and {report.plot_path}", file=sys.stderr)
     return 0

@@ -55,6 +55,9 @@ class Answered:
 
     record: ItemRecord
     trace: Trace | None = None
+    partial: bool = False
+    """An interrupted attempt: ``record`` holds what it spent, and is not the question's
+    result (the evaluator keeps its cost as an attempt, and the question runs again)."""
 
 
 @dataclass
@@ -139,8 +142,9 @@ class Job:
 
         return _Worker(index, self.settings, make if self.method.needs_reasoning else None)
 
-    def answer(self, question: Question, worker: _Worker, stop: threading.Event) -> Answered | None:
-        """Answer one question; None when ``stop`` interrupted it (it has no result yet).
+    def answer(self, question: Question, worker: _Worker, stop: threading.Event) -> Answered:
+        """Answer one question; a ``partial`` answer when ``stop`` interrupted it midway (it
+        has no result yet, but what it spent is handed back to be kept).
 
         Every other outcome is a record: a missing or unreadable video, an
         endpoint failure and a bug in a method each cost one question, never
@@ -163,10 +167,11 @@ class Job:
             session = worker.session(path, question.subtitles)
         except LVR1Error as exc:
             return failed("video", str(exc))
+        partial = False
         try:
             trace = self.method.run(question, session, worker.reasoning(), stop)
-        except RunInterrupted:
-            return None
+        except RunInterrupted as interrupted:
+            trace, partial = interrupted.trace, True
         except LVR1Error as exc:
             return failed("error", str(exc))
         except Exception as exc:  # a bug must not take the other questions down
@@ -175,7 +180,7 @@ class Job:
             question, name, variant, trace, time.perf_counter() - started, trace_name(question.id)
         )
         record.worker = worker.index
-        return Answered(record, trace)
+        return Answered(record, trace, partial=partial)
 
 
 class Engine(Protocol):
@@ -194,7 +199,8 @@ class Engine(Protocol):
         ...
 
     def results(self, todo: Sequence[Question]) -> Iterator[Answered]:
-        """Each question's result as soon as it is known (interrupted ones yield nothing)."""
+        """Each question's result as soon as it is known; one interrupted midway yields a
+        ``partial`` answer with what it spent, one never started yields nothing."""
         ...
 
     def drain(self) -> Iterator[Answered]:

@@ -15,14 +15,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from longvideo_r1.agent.trace import Cost
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.evaluation.prices import GpuPrices
 from longvideo_r1.evaluation.records import (
     EvalOutcome,
     ItemRecord,
     RunFolder,
     RunManifest,
     Unreadable,
+    add_costs,
 )
+from longvideo_r1.tree import LEVELS
 
 
 class Distribution(BaseModel):
@@ -55,19 +59,75 @@ class CategoryScore(BaseModel):
     accuracy: float | None
 
 
+class GroundingSummary(BaseModel):
+    """Grounding over a group of questions (see :mod:`~longvideo_r1.evaluation.grounding`).
+
+    ``n`` counts the questions with clue figures (clues, and a method that
+    reads the tree); ``navigated`` those with a visit count, over which
+    ``levels`` tells how deep the runs went (``none``: nothing read). A
+    group without any is shown ``-``, never 0.
+    """
+
+    n: int = 0
+    hits: int = 0
+    f1: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    navigated: int = 0
+    levels: dict[str, int] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, records: Sequence[ItemRecord]) -> GroundingSummary:
+        clued = [r for r in records if r.clue_hit is not None]
+        navigated = [r for r in records if r.visited_nodes is not None]
+        levels = {name: 0 for name in (*reversed(LEVELS[1:]), "none")}
+        for r in navigated:
+            key = r.deepest_level if r.deepest_level in levels else "none"
+            levels[key] += 1
+        return cls(
+            n=len(clued),
+            hits=sum(1 for r in clued if r.clue_hit),
+            f1=_mean([r.grounding_f1 for r in clued]),
+            precision=_mean([r.grounding_precision for r in clued]),
+            recall=_mean([r.grounding_recall for r in clued]),
+            navigated=len(navigated),
+            levels=levels if navigated else {},
+        )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+class PriorSpend(BaseModel):
+    """What earlier attempts spent beyond the final records (interrupted or replaced ones)."""
+
+    attempts: int = 0
+    questions: int = 0
+    cost: Cost = Field(default_factory=Cost)
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+
+
 COSTS: dict[str, Callable[[ItemRecord], float]] = {
     "rounds": lambda r: r.cost.rounds,
+    "reasoning_calls": lambda r: r.cost.reasoning_calls,
     "caption_calls": lambda r: r.cost.caption_calls,
     "captions_made": lambda r: r.cost.captions_made,
     "captions_cached": lambda r: r.cost.captions_cached,
     "video_qa_calls": lambda r: r.cost.video_qa_calls,
+    "video_qa_from_captions": lambda r: r.cost.video_qa_from_captions,
     "frames_decoded": lambda r: r.cost.frames_decoded,
     "tokens": lambda r: r.tokens,
     "reasoning_tokens": lambda r: r.cost.reasoning_tokens,
     "model_seconds": lambda r: r.cost.model_seconds,
     "seconds": lambda r: r.seconds,
 }
-"""Per-question costs the metrics summarise; ``seconds`` is end to end in the harness."""
+"""Per-question costs the metrics summarise; ``seconds`` is end to end in the harness.
+:func:`compute_metrics` adds ``gpu_seconds`` (the calls priced by a
+:class:`~longvideo_r1.evaluation.prices.GpuPrices`) and ``seconds_spent`` and
+``gpu_seconds_spent``, which add what earlier attempts at the question spent."""
 
 
 class Metrics(BaseModel):
@@ -100,6 +160,9 @@ class Metrics(BaseModel):
     )
     categories: dict[str, CategoryScore]
     cost: dict[str, Distribution]
+    grounding: GroundingSummary = Field(default_factory=GroundingSummary)
+    category_grounding: dict[str, GroundingSummary] = Field(default_factory=dict)
+    prior: PriorSpend = Field(default_factory=PriorSpend)
 
     @property
     def partial(self) -> bool:
@@ -122,8 +185,11 @@ def compute_metrics(
     variant: str = "",
     run: str = "",
     questions: int | None = None,
+    prices: GpuPrices | None = None,
 ) -> Metrics:
-    """The metrics of ``records``; ``questions``, the question file's count, marks a partial run."""
+    """The metrics of ``records``; ``questions``, the question file's count, marks a partial run;
+    ``prices`` turn calls into GPU-equivalent seconds (default: the paper's)."""
+    prices = prices or GpuPrices()
     items = list(records)
     scored = [r for r in items if r.scored]
     correct = sum(1 for r in scored if r.correct)
@@ -138,6 +204,10 @@ def compute_metrics(
         right = sum(1 for r in group if r.correct)
         categories[name] = CategoryScore(n=len(group), correct=right, accuracy=right / len(group))
     ran = [r for r in items if r.ran]
+    cost = {name: Distribution.of([get(r) for r in ran]) for name, get in COSTS.items()}
+    cost["gpu_seconds"] = Distribution.of([prices.seconds(r.cost) for r in ran])
+    cost["seconds_spent"] = Distribution.of([r.seconds + r.prior_seconds for r in ran])
+    cost["gpu_seconds_spent"] = Distribution.of([_gpu_spent(r, prices) for r in ran])
     return Metrics(
         method=method or (items[0].method if items else ""),
         variant=variant or (items[0].variant if items else ""),
@@ -152,7 +222,34 @@ def compute_metrics(
         answered=sum(1 for r in items if r.status == "answered"),
         answered_accuracy=_ratio(sum(1 for r in answered if r.correct), len(answered)),
         categories=categories,
-        cost={name: Distribution.of([get(r) for r in ran]) for name, get in COSTS.items()},
+        cost=cost,
+        grounding=GroundingSummary.of(ran),
+        category_grounding={
+            name: GroundingSummary.of([r for r in ran if (r.category or "(none)") == name])
+            for name in sorted({r.category or "(none)" for r in ran})
+        },
+        prior=_prior(items, prices),
+    )
+
+
+def _gpu_spent(record: ItemRecord, prices: GpuPrices) -> float:
+    """The question's GPU-equivalent seconds, its earlier attempts included."""
+    prior = prices.seconds(record.prior_cost) if record.prior_cost is not None else 0.0
+    return prices.seconds(record.cost) + prior
+
+
+def _prior(records: Sequence[ItemRecord], prices: GpuPrices) -> PriorSpend:
+    """Earlier attempts of every question, summed: spent, though no final record shows it."""
+    with_prior = [r for r in records if r.prior_attempts and r.prior_cost is not None]
+    if not with_prior:
+        return PriorSpend()
+    total = add_costs(r.prior_cost for r in with_prior if r.prior_cost is not None)
+    return PriorSpend(
+        attempts=sum(r.prior_attempts for r in with_prior),
+        questions=len(with_prior),
+        cost=total,
+        seconds=sum(r.prior_seconds for r in with_prior),
+        gpu_seconds=prices.seconds(total),
     )
 
 

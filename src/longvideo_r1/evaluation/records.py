@@ -16,6 +16,15 @@ What a run leaves under ``OUT/<method>/``:
   records too (status ``error`` with the reason) and are run again only when
   asked (``retry_failed``).
 * ``traces/<question id>.json``: the full trace, for inspection.
+* ``attempts/<question id>.<n>.json``: an :class:`Attempt`, what an earlier
+  attempt at a question spent before it was interrupted (Ctrl-C, or a run
+  stopped on errors in a row) or before its record was replaced
+  (``retry_failed``). The question's final record sums them
+  (``prior_attempts``, ``prior_cost``), so a report can say what a result
+  cost in all. A process killed outright (SIGKILL, out of memory) writes
+  nothing at the kill: the reasoning calls of the question it was answering
+  are recorded nowhere, and the captions it made are in the caption store,
+  where the rerun finds them and counts them as cached.
 
 Scoring is strict: the recorded letter must equal the expected letter.
 A question without an answer (``no_answer``, ``error``, an unparsable reply)
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +51,7 @@ from longvideo_r1.agent import protocol
 from longvideo_r1.agent.trace import Cost, Status, Trace
 from longvideo_r1.config import first_difference
 from longvideo_r1.errors import ConfigError, validation_line
+from longvideo_r1.evaluation.grounding import grounding_of
 from longvideo_r1.files import folder_lock, safe_name, write_atomic
 from longvideo_r1.questions.schema import Question
 
@@ -87,6 +98,31 @@ class ItemRecord(BaseModel):
         default=None, description="The Ray node that answered it; None for a run on threads."
     )
     started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    visited_nodes: int | None = Field(
+        default=None,
+        description="Medium and low nodes the method chose to read (video_qa: its leaf); "
+        "None for a method that reads none by design, or a record older than the field.",
+    )
+    deepest_level: str | None = Field(
+        default=None, description="The finest level among those visits; None for none."
+    )
+    clue_hit: bool | None = Field(
+        default=None,
+        description="A visit overlaps a clue interval; None without clues or grounding.",
+    )
+    grounding_precision: float | None = None
+    grounding_recall: float | None = None
+    grounding_f1: float | None = Field(
+        default=None,
+        description="F1 of the union of visited spans against the union of clue spans.",
+    )
+    prior_attempts: int = Field(
+        default=0, description="Earlier attempts at this question (interrupted or replaced)."
+    )
+    prior_cost: Cost | None = Field(
+        default=None, description="What those attempts spent, summed; None when none."
+    )
+    prior_seconds: float = Field(default=0.0, description="Their wall time in the harness.")
 
     @property
     def scored(self) -> bool:
@@ -131,6 +167,7 @@ def record_from_trace(
     reason = trace.reason
     if status == "answered" and answer is None:
         status, reason = "no_answer", f"unparsable answer {trace.raw_answer!r}"
+    grounding = grounding_of(trace, question.clue_intervals, method)
     return ItemRecord(
         question_id=question.id,
         video_id=question.video_id,
@@ -151,6 +188,12 @@ def record_from_trace(
         duration=trace.duration,
         video=trace.video,
         trace=trace_path,
+        visited_nodes=grounding.visited_nodes,
+        deepest_level=grounding.deepest_level,
+        clue_hit=grounding.clue_hit,
+        grounding_precision=grounding.precision,
+        grounding_recall=grounding.recall,
+        grounding_f1=grounding.f1,
     )
 
 
@@ -170,6 +213,49 @@ def failed_record(
         reason=reason,
         failure=failure,
         seconds=seconds,
+    )
+
+
+# attempts ------------------------------------------------------------------------------
+
+AttemptEnd = Literal["interrupted", "replaced"]
+
+
+class Attempt(BaseModel):
+    """What one earlier attempt at a question spent, kept so its final record can say it."""
+
+    format: int = RECORD_FORMAT
+    question_id: str
+    attempt: int = Field(description="1 for the first attempt kept, then 2, ...")
+    ended: AttemptEnd = Field(
+        description="interrupted: stopped between rounds (Ctrl-C, or the run stopped on "
+        "errors in a row); replaced: its record was run again (retry_failed)."
+    )
+    reason: str | None = None
+    cost: Cost = Field(default_factory=Cost)
+    seconds: float = 0.0
+    written_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def add_costs(costs: Iterable[Cost]) -> Cost:
+    """Field by field sums: what several attempts spent together."""
+    total: dict[str, Any] = {}
+    for cost in costs:
+        for name, value in cost.model_dump().items():
+            total[name] = total.get(name, 0) + value
+    return Cost.model_validate(total)
+
+
+def with_prior(record: ItemRecord, attempts: Sequence[Attempt]) -> ItemRecord:
+    """``record`` with the earlier ``attempts`` summed into its prior fields."""
+    if not attempts:
+        return record
+    return record.model_copy(
+        update={
+            "prior_attempts": len(attempts),
+            "prior_cost": add_costs(a.cost for a in attempts),
+            "prior_seconds": sum(a.seconds for a in attempts),
+        }
     )
 
 
@@ -261,6 +347,7 @@ class RunFolder:
         self.root = root
         self.results = root / "results"
         self.traces = root / "traces"
+        self.attempts = root / "attempts"
         self.manifest_path = root / "run.json"
 
     def read_manifest(self) -> RunManifest | None:
@@ -317,9 +404,47 @@ class RunFolder:
     def trace_path(self, question_id: str) -> Path:
         return self.root / trace_name(question_id)
 
+    def attempts_of(self, question_id: str) -> list[Attempt]:
+        """The earlier attempts kept for a question, in order; unreadable files are skipped
+        (an attempt only adds to a cost, it is never a result)."""
+        found: list[Attempt] = []
+        if not self.attempts.is_dir():
+            return found
+        for path in self.attempts.glob(f"{safe_name(question_id)}.*.json"):
+            try:
+                attempt = Attempt.model_validate_json(path.read_bytes())
+            except (OSError, ValidationError):
+                continue
+            if attempt.question_id == question_id:  # "q1.*" also matches a question "q1.5"
+                found.append(attempt)
+        return sorted(found, key=lambda a: a.attempt)
+
+    def write_attempt(
+        self,
+        question_id: str,
+        ended: AttemptEnd,
+        cost: Cost,
+        seconds: float,
+        reason: str | None = None,
+    ) -> Attempt:
+        """Keep what an attempt spent, atomically, as the next attempt of the question."""
+        earlier = self.attempts_of(question_id)
+        number = 1 + max((a.attempt for a in earlier), default=0)
+        attempt = Attempt(
+            question_id=question_id,
+            attempt=number,
+            ended=ended,
+            reason=reason,
+            cost=cost,
+            seconds=seconds,
+        )
+        path = self.attempts / f"{safe_name(question_id)}.{number}.json"
+        write_atomic(path, attempt.model_dump_json(indent=2) + "\n")
+        return attempt
+
     def clean_temporaries(self) -> None:
         """Half-written files of a killed run: never read, removed so they do not pile up."""
-        for folder in (self.results, self.traces, self.root):
+        for folder in (self.results, self.traces, self.attempts, self.root):
             if folder.is_dir():
                 for path in folder.glob(".*.tmp"):
                     path.unlink(missing_ok=True)

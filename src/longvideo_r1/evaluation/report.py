@@ -13,6 +13,13 @@ A method folder with fewer results than its question file has questions is
 *partial* (``--limit``, a run stopped, interrupted or killed, a result file
 unreadable): its row says ``n of N, partial``, the page says why, and names
 every unreadable result file.
+
+Cost is shown in calls of each kind and in GPU-equivalent seconds (the calls
+priced by :class:`~longvideo_r1.evaluation.prices.GpuPrices`, the table named
+on the page) beside the seconds measured here; what earlier, interrupted or
+replaced attempts spent is added in a note. Where the questions have clue
+intervals, grounding (clue hits, F1 of visited against clue spans, how deep
+the runs went) stands beside accuracy, per method and per category.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import Literal
 
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.methods import METHODS
-from longvideo_r1.evaluation.metrics import Metrics, compute_metrics, load_run
+from longvideo_r1.evaluation.metrics import GroundingSummary, Metrics, compute_metrics, load_run
+from longvideo_r1.evaluation.prices import GpuPrices
 from longvideo_r1.evaluation.records import RunManifest, Unreadable, unwritable
 from longvideo_r1.files import write_atomic
 
-CostAxis = Literal["seconds", "tokens"]
+CostAxis = Literal["seconds", "tokens", "gpu-seconds"]
+COST_AXES: tuple[str, ...] = ("seconds", "tokens", "gpu-seconds")
 METHOD_COLOURS = {
     "agent": "#1f77b4",
     "uniform-frames": "#ff7f0e",
@@ -93,8 +102,9 @@ def _run_labels(out_dirs: Sequence[Path]) -> list[str]:
     return [f"{d.resolve().parent.name}/{d.resolve().name}" for d in out_dirs]
 
 
-def collect(out_dirs: Sequence[str | Path]) -> list[RunResult]:
-    """Every method of every folder, in the order given; refuses a folder with no results."""
+def collect(out_dirs: Sequence[str | Path], prices: GpuPrices | None = None) -> list[RunResult]:
+    """Every method of every folder, in the order given; refuses a folder with no results.
+    ``prices`` turn each run's calls into GPU-equivalent seconds (default: the paper's)."""
     dirs = [Path(d).expanduser() for d in out_dirs]
     results: list[RunResult] = []
     for out_dir, label in zip(dirs, _run_labels(dirs), strict=True):
@@ -107,7 +117,12 @@ def collect(out_dirs: Sequence[str | Path]) -> list[RunResult]:
             data = load_run(folder)
             manifest = data.manifest
             metrics = compute_metrics(
-                data.records, manifest.method, manifest.variant, label, manifest.questions.count
+                data.records,
+                manifest.method,
+                manifest.variant,
+                label,
+                manifest.questions.count,
+                prices,
             )
             results.append(RunResult(label, folder, manifest, metrics, tuple(data.unreadable)))
     return results
@@ -132,12 +147,14 @@ def _failures(m: Metrics) -> str:
 
 
 def main_table(results: Sequence[RunResult]) -> list[str]:
-    """One row per method and run: accuracy, failures apart, mean cost per question."""
+    """One row per method and run: accuracy, failures apart, mean cost per question in calls
+    of each kind, in GPU-equivalent seconds and in seconds measured here."""
     head = (
         "| method | variant | run | n | accuracy | failures | rounds | captions made / cached "
-        "| video_qa | frames | tokens | s / question |"
+        "| video_qa vision / from captions | frames | tokens | GPU-equiv. s / question "
+        "| s / question |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         m, c = r.metrics, r.metrics.cost
         acc = f"{_pct(m.accuracy)} ({m.correct}/{m.scored})"
@@ -146,8 +163,65 @@ def main_table(results: Sequence[RunResult]) -> list[str]:
             f"| {r.manifest.method} | {r.manifest.variant} | {r.run} | {n} | {acc} "
             f"| {_failures(m)} | {_num(c['rounds'].mean)} "
             f"| {_num(c['captions_made'].mean)} / {_num(c['captions_cached'].mean)} "
-            f"| {_num(c['video_qa_calls'].mean, 2)} | {_num(c['frames_decoded'].mean, 0)} "
-            f"| {_num(c['tokens'].mean, 0)} | {_num(c['seconds'].mean)} |"
+            f"| {_num(c['video_qa_calls'].mean, 2)} / {_num(c['video_qa_from_captions'].mean, 2)} "
+            f"| {_num(c['frames_decoded'].mean, 0)} | {_num(c['tokens'].mean, 0)} "
+            f"| {_num(c['gpu_seconds'].mean)} | {_num(c['seconds'].mean)} |"
+        )
+    return rows
+
+
+def prior_lines(results: Sequence[RunResult]) -> list[str]:
+    """What earlier attempts (interrupted, or replaced by --retry-failed) spent beyond the
+    table's figures, which count each question's final attempt; nothing when none."""
+    lines = []
+    for r in results:
+        p, c = r.metrics.prior, r.metrics.cost
+        if not p.attempts:
+            continue
+        many = "s" if p.attempts > 1 else ""
+        lines.append(
+            f"- {r.label}: {p.attempts} earlier attempt{many} at {p.questions} "
+            f"question{'s' if p.questions > 1 else ''} spent {p.cost.reasoning_calls} reasoning "
+            f"calls, {p.cost.captions_made} captions made, {p.cost.video_qa_calls} video_qa, "
+            f"{_num(p.gpu_seconds)} GPU-equiv. s and {_num(p.seconds)} s; with them a question "
+            f"cost {_num(c['gpu_seconds_spent'].mean)} GPU-equiv. s and "
+            f"{_num(c['seconds_spent'].mean)} s on average, {_num(c['gpu_seconds_spent'].total)} "
+            f"GPU-equiv. s and {_num(c['seconds_spent'].total)} s in all"
+        )
+    if not lines:
+        return []
+    return ["Spent by earlier attempts (not in the tables above):", "", *lines]
+
+
+def _hits(g: GroundingSummary) -> str:
+    return "-" if not g.n else f"{g.hits}/{g.n}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _levels(g: GroundingSummary) -> str:
+    if not g.navigated:
+        return "-"
+    return " / ".join(str(g.levels.get(name, 0)) for name in ("low", "medium", "none"))
+
+
+def grounding_table(results: Sequence[RunResult]) -> list[str]:
+    """Clue hits, span F1 and depth beside accuracy, one row per method and run; nothing when
+    no run has any grounding (no clue intervals, or records older than it)."""
+    if not any(r.metrics.grounding.n or r.metrics.grounding.navigated for r in results):
+        return []
+    head = (
+        "| method | run | accuracy | clue hits | F1 | precision | recall "
+        "| deepest level low / medium / none |"
+    )
+    rows = [head, "|" + "---|" * 8]
+    for r in results:
+        m, g = r.metrics, r.metrics.grounding
+        rows.append(
+            f"| {r.manifest.method} | {r.run} | {_pct(m.accuracy)} | {_hits(g)} "
+            f"| {_ratio(g.f1)} | {_ratio(g.precision)} | {_ratio(g.recall)} | {_levels(g)} |"
         )
     return rows
 
@@ -185,9 +259,11 @@ def category_table(results: Sequence[RunResult]) -> list[str]:
         cells = []
         for r in results:
             score = r.metrics.categories.get(name)
-            cells.append(
-                "-" if score is None else f"{_pct(score.accuracy)} ({score.correct}/{score.n})"
-            )
+            cell = "-" if score is None else f"{_pct(score.accuracy)} ({score.correct}/{score.n})"
+            g = r.metrics.category_grounding.get(name)
+            if score is not None and g is not None and g.n:
+                cell += f"; clue hits {g.hits}/{g.n}, F1 {_ratio(g.f1)}"
+            cells.append(cell)
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
@@ -217,7 +293,19 @@ PARTIAL_NOTE = (
 )
 COST_NOTE = (
     "Costs are means per question over the questions a method ran for; seconds are end "
-    "to end in the harness (decoding, captions made on demand and network included)."
+    "to end in the harness on the machine that ran it (decoding, captions made on demand "
+    "and network included). GPU-equivalent seconds price the calls instead: {prices}; a "
+    "caption served from the store and a video_qa answered from caption notes cost 0 "
+    "(`lvr1 report --price KIND=SECONDS` changes a price)."
+)
+GROUNDING_NOTE = (
+    "Grounding, where the questions have clue intervals: a clue hit is a question where a "
+    "node the method chose to read (a medium or low caption, or a leaf asked with video_qa; "
+    "not the opening's high-level captions, which every method is given) overlaps a clue; "
+    "F1, precision and recall compare the union of the spans read with the union of the "
+    "clue spans, means over the questions with clues. Deepest level counts the questions "
+    "by the finest level read (none: nothing read). `-`: the method reads no node "
+    "(uniform-frames), or the records predate these figures."
 )
 
 
@@ -232,23 +320,31 @@ def partial_lines(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
-def markdown(results: Sequence[RunResult], plot_name: str | None = None) -> str:
-    """The report page: main table, spread, partial runs, per-category accuracy, provenance,
-    plot link. A partial run changes the opening note: its accuracy is not over every question."""
+def markdown(
+    results: Sequence[RunResult], plot_name: str | None = None, prices: GpuPrices | None = None
+) -> str:
+    """The report page: main table, spread, earlier attempts, partial runs, grounding,
+    per-category accuracy, provenance, plot link. A partial run changes the opening note: its
+    accuracy is not over every question. ``prices`` are the ones the metrics were priced with."""
     note = PARTIAL_NOTE if any(r.partial for r in results) else COMPLETE_NOTE
+    cost_note = COST_NOTE.format(prices=(prices or GpuPrices()).describe())
     parts = [
-        f"{note} {COST_NOTE}",
+        f"{note} {cost_note}",
         "",
         *main_table(results),
         "",
         *spread_table(results),
     ]
-    partial = partial_lines(results)
-    if partial:
-        parts += ["", *partial]
+    for section in (prior_lines(results), partial_lines(results)):
+        if section:
+            parts += ["", *section]
+    grounding = grounding_table(results)
+    if grounding:
+        parts += ["", GROUNDING_NOTE, "", *grounding]
     categories = category_table(results)
     if categories:
-        parts += ["", "Accuracy per category:", "", *categories]
+        title = "Accuracy" + (" and grounding" if grounding else "") + " per category:"
+        parts += ["", title, "", *categories]
     parts += ["", "Where the numbers come from:", "", *provenance(results)]
     if plot_name:
         parts += ["", f"![accuracy against cost]({plot_name})"]
@@ -258,11 +354,28 @@ def markdown(results: Sequence[RunResult], plot_name: str | None = None) -> str:
 # the plot ------------------------------------------------------------------------------
 
 
+AXIS_COSTS: dict[str, str] = {
+    "seconds": "seconds",
+    "tokens": "tokens",
+    "gpu-seconds": "gpu_seconds",
+}
+AXIS_LABELS: dict[str, str] = {
+    "seconds": "mean end-to-end seconds per question",
+    "tokens": "mean tokens per question (all models)",
+    "gpu-seconds": "mean GPU-equivalent seconds per question",
+}
+
+
 def _cost(r: RunResult, axis: CostAxis) -> float:
-    return r.metrics.cost["seconds" if axis == "seconds" else "tokens"].mean
+    return r.metrics.cost[AXIS_COSTS[axis]].mean
 
 
-def plot(results: Sequence[RunResult], path: Path, axis: CostAxis = "seconds") -> Path:
+def plot(
+    results: Sequence[RunResult],
+    path: Path,
+    axis: CostAxis = "seconds",
+    prices: GpuPrices | None = None,
+) -> Path:
     """Accuracy against mean cost per question, one point per method and run, in the legend.
 
     Built on a bare Agg canvas (no pyplot), so no global backend or figure
@@ -293,11 +406,14 @@ def plot(results: Sequence[RunResult], path: Path, axis: CostAxis = "seconds") -
     xs = [_cost(r, axis) for r in points if _cost(r, axis) > 0]
     if xs and max(xs) / min(xs) > 30:
         ax.set_xscale("log")
-    ax.set_xlabel(
-        "mean end-to-end seconds per question"
-        if axis == "seconds"
-        else "mean tokens per question (all models)"
-    )
+    label = AXIS_LABELS[axis]
+    if axis == "gpu-seconds":
+        p = prices or GpuPrices()
+        label += (
+            f" (reasoning {p.reasoning:g} s, caption made {p.caption:g} s, "
+            f"video_qa {p.video_qa:g} s)"
+        )
+    ax.set_xlabel(label)
     ax.set_ylabel("accuracy (%), failures counted wrong")
     ax.set_ylim(0, 100)
     ax.set_xlim(left=0 if ax.get_xscale() == "linear" else None)
@@ -319,19 +435,25 @@ class Report:
 
 
 def write_report(
-    out_dirs: Sequence[str | Path], out: str | Path | None = None, axis: CostAxis = "seconds"
+    out_dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    axis: CostAxis = "seconds",
+    prices: GpuPrices | None = None,
 ) -> Report:
-    """Markdown at ``out`` (default ``<first folder>/report.md``), the PNG beside it."""
-    results = collect(out_dirs)
+    """Markdown at ``out`` (default ``<first folder>/report.md``), the PNG beside it; GPU
+    figures priced with ``prices`` (default: the paper's)."""
+    if axis not in COST_AXES:
+        raise ConfigError(f"--x must be one of {', '.join(COST_AXES)}, got {axis!r}")
+    results = collect(out_dirs, prices)
     md_path = Path(out).expanduser() if out else Path(out_dirs[0]).expanduser() / "report.md"
     if md_path.suffix.lower() != ".md":
         raise ConfigError(f"--out names the markdown file and must end in .md, got {md_path}")
     if md_path.is_dir():
         raise ConfigError(f"cannot write {md_path}: it is a folder")
     png_path = md_path.with_suffix(".png")
-    text = markdown(results, png_path.name)
+    text = markdown(results, png_path.name, prices)
     for path, write in (
-        (png_path, lambda: plot(results, png_path, axis)),
+        (png_path, lambda: plot(results, png_path, axis, prices)),
         (md_path, lambda: write_atomic(md_path, text)),
     ):
         try:

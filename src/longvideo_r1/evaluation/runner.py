@@ -35,6 +35,7 @@ from longvideo_r1.evaluation.jobs import (
 from longvideo_r1.evaluation.methods import Method
 from longvideo_r1.evaluation.metrics import compute_metrics
 from longvideo_r1.evaluation.records import (
+    AttemptEnd,
     EvalOutcome,
     ItemRecord,
     QuestionSource,
@@ -44,6 +45,7 @@ from longvideo_r1.evaluation.records import (
     RunWhere,
     config_difference,
     file_sha256,
+    with_prior,
 )
 from longvideo_r1.options import option
 from longvideo_r1.questions.schema import Question
@@ -238,12 +240,21 @@ class Evaluator:
         """(interrupted, questions answered and recorded in this run, why it stopped early)."""
         known = dict(done)
         ran: set[str] = set()
+        spent: list[Answered] = []
         streak = ErrorStreak(self.options.max_consecutive_errors)
         stopped: str | None = None
 
         def keep(answered: Answered) -> None:
+            if answered.partial:  # interrupted midway: no result, but its cost is kept
+                if not any(a is answered for a in spent):  # nor twice, after a handover
+                    spent.append(answered)
+                    self._write_attempt(answered.record, "interrupted")
+                return
             if answered.record.question_id in ran:  # drain() hands back one left mid-handover
                 return
+            old = known.get(answered.record.question_id)
+            if old is not None and old.ran:  # retry_failed: what the old record spent stays
+                self._write_attempt(old, "replaced")
             self._write(answered)
             known[answered.record.question_id] = answered.record
             ran.add(answered.record.question_id)
@@ -254,6 +265,8 @@ class Evaluator:
             try:
                 for answered in engine.results(todo):
                     keep(answered)
+                    if answered.partial:
+                        continue
                     stopped = streak.add(answered.record)
                     if stopped is not None:
                         break
@@ -271,15 +284,30 @@ class Evaluator:
         return False, len(ran), stopped
 
     def _write(self, answered: Answered) -> None:
-        """The trace, then the record that points to it: a record is never without its trace."""
+        """The trace, then the record that points to it: a record is never without its trace.
+        The record sums what earlier attempts at its question spent."""
         record = answered.record
         try:
+            record = with_prior(record, self.folder.attempts_of(record.question_id))
+            answered.record = record
             if answered.trace is not None:
                 answered.trace.save(self.folder.trace_path(record.question_id))
             self.folder.write_record(record)
         except OSError as exc:
             raise ConfigError(
                 f"cannot write the result of {record.question_id!r} under {self.folder.root}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def _write_attempt(self, record: ItemRecord, ended: AttemptEnd) -> None:
+        """Keep what an attempt spent, for the question's final record to sum."""
+        try:
+            self.folder.write_attempt(
+                record.question_id, ended, record.cost, record.seconds, record.reason
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write an attempt of {record.question_id!r} under {self.folder.root}: "
                 f"{exc.strerror or exc}"
             ) from None
 
