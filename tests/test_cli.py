@@ -552,3 +552,30 @@ def test_agent_flags_build_the_agent_config(store, monkeypatch):
     )
     default = build_parser().parse_args(["ask", "v.mp4", "q"])
     assert _agent_config(default, _settings(default)) == AgentConfig(answer_form="letter")
+
+
+def test_the_levers_for_small_navigators_are_flags(store, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--min-depth N Admit an answer only after a caption at this depth" in out
+    assert "--guide N Retrieval-guided navigation" in out and "(default: 0)" in out
+    args = build_parser().parse_args(["ask", "v.mp4", "q", "--min-depth", "2", "--guide", "3"])
+    config = _agent_config(args, _settings(args))
+    assert (config.min_depth, config.guide) == (2, 3)
+    assert config.variant == "retrieval-guided-bm25-k3-min-depth-2"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--min-depth", "4"], "min_depth must be 0 (off) to 3 (a low caption), got 4"),
+        (["--guide", "-1"], "guide must be 0 (off) or more, got -1"),
+    ],
+)
+def test_bad_lever_values_are_one_line(flags, fragment, store, tmp_path, capsys):
+    code, _, err = run(capsys, "ask", str(tmp_path / "absent.mp4"), "q", *flags)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lvr1 ask: error: ") and fragment in lines[0]

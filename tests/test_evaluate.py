@@ -436,3 +436,21 @@ def test_every_method_travels_to_ray_workers(name, tmp_path):
     copy = pickle.loads(pickle.dumps(job))
     assert copy.method.params() == method.params() and copy.settings == settings
     assert copy.worker(0, 1).make_backend is not None or not method.needs_reasoning
+
+
+def test_a_guided_run_is_named_retrieval_guided_and_records_its_levers(
+    test_video, testbench_store, tmp_path, capsys
+):
+    with RuleServer(lambda body: Say(THINK_B)) as server:
+        argv = eval_argv(test_video, tmp_path, testbench_store, server.base_url, "--limit", "1")
+        main([*argv, "--guide", "2", "--min-depth", "2"])
+    manifest = json.loads((tmp_path / "agent" / "run.json").read_text())
+    assert manifest["method"] == "agent"
+    assert manifest["variant"] == "retrieval-guided-bm25-k2-min-depth-2"
+    assert (manifest["params"]["guide"], manifest["params"]["min_depth"]) == (2, 2)
+    (record,) = read_records(tmp_path / "agent")
+    assert record["variant"] == manifest["variant"]
+    trace = Trace.load(tmp_path / "agent" / record["trace"])
+    assert len(trace.rounds[0].offered or ()) == 2  # the guide offered two segments
+    assert "no answer is accepted before" in (trace.rounds[0].parse_error or "")
+    assert make_method(MethodOptions(), settings_for(tmp_path)).variant == "agent"
