@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.store import CaptionRecord, CaptionStore, VideoRecord
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
+from longvideo_r1.cli.render import print_answer
 from longvideo_r1.media.video import file_fingerprint
 from longvideo_r1.options import field_help
 from longvideo_r1.testing.testbench import load_testbench
@@ -579,3 +583,19 @@ def test_bad_lever_values_are_one_line(flags, fragment, store, tmp_path, capsys)
     assert code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lvr1 ask: error: ") and fragment in lines[0]
+
+
+def test_ask_says_when_a_run_was_guided_or_answered_above_min_depth():
+    def shown(**fields) -> str:
+        out = StringIO()
+        trace = Trace(question="q", duration=10.0, width=4, status="answered", answer="B")
+        print_answer(trace.model_copy(update=fields), None, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "retrieval-guided" not in shown(config={"guide": 0})
+    assert "retrieval-guided: get_caption offered the 2 unread segments" in shown(
+        config={"guide": 2}
+    )
+    late = shown(config={"min_depth": 3}, min_depth_met=False)
+    assert "answered in a last round before any caption at depth 3 was read" in late
+    assert "--min-depth" not in shown(config={"min_depth": 3}, min_depth_met=True)
