@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from longvideo_r1.agent.guide import (
 )
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
+from longvideo_r1.errors import ConfigError
 from longvideo_r1.media.subtitles import Cue
 from longvideo_r1.tree import Node, NodeId, Tree
 
@@ -123,3 +125,9 @@ def test_runs_are_named_by_their_levers():
     assert agent_variant(2) == "retrieval-guided-bm25-k2"
     assert agent_variant(0, 2) == "agent-min-depth-2"
     assert agent_variant(3, 3) == "retrieval-guided-bm25-k3-min-depth-3"
+
+
+def test_a_missing_bm25_library_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bm25s", None)  # import bm25s now raises ImportError
+    with pytest.raises(ConfigError, match="--guide needs the bm25s package.*pip install bm25s"):
+        bm25_scores("bus", ["a bus"])
