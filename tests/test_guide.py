@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers_captions import FakeContext, FakeInfo, FakeVideo
-from test_tools import TextCaptioner
+from test_tools import ScriptedAnswerer, TextCaptioner
 
 from longvideo_r1.agent.guide import (
     Guide,
@@ -16,6 +16,8 @@ from longvideo_r1.agent.guide import (
     bm25_scores,
     frontier,
 )
+from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import ConfigError
@@ -127,7 +129,11 @@ def test_runs_are_named_by_their_levers():
     assert agent_variant(3, 3) == "retrieval-guided-bm25-k3-min-depth-3"
 
 
-def test_a_missing_bm25_library_is_one_line(monkeypatch):
+def test_a_missing_bm25_library_is_one_line_before_any_model_call(monkeypatch, service):
     monkeypatch.setitem(sys.modules, "bm25s", None)  # import bm25s now raises ImportError
     with pytest.raises(ConfigError, match="--guide needs the bm25s package.*pip install bm25s"):
         bm25_scores("bus", ["a bus"])
+    tools = ToolBox(TREE, GetCaption(service), VideoQA(ScriptedAnswerer(answers=[]), TREE))
+    with pytest.raises(ConfigError, match="--guide needs the bm25s package"):
+        Navigator(None, tools, TREE, AgentConfig(guide=2))  # type: ignore[arg-type]
+    Navigator(None, tools, TREE, AgentConfig())  # type: ignore[arg-type]  # unguided: no BM25

@@ -61,7 +61,7 @@ def bm25_scores(query: str, documents: Sequence[str]) -> list[float]:
     Okapi's idf would turn it against them. All zeros when the query or
     every document has no word left.
     """
-    bm25s = _bm25s()
+    bm25s = require_ranker()
     docs = bm25s.tokenize(list(documents), stopwords="en", show_progress=False, return_ids=False)
     words = bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
     if not words or not any(docs):
@@ -71,8 +71,9 @@ def bm25_scores(query: str, documents: Sequence[str]) -> list[float]:
     return [float(score) for score in index.get_scores(list(words))]
 
 
-def _bm25s() -> Any:
-    """The BM25 library, imported when a guide first ranks (it loads scipy)."""
+def require_ranker() -> Any:
+    """The BM25 library, imported when a guided navigator is made (it loads scipy), so a
+    missing package stops the run before any model call, in one line."""
     try:
         import bm25s
     except ImportError:

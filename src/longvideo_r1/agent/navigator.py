@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
 from longvideo_r1.agent import grammar, prompts, protocol, replies
-from longvideo_r1.agent.guide import Guide, StoredTexts, agent_variant
+from longvideo_r1.agent.guide import Guide, StoredTexts, agent_variant, require_ranker
 from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply, check_question
 from longvideo_r1.agent.tools import ToolBox, ToolResult
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Status, Trace
@@ -271,6 +271,8 @@ class Navigator:
         self.tree = tree
         self.config = config or AgentConfig()
         self._clock = clock
+        if self.config.guide:
+            require_ranker()
 
     def run(
         self,
