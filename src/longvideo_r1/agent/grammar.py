@@ -3,8 +3,9 @@
 One round's :class:`ReplyRules` (ids not yet read, video_qa on read leaves
 while its budget lasts, the answer form, only an answer on the last round,
 and the levers for small navigators: no answer before a caption at
-``min_depth`` was read, get_caption only on the ids a guide offers) become a grammar for llama.cpp, vLLM and SGLang alike. The answers it admits
-are checked with the parser itself, so the grammar can never admit a reply
+``min_depth`` was read, get_caption only on the ids a guide offers) become a
+grammar for llama.cpp, vLLM and SGLang alike. The answers it admits are
+checked with the parser itself, so the grammar can never admit a reply
 :func:`~longvideo_r1.agent.replies.parse_reply` would read otherwise; the
 same check gives the answer a training target writes (:func:`answer_in_form`).
 """
