@@ -15,6 +15,10 @@ little. Printed per model:
   interval; clue-low: the same for a low-level (leaf) visit;
 - rounds: mean model turns per question; s/q: mean seconds per question.
 
+``--min-depth N`` and ``--guide K`` set the levers for small navigators
+(docs/protocol.md); a guided run is printed as retrieval-guided, never as the
+model's own navigation.
+
     python benchmarks/bench_navigator.py --models smollm2-135m runs/sft-nano/navigator.gguf \
         --questions 24 --seed 7000 --json runs/bench-navigator.json
 
@@ -115,15 +119,25 @@ def main() -> int:
         default="caption",
         help="caption: the leaf's caption answers; oracle: the right option, wherever asked",
     )
+    parser.add_argument("--min-depth", type=int, default=0, help="AgentConfig.min_depth (0: off)")
+    parser.add_argument(
+        "--guide", type=int, default=0, help="AgentConfig.guide: retrieval-guided (0: off)"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure and item here")
     args = parser.parse_args()
 
     items = synthetic_dataset(args.questions, seed=args.seed)
-    config = AgentConfig(max_rounds=args.max_rounds, max_reply_tokens=args.max_reply_tokens)
+    config = AgentConfig(
+        max_rounds=args.max_rounds,
+        max_reply_tokens=args.max_reply_tokens,
+        min_depth=args.min_depth,
+        guide=args.guide,
+    )
     results = []
     for model in args.models:
         result = run_model(model, items, config, ANSWERERS[args.video_qa])
-        results.append({"video_qa": args.video_qa, **result})
+        results.append({"video_qa": args.video_qa, "variant": config.variant, **result})
+    print(f"variant: {config.variant}")
     print(
         f"{'model':<40} {'parsed':>7} {'answered':>9} {'right':>6} {'clue':>6} "
         f"{'clue-low':>9} {'rounds':>7} {'s/q':>6}"

@@ -15,19 +15,16 @@ from scripted_server import Fail, Hangup, Say, ScriptedChatServer
 from test_tools import CAPTIONS, ScriptedAnswerer, TextCaptioner
 
 from longvideo_r1.agent import grammar, prompts, protocol
-from longvideo_r1.agent.navigator import (
-    AgentConfig,
-    Navigator,
-    RunInterrupted,
-    check_question,
-)
+from longvideo_r1.agent.navigator import AgentConfig, Navigator, RunInterrupted
 from longvideo_r1.agent.prompts import budget_notice
+from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.agent.trace import Round, Trace
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.server import OpenAIBackend
+from longvideo_r1.media.subtitles import Cue
 from longvideo_r1.tree import Tree
 
 QUESTION = "What vehicle passes the bakery?"
@@ -655,3 +652,97 @@ def test_constrain_off_sends_no_probe_and_no_grammar(world: World):
         AgentConfig(constrain="always")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="answer_form must be auto or one of"):
         AgentConfig(answer_form="number")  # type: ignore[arg-type]
+
+
+# the levers for small navigators: --min-depth and --guide ---------------------------------
+
+EARLY = "<think>Traffic passes the bakery: a bus.</think>\n<answer>a blue bus</answer>"
+
+
+def test_min_depth_refuses_an_early_answer_of_an_unconstrained_model(world: World):
+    script = [EARLY, GET_3_2, EARLY]
+    with ScriptedChatServer(script) as server:  # a server that takes no grammar
+        trace = world.navigator(server, min_depth=2).run(QUESTION, CHOICES)
+
+    assert (trace.status, trace.answer) == ("answered", "B")
+    assert [r.kind for r in trace.rounds] == ["parse_error", "get_caption", "answer"]
+    refusal = trace.rounds[0].parse_error or ""
+    assert refusal.startswith("no answer is accepted before you have read a medium-level")
+    assert server.messages(1)[-1] == user(prompts.error_message(refusal))
+    assert trace.min_depth_met is True
+    assert (trace.config["min_depth"], trace.config["guide"]) == (2, 0)
+
+
+def test_min_depth_leaves_the_answer_out_of_the_grammar_until_a_caption_that_deep(world: World):
+    script = [GET_3_2, EARLY]
+    with ScriptedChatServer(script, grammar_field="grammar") as server:
+        trace = world.navigator(server, min_depth=2).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and trace.min_depth_met is True
+    assert server.grammars == [
+        expected_grammar(set(), min_depth=2),
+        expected_grammar({(3, 2)}, min_depth=2),
+    ]
+    assert "answer ::=" not in server.grammars[0] and "answer ::=" in server.grammars[1]
+
+
+def test_the_last_round_admits_the_answer_below_min_depth_and_the_trace_says_so(world: World):
+    script = [GET_3_2, EARLY]
+    with ScriptedChatServer(script, grammar_field="grammar") as server:
+        trace = world.navigator(server, min_depth=3, max_rounds=2).run(QUESTION, CHOICES)
+    assert trace.status == "answered" and trace.rounds[1].forced
+    assert trace.min_depth_met is False  # answered from a medium caption: recorded
+    assert "answer ::=" not in server.grammars[0]
+    assert "answer ::=" in server.grammars[1] and "tool ::=" not in server.grammars[1]
+
+
+def _spoken(world: World) -> None:
+    """Speech that names the question's words in (3, 2) and, less of them, in (2, 1)."""
+    world.service.cues = (
+        Cue(85.0, 88.0, "A bus passes the bakery."),  # (3, 2): its leaves 1 and 2
+        Cue(40.0, 42.0, "Fresh bread at the bakery."),  # (2, 1)
+    )
+
+
+def test_the_guide_offers_its_k_best_ids_and_refuses_others_unconstrained(world: World):
+    _spoken(world)
+    other = "<think>The last clip.</think>\n<tool>get_caption((3, 2, 4))</tool>"
+    take = "<think>Where the bus passes.</think>\n<tool>get_caption((3, 2, 2))</tool>"
+    with ScriptedChatServer([GET_3_2, other, take, ANSWER_B]) as server:
+        trace = world.navigator(server, guide=2).run(QUESTION, CHOICES)
+
+    assert (trace.status, trace.answer) == ("answered", "B")
+    assert [r.kind for r in trace.rounds] == ["get_caption", "parse_error", "get_caption", "answer"]
+    assert [r.offered for r in trace.rounds[:3]] == [
+        [(3, 2), (2, 1)],
+        [(3, 2, 1), (3, 2, 2)],  # down from what was read, where the words are
+        [(3, 2, 1), (3, 2, 2)],
+    ]
+    assert trace.rounds[1].parse_error == (
+        "get_caption((3, 2, 4)) is not offered in this round; ask for one of (3, 2, 1), (3, 2, 2)"
+    )
+    assert world.captioner.calls[-2:] == [(3, 2), (3, 2, 2)]  # ranking made no caption
+    assert trace.config["guide"] == 2
+
+
+def test_the_guide_narrows_the_grammar_to_its_offer(world: World):
+    _spoken(world)
+    with ScriptedChatServer([GET_3_2, ANSWER_B], grammar_field="grammar") as server:
+        trace = world.navigator(server, guide=2).run(QUESTION, CHOICES)
+    assert trace.status == "answered"
+    assert server.grammars == [
+        expected_grammar(set(), offered=((3, 2), (2, 1))),
+        expected_grammar({(3, 2)}, offered=((3, 2, 1), (3, 2, 2))),
+    ]
+    first = grammar.reply_grammars(
+        grammar.ReplyRules(width=4, fetched=frozenset(HIGHS), offered=((3, 2), (2, 1)))
+    )[0]
+    assert first.admits("<think>x</think>\n<tool>get_caption((2, 1))</tool>")
+    assert not first.admits("<think>x</think>\n<tool>get_caption((1, 1))</tool>")
+
+
+def test_lever_settings_are_checked():
+    assert AgentConfig(min_depth=3, guide=2).variant == "retrieval-guided-bm25-k2-min-depth-3"
+    with pytest.raises(ConfigError, match="min_depth must be 0 \\(off\\) to 3"):
+        AgentConfig(min_depth=4)
+    with pytest.raises(ConfigError, match="guide must be 0 \\(off\\) or more"):
+        AgentConfig(guide=-1)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
 from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.reference import reference_document
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.cli.common import _agent_config, _settings
 from longvideo_r1.cli.main import build_parser, main
+from longvideo_r1.cli.render import print_answer
 from longvideo_r1.llm import weights
 from longvideo_r1.media.video import Video, file_fingerprint
 from longvideo_r1.options import field_help
@@ -725,3 +729,46 @@ def test_agent_flags_build_the_agent_config(store, monkeypatch):
     )
     default = build_parser().parse_args(["ask", "v.mp4", "q"])
     assert _agent_config(default, _settings(default)) == AgentConfig(answer_form="letter")
+
+
+def test_the_levers_for_small_navigators_are_flags(store, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--min-depth N Admit an answer only after a caption at this depth" in out
+    assert "--guide N Retrieval-guided navigation" in out and "(default: 0)" in out
+    args = build_parser().parse_args(["ask", "v.mp4", "q", "--min-depth", "2", "--guide", "3"])
+    config = _agent_config(args, _settings(args))
+    assert (config.min_depth, config.guide) == (2, 3)
+    assert config.variant == "retrieval-guided-bm25-k3-min-depth-2"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--min-depth", "4"], "min_depth must be 0 (off) to 3 (a low caption), got 4"),
+        (["--guide", "-1"], "guide must be 0 (off) or more, got -1"),
+    ],
+)
+def test_bad_lever_values_are_one_line(flags, fragment, store, tmp_path, capsys):
+    code, _, err = run(capsys, "ask", str(tmp_path / "absent.mp4"), "q", *flags)
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lvr1 ask: error: ") and fragment in lines[0]
+
+
+def test_ask_says_when_a_run_was_guided_or_answered_above_min_depth():
+    def shown(**fields) -> str:
+        out = StringIO()
+        trace = Trace(question="q", duration=10.0, width=4, status="answered", answer="B")
+        print_answer(trace.model_copy(update=fields), None, Console(file=out, width=200))
+        return out.getvalue()
+
+    assert "retrieval-guided" not in shown(config={"guide": 0})
+    assert "retrieval-guided: get_caption offered the 2 unread segments" in shown(
+        config={"guide": 2}
+    )
+    late = shown(config={"min_depth": 3}, min_depth_met=False)
+    assert "answered in a last round before any caption at depth 3 was read" in late
+    assert "--min-depth" not in shown(config={"min_depth": 3}, min_depth_met=True)

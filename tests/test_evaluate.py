@@ -340,6 +340,25 @@ def test_another_configuration_is_refused_in_one_line(
     assert "parameter max_rounds was 30, now 5" in err_rounds
 
 
+def test_a_folder_from_before_a_new_agent_setting_resumes_while_it_keeps_its_default(
+    test_video, testbench_store, tmp_path, capsys
+):
+    with RuleServer(lambda body: Say(THINK_B)) as server:
+        argv = eval_argv(test_video, tmp_path, testbench_store, server.base_url, "--limit", "1")
+        assert main(argv) == 0
+        manifest_path = tmp_path / "agent" / "run.json"
+        manifest = json.loads(manifest_path.read_text())
+        for added in ("min_depth", "guide"):  # as a run.json written before these settings
+            del manifest["params"][added]
+        manifest_path.write_text(json.dumps(manifest))
+        capsys.readouterr()
+        assert main([*argv[:-2], "--limit", "2"]) == 0
+        assert main([*argv, "--min-depth", "2"]) == 2
+        err = capsys.readouterr().err.strip()
+    assert len(read_records(tmp_path / "agent")) == 2
+    assert "variant was 'agent', now 'agent-min-depth-2'" in err
+
+
 @pytest.mark.parametrize(
     "where, says",
     [
@@ -746,3 +765,21 @@ def test_the_manifest_names_navigable_captions_apart():
     before, after = agent.identities(plain, "r")["caption"], agent.identities(nav, "r")["caption"]
     assert after == before + "-nav1"
     assert video_qa_identity(nav) == f"captions:{after}"
+
+
+def test_a_guided_run_is_named_retrieval_guided_and_records_its_levers(
+    test_video, testbench_store, tmp_path, capsys
+):
+    with RuleServer(lambda body: Say(THINK_B)) as server:
+        argv = eval_argv(test_video, tmp_path, testbench_store, server.base_url, "--limit", "1")
+        main([*argv, "--guide", "2", "--min-depth", "2"])
+    manifest = json.loads((tmp_path / "agent" / "run.json").read_text())
+    assert manifest["method"] == "agent"
+    assert manifest["variant"] == "retrieval-guided-bm25-k2-min-depth-2"
+    assert (manifest["params"]["guide"], manifest["params"]["min_depth"]) == (2, 2)
+    (record,) = read_records(tmp_path / "agent")
+    assert record["variant"] == manifest["variant"]
+    trace = Trace.load(tmp_path / "agent" / record["trace"])
+    assert len(trace.rounds[0].offered or ()) == 2  # the guide offered two segments
+    assert "no answer is accepted before" in (trace.rounds[0].parse_error or "")
+    assert make_method(MethodOptions(), settings_for(tmp_path)).variant == "agent"

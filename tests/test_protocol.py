@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longvideo_r1.agent.grammar import ReplyRules, answer_in_form, reply_constraint, reply_grammars
-from longvideo_r1.agent.navigator import check_question
 from longvideo_r1.agent.prompts import (
     caption_observation,
     error_message,
@@ -28,6 +27,7 @@ from longvideo_r1.agent.protocol import (
     Answer,
     ParseError,
     Reply,
+    check_question,
     format_call,
     join_reasoning,
     normalize_answer,
@@ -37,7 +37,7 @@ from longvideo_r1.agent.protocol import (
     render_tool_call,
 )
 from longvideo_r1.agent.replies import parse_reply
-from longvideo_r1.agent.toolcalls import check_action
+from longvideo_r1.agent.toolcalls import RoundLimits, check_action
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.tree import Tree, format_node_id
 
@@ -534,14 +534,18 @@ def test_normalize_answer_edges():
 # the reply grammar ------------------------------------------------------------------------
 
 
-def _respects(rules: ReplyRules, text: str) -> bool:
-    """Whether the parser reads ``text`` as canonical and the reply keeps the round's rules."""
+def _respects(rules: ReplyRules, text: str, levers: bool = True) -> bool:
+    """Whether the parser reads ``text`` as canonical and the reply keeps the round's rules
+    (``levers``: min_depth and the guide's offer too, worked out here apart from the grammar)."""
     tree = Tree(duration=100.0, n_frames=1000, width=rules.width)
     fetched = rules.fetched if rules.require_fetched_leaf else None
     reply = parse_reply(text, tree, rules.choices, fetched)
     if not reply.canonical:
         return False
     if reply.answer is not None:
+        deep = rules.min_depth <= 1 or any(len(f) >= rules.min_depth for f in rules.fetched)
+        if levers and not deep and _calls_left(rules):
+            return False
         if not rules.choices:
             return True
         letters = [chr(65 + i) for i in range(len(rules.choices))]
@@ -553,12 +557,31 @@ def _respects(rules: ReplyRules, text: str) -> bool:
     if not rules.tools:
         return False
     if action.tool == "get_caption":
-        return rules.get_caption and action.node_id not in rules.fetched
+        offered = not levers or rules.offered is None or action.node_id in rules.offered
+        return rules.get_caption and action.node_id not in rules.fetched and offered
     return (
         rules.video_qa
         and action.node_id not in rules.refused
         and (not rules.require_fetched_leaf or action.node_id in rules.fetched)
     )
+
+
+def _calls_left(rules: ReplyRules) -> bool:
+    """Whether any tool call keeps the round's rules (then min_depth may hold an answer back)."""
+    if not rules.tools:
+        return False
+    ids = [i for i in _all_ids(rules.width) if len(i) > 1]
+    captions = [i for i in ids if i not in rules.fetched]
+    if rules.offered is not None:
+        captions = [i for i in captions if i in rules.offered]
+    leaves = [
+        i
+        for i in ids
+        if len(i) == 3
+        and i not in rules.refused
+        and (not rules.require_fetched_leaf or i in rules.fetched)
+    ]
+    return bool((rules.get_caption and captions) or (rules.video_qa and leaves))
 
 
 def _all_ids(width: int) -> list[tuple[int, ...]]:
@@ -585,6 +608,13 @@ def reply_rules(draw) -> ReplyRules:
     fetched = draw(st.sets(st.sampled_from(ids), max_size=len(ids)))
     leaves = [i for i in ids if len(i) == 3]
     choices = draw(st.one_of(st.none(), st.lists(_OPTION_TEXT, min_size=2, max_size=5)))
+    unread = [i for i in ids if i not in fetched]
+    offered = draw(
+        st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(unread), unique=True, max_size=3) if unread else st.just([]),
+        )
+    )
     return ReplyRules(
         width=width,
         fetched=frozenset({*((h,) for h in range(1, width + 1)), *fetched}),
@@ -595,6 +625,8 @@ def reply_rules(draw) -> ReplyRules:
         video_qa=draw(st.booleans()),
         require_fetched_leaf=draw(st.booleans()),
         refused=frozenset(draw(st.sets(st.sampled_from(leaves), max_size=4))),
+        min_depth=draw(st.integers(0, 3)),
+        offered=None if offered is None else tuple(offered),
     )
 
 
@@ -638,10 +670,38 @@ def test_the_grammar_admits_exactly_the_allowed_calls_and_answers(rules):
         text = f"<think>why</think>\n<answer>{body}</answer>"
         if whole.admits(text):
             assert _respects(rules, text), text
-    # every option stays answerable, whatever its text
+    # every option stays answerable, whatever its text, once min_depth lets the model answer
+    deep = rules.min_depth <= 1 or any(len(f) >= rules.min_depth for f in rules.fetched)
     for letter in letters:
         written = answer_in_form(letter, rules.choices, rules.answer_form)
-        assert whole.admits(f"<think>x</think>\n<answer>{written}</answer>")
+        admitted = whole.admits(f"<think>x</think>\n<answer>{written}</answer>")
+        assert admitted == (deep or not _calls_left(rules))
+
+
+@settings(max_examples=60)
+@given(rules=reply_rules())
+def test_the_parser_refuses_what_the_levers_leave_out_of_the_grammar(rules):
+    """Decoded without the grammar, a reply that min_depth or the guide rules out is refused
+    by the parser given the round's limits, and one the grammar admits is read as before."""
+    try:
+        check_question("q", list(rules.choices) if rules.choices else None)
+    except ConfigError:
+        return
+    whole, _tail = reply_grammars(rules)
+    tree = Tree(duration=100.0, n_frames=1000, width=rules.width)
+    fetched = rules.fetched if rules.require_fetched_leaf else None
+    ids = [i for i in _all_ids(rules.width) if len(i) > 1]
+    texts = [render_reply("why", Action("get_caption", i)) for i in ids]
+    letters = [chr(65 + i) for i in range(len(rules.choices or ()))]
+    for body in [*(answer_in_form(x, rules.choices, rules.answer_form) for x in letters), "7"]:
+        texts.append(f"<think>why</think>\n<answer>{body}</answer>")
+    for text in texts:
+        if not _respects(rules, text, levers=False):
+            continue  # refused (or not canonical) whatever the levers say
+        limited = parse_reply(text, tree, rules.choices, fetched, rules.limits())
+        assert (limited.error is None) == whole.admits(text), text
+        if limited.error is None:
+            assert limited == parse_reply(text, tree, rules.choices, fetched), text
 
 
 def test_near_misses_are_not_admitted():
@@ -733,3 +793,92 @@ def test_the_parser_and_the_tools_check_calls_with_one_rule_set():
     )
     assert "unknown tool" in check_action(Action("look", (1, 2)), TREE)  # type: ignore[arg-type]
     assert "not a segment id" in check_action(Action("get_caption", ("a", 2)), TREE)  # type: ignore[arg-type]
+
+
+# the levers for small navigators: min_depth and the guide's offer ---------------------------
+
+HIGHS_4 = frozenset({(1,), (2,), (3,), (4,)})
+GET = "<think>x</think>\n<tool>get_caption({})</tool>"
+ANSWER = "<think>x</think>\n<answer>a blue bus</answer>"
+
+
+def test_min_depth_holds_the_answer_back_until_a_caption_that_deep_is_read():
+    base = {"width": 4, "choices": tuple(CHOICES), "answer_form": "text"}
+    cases = [  # (min_depth, read beyond the high captions, answer admitted)
+        (0, set(), True),
+        (1, set(), True),  # the high captions are read from the start
+        (2, set(), False),
+        (2, {(3, 2)}, True),
+        (2, {(3, 2, 4)}, True),  # deeper counts
+        (3, {(3, 2)}, False),
+        (3, {(3, 2), (3, 2, 4)}, True),
+    ]
+    for min_depth, read, admitted in cases:
+        rules = ReplyRules(fetched=HIGHS_4 | read, min_depth=min_depth, **base)
+        whole, tail = reply_grammars(rules)
+        assert whole.admits(ANSWER) == admitted == rules.answer_open, (min_depth, read)
+        assert tail.admits("\n<answer>a blue bus</answer>") == admitted
+        assert whole.admits(GET.format("(1, 1)"))  # reading stays admitted
+        reply = parse_reply(ANSWER, TREE, CHOICES, rules.fetched, rules.limits())
+        assert (reply.answer is not None) == admitted
+    early = ReplyRules(fetched=HIGHS_4, min_depth=2, **base)
+    reply = parse_reply(ANSWER, TREE, CHOICES, limits=early.limits())
+    assert reply.error == ParseError(
+        "no answer is accepted before you have read a medium-level or low-level caption; "
+        "call get_caption((h, m)) first, and answer after reading it"
+    )
+    assert "answer" not in reply_constraint(early).grammar.split("action ::= ")[1].split("\n")[0]
+
+
+def test_a_round_with_no_tool_call_left_always_admits_the_answer():
+    base = {"width": 4, "choices": tuple(CHOICES), "answer_form": "text", "min_depth": 3}
+    for rules in [
+        ReplyRules(fetched=HIGHS_4, tools=False, **base),  # the last round
+        ReplyRules(fetched=HIGHS_4, get_caption=False, **base),  # budget spent, no leaf read
+        ReplyRules(fetched=HIGHS_4 | {(1, 1)}, offered=(), video_qa=False, **base),
+    ]:
+        whole, _tail = reply_grammars(rules)
+        assert rules.answer_open and whole.admits(ANSWER)
+        assert parse_reply(ANSWER, TREE, CHOICES, limits=rules.limits()).answer is not None
+
+
+def test_the_guide_offers_get_caption_only_on_its_ids():
+    rules = ReplyRules(
+        width=4,
+        fetched=HIGHS_4 | {(3, 2)},
+        choices=tuple(CHOICES),
+        answer_form="text",
+        offered=((3, 2, 4), (1, 3)),
+    )
+    whole, _tail = reply_grammars(rules)
+    assert whole.admits(GET.format("(3, 2, 4)")) and whole.admits(GET.format("(1, 3)"))
+    for other in ("(1, 1)", "(3, 2, 1)", "(3, 2)", "(4, 4, 4)"):
+        assert not whole.admits(GET.format(other)), other
+    assert whole.admits(ANSWER)  # min_depth is off: the guide alone does not hold it back
+    limits = rules.limits()
+    assert limits == RoundLimits(min_depth=0, answer_open=True, offered=((3, 2, 4), (1, 3)))
+    refused = parse_reply(GET.format("(1, 1)"), TREE, CHOICES, limits=limits)
+    message = "get_caption((1, 1)) is not offered in this round; ask for one of (3, 2, 4), (1, 3)"
+    assert refused.error == ParseError(message)
+    assert check_action(Action("get_caption", (1, 1)), TREE, offered=limits.offered) == message
+    taken = parse_reply(GET.format("(1, 3)"), TREE, CHOICES, limits=limits)
+    assert taken.action == Action("get_caption", (1, 3))
+    # video_qa is not the guide's business; range errors still come first
+    qa = '<think>x</think>\n<tool>video_qa((1, 1, 1), "what?")</tool>'
+    assert parse_reply(qa, TREE, CHOICES, limits=limits).action is not None
+    out_of_range = parse_reply(GET.format("(5, 1)"), TREE, CHOICES, limits=limits)
+    assert "out of range" in out_of_range.error.message
+    nothing = RoundLimits(offered=())
+    assert (
+        "no segment is left to read"
+        in parse_reply(GET.format("(1, 3)"), TREE, CHOICES, limits=nothing).error.message
+    )
+
+
+def test_an_early_answer_names_the_guides_best_id():
+    limits = RoundLimits(min_depth=3, answer_open=False, offered=((2, 4, 1), (2, 3)))
+    reply = parse_reply(ANSWER, TREE, CHOICES, limits=limits)
+    assert reply.error == ParseError(
+        "no answer is accepted before you have read a low-level caption; call "
+        "get_caption((2, 4, 1)) first, and answer after reading it"
+    )

@@ -19,6 +19,7 @@ from helpers_eval import RuleServer
 from scripted_server import Fail, Say, ScriptedChatServer, Step
 
 from longvideo_r1.agent import grammar, prompts, replies
+from longvideo_r1.agent.guide import Guide, StoredTexts
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.cli.main import main
@@ -38,7 +39,13 @@ from longvideo_r1.training.oracle import (
 from longvideo_r1.training.records import TrajectoryError, TrajectoryFolder, load_records
 from longvideo_r1.training.synthetic import synthetic_dataset, synthetic_tree_captions
 from longvideo_r1.training.teacher import TeacherConfig, generate_teacher, teach_question
-from longvideo_r1.training.trees import CaptionTree, MappingTrees, StoreTrees, unavailable_trees
+from longvideo_r1.training.trees import (
+    CachedCaptions,
+    CaptionTree,
+    MappingTrees,
+    StoreTrees,
+    unavailable_trees,
+)
 from longvideo_r1.tree import Tree
 
 # a hand-made world: 150 s at width 4 (high 37.5 s, medium 9.375 s, low 2.34 s) ---------------
@@ -674,3 +681,16 @@ def user(text: str) -> dict[str, str]:
 
 def assistant(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
+
+
+def test_the_guide_ranks_a_cached_caption_tree_by_its_captions():
+    """Teacher runs and bench_navigator serve captions from a CaptionTree: the guide reads them."""
+    tree = Tree.for_video(150.0, 1500, width=4)
+    captions = {n.id: f"Street scene {n.label}." for d in (1, 2, 3) for n in tree.nodes(d)}
+    captions[(2, 3)] = "A blue bus stops by the bakery."
+    del captions[(4, 4)]
+    source = CachedCaptions(CaptionTree("v", tree, captions))
+    assert source.cached((2, 3)).text == "A blue bus stops by the bakery."
+    assert source.cached((4, 4)) is None  # missing: nothing to rank it by, no error
+    guide = Guide(tree, StoredTexts(source), "Which bus stops by the bakery?", k=1)
+    assert guide.offered({(1,), (2,), (3,), (4,)}) == ((2, 3),)

@@ -245,13 +245,21 @@ def load_settings(
     return settings
 
 
-def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+def first_difference(
+    old: Mapping[str, Any], new: Mapping[str, Any], absent_as: Mapping[str, Any] | None = None
+) -> str | None:
     """The first setting that differs between two flat mappings, worded for a refusal.
 
     Runs that resume from a folder compare what made it with what is asked
-    now; results of two configurations must never mix unnoticed.
+    now; results of two configurations must never mix unnoticed. A setting
+    added since the folder was made is missing from ``old``; ``absent_as``
+    gives the value that means "as before" (a new setting's default keeps the
+    old behaviour), so such a folder resumes unless the new setting is used.
     """
+    absent_as = absent_as or {}
     for key in [*old, *(k for k in new if k not in old)]:
+        if key not in old and key in absent_as and new.get(key) == absent_as[key]:
+            continue
         if old.get(key) != new.get(key):
             return f"{key} was {_show(old.get(key))}, now {_show(new.get(key))}"
     return None

@@ -1,9 +1,11 @@
 """The reply grammar: constrained decoding admits exactly what the parser reads as canonical.
 
 One round's :class:`ReplyRules` (ids not yet read, video_qa on read leaves
-while its budget lasts, the answer form, only an answer on the last round)
-become a grammar for llama.cpp, vLLM and SGLang alike. The answers it admits
-are checked with the parser itself, so the grammar can never admit a reply
+while its budget lasts, the answer form, only an answer on the last round,
+and the levers for small navigators: no answer before a caption at
+``min_depth`` was read, get_caption only on the ids a guide offers) become a
+grammar for llama.cpp, vLLM and SGLang alike. The answers it admits are
+checked with the parser itself, so the grammar can never admit a reply
 :func:`~longvideo_r1.agent.replies.parse_reply` would read otherwise; the
 same check gives the answer a training target writes (:func:`answer_in_form`).
 """
@@ -25,6 +27,7 @@ from longvideo_r1.agent.protocol import (
     option_lines,
 )
 from longvideo_r1.agent.replies import parse_reply
+from longvideo_r1.agent.toolcalls import RoundLimits
 from longvideo_r1.llm import gbnf
 from longvideo_r1.llm.gbnf import Chars, Constraint, Grammar, Ref, Rep, alt, opt, seq
 from longvideo_r1.tree import NodeId
@@ -68,6 +71,32 @@ class ReplyRules:
     refused: frozenset[NodeId] = frozenset()
     think_max_chars: int | None = None
     """Bound the ``<think>`` in the grammar (None: only the reply's token limit bounds it)."""
+    min_depth: int = 0
+    """No answer until a caption this deep (2 medium, 3 low) was read, while a tool call is
+    left to make: a round that offers none (the last one) always admits the answer."""
+    offered: tuple[NodeId, ...] | None = None
+    """The only ids get_caption may ask for (``--guide``; None: every unread id)."""
+
+    @property
+    def answer_open(self) -> bool:
+        """Whether this round admits an answer (see ``min_depth``)."""
+        return depth_reached(self.fetched, self.min_depth) or not offers_a_call(self)
+
+    def limits(self) -> RoundLimits:
+        """What the parser must refuse of a reply decoded without this grammar."""
+        return RoundLimits(self.min_depth, self.answer_open, self.offered)
+
+
+def depth_reached(fetched: Collection[NodeId], min_depth: int) -> bool:
+    """A caption at ``min_depth`` or deeper has been read (always, for 0 and 1)."""
+    return min_depth <= 1 or any(len(node_id) >= min_depth for node_id in fetched)
+
+
+def offers_a_call(rules: ReplyRules) -> bool:
+    """Whether the round's grammar admits any tool call at all."""
+    return rules.tools and bool(
+        (rules.get_caption and caption_ids(rules)) or (rules.video_qa and qa_leaves(rules))
+    )
 
 
 def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
@@ -77,11 +106,11 @@ def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
     actions: list[Ref] = []
     rules_out: dict[str, gbnf.Expr] = {}
     if rules.tools:
-        caption_ids = _caption_id_expr(rules) if rules.get_caption else None
-        qa_ids = _qa_id_expr(rules) if rules.video_qa else None
+        caption_trie = _id_trie(caption_ids(rules)) if rules.get_caption else None
+        qa_ids = _id_trie(qa_leaves(rules)) if rules.video_qa else None
         calls = []
-        if caption_ids is not None:
-            rules_out["caption-call"] = seq("get_caption(", caption_ids, ")")
+        if caption_trie is not None:
+            rules_out["caption-call"] = seq("get_caption(", caption_trie, ")")
             calls.append(Ref("caption-call"))
         if qa_ids is not None:
             rules_out["qa-call"] = seq("video_qa(", qa_ids, ', "', Ref("query"), '")')
@@ -92,8 +121,9 @@ def reply_grammars(rules: ReplyRules) -> tuple[Grammar, Grammar]:
         if calls:
             rules_out["tool"] = seq("<tool>", alt(*calls), "</tool>")
             actions.append(Ref("tool"))
-    rules_out["answer"] = seq("<answer>", _answer_expr(rules), "</answer>")
-    actions.append(Ref("answer"))
+    if rules.answer_open:
+        rules_out["answer"] = seq("<answer>", _answer_expr(rules), "</answer>")
+        actions.append(Ref("answer"))
     rules_out["action"] = alt(*actions)
     whole = {"root": seq(THINK_OPEN, Ref("think"), THINK_CLOSE + "\n", Ref("action")),
              "think": _think(rules.think_max_chars), **rules_out}  # fmt: skip
@@ -158,21 +188,24 @@ def _id_trie(ids: Collection[NodeId]) -> gbnf.Expr | None:
     return seq("(", alternatives(root), ")")
 
 
-def _caption_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
+def caption_ids(rules: ReplyRules) -> list[NodeId]:
+    """The ids get_caption may ask for: unread medium and low ids, or the unread offered ones."""
     fetched = {tuple(f) for f in rules.fetched}
-    ids = [i for depth in (2, 3) for i in _ids(rules.width, depth) if i not in fetched]
-    return _id_trie(ids)
+    if rules.offered is not None:
+        everything = {i for depth in (2, 3) for i in _ids(rules.width, depth)}
+        return sorted({tuple(i) for i in rules.offered} & everything - fetched)
+    return [i for depth in (2, 3) for i in _ids(rules.width, depth) if i not in fetched]
 
 
-def _qa_id_expr(rules: ReplyRules) -> gbnf.Expr | None:
+def qa_leaves(rules: ReplyRules) -> list[NodeId]:
+    """The leaves video_qa may ask about: read ones (unless the leaf rule is off), not refused."""
     fetched = {tuple(f) for f in rules.fetched}
     refused = {tuple(r) for r in rules.refused}
-    leaves = [
+    return [
         leaf
         for leaf in _ids(rules.width, 3)
         if (not rules.require_fetched_leaf or leaf in fetched) and leaf not in refused
     ]
-    return _id_trie(leaves)
 
 
 def _answer_expr(rules: ReplyRules) -> gbnf.Expr:

@@ -12,6 +12,11 @@ ends. The rules, all visible in the trace:
   turn. A spent budget (video_qa calls, caption calls, reasoning tokens,
   seconds) is told to the model in our words and makes the next round the
   last one; a tool call that would overrun a budget is not run.
+* The levers for small navigators hold in every round, under a grammar or
+  not: with ``min_depth`` no answer before a caption that deep was read,
+  with ``guide`` get_caption only on the K ids the guide offers. A round
+  with no tool call left (the last one) always admits the answer, and the
+  trace records whether the depth was reached (``Trace.min_depth_met``).
 * A run ends ``answered``, ``no_answer`` (rounds or a budget spent without an
   answer) or ``error`` (an endpoint died, the context window overflowed, the
   captioner failed), always with a reason and always with its trace. It never
@@ -28,13 +33,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
 from longvideo_r1.agent import grammar, prompts, protocol, replies
-from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply
+from longvideo_r1.agent.guide import Guide, StoredTexts, agent_variant, require_ranker
+from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply, check_question
 from longvideo_r1.agent.tools import ToolBox, ToolResult
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Status, Trace
 from longvideo_r1.config import AnswerFormSetting, ConstrainMode
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.llm.client import ChatReply
-from longvideo_r1.llm.gbnf import Constraint
 from longvideo_r1.options import field_help, option
 from longvideo_r1.tree import NodeId, Tree
 
@@ -50,7 +55,6 @@ _CONTEXT_OVERFLOW = re.compile(
     r"context (length|window|size)|maximum context|too many tokens|prompt is too long",
     re.IGNORECASE,
 )
-_ANY_LETTER = re.compile(r"^\s*\(?([A-Z])[.):]\s")
 
 
 CONSTRAIN_MODES: tuple[str, ...] = get_args(ConstrainMode)
@@ -132,6 +136,20 @@ class AgentConfig:
         "one string. Text-only servers join the parts with a newline, so the model reads the "
         "same prompt; some chat templates accept only strings.",
     )
+    min_depth: int = option(
+        0,
+        "Admit an answer only after a caption at this depth or deeper was read: 2 a medium "
+        "(h, m), 3 a low (h, m, l) one; 0 off. The grammar leaves the answer out and the "
+        "parser refuses an early one; a round with no tool call left, the last one "
+        "included, always admits it, and the trace records whether the depth was reached.",
+    )
+    guide: int = option(
+        0,
+        "Retrieval-guided navigation: get_caption is offered only the K unread children of "
+        "the segments read so far that BM25 ranks highest for the question, over their "
+        "stored captions or else the words spoken in them (0: off, unguided). A guided run "
+        "is named retrieval-guided-bm25-kK in manifests and reports.",
+    )
 
     def __post_init__(self) -> None:
         if self.max_rounds < 1:
@@ -165,6 +183,17 @@ class AgentConfig:
             )
         if self.max_think_tokens < 1:
             raise ConfigError(f"max_think_tokens must be positive, got {self.max_think_tokens}")
+        if not 0 <= self.min_depth <= 3:
+            raise ConfigError(
+                f"min_depth must be 0 (off) to 3 (a low caption), got {self.min_depth}"
+            )
+        if self.guide < 0:
+            raise ConfigError(f"guide must be 0 (off) or more, got {self.guide}")
+
+    @property
+    def variant(self) -> str:
+        """How manifests and reports name a run of this config (guided runs say so)."""
+        return agent_variant(self.guide, self.min_depth)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,44 +202,6 @@ class AgentConfig:
     def help(cls) -> dict[str, str]:
         """Each field's documentation, for command-line help and docs."""
         return field_help(cls)
-
-
-def check_question(question: str, choices: Sequence[str] | None) -> tuple[str, list[str] | None]:
-    """Refuse, before any model call, a question the protocol cannot render faithfully."""
-    if not isinstance(question, str) or not question.strip():
-        raise ConfigError("the question is empty")
-    if choices is None:
-        return question, None
-    if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
-        raise ConfigError("choices must be a list of option texts")
-    items = list(choices)
-    if not 2 <= len(items) <= 26:
-        raise ConfigError(f"a multiple-choice question needs 2 to 26 choices, got {len(items)}")
-    for i, choice in enumerate(items, 1):
-        if not isinstance(choice, str) or not choice.strip():
-            raise ConfigError(f"choice {i} is empty or not text: {choice!r}")
-    _check_lettering(items)
-    return question, items
-
-
-def _check_lettering(items: list[str]) -> None:
-    """Options carry their letters in order (``A. ...``) or not at all.
-
-    Mixed or shuffled letters would be printed twice (``A. B. text``) and the
-    model's letter would no longer name the option it read.
-    """
-    letters = [chr(ord("A") + i) for i in range(len(items))]
-    own = [
-        re.match(rf"^\s*\(?{letter}[.):]\s", c) is not None
-        for c, letter in zip(items, letters, strict=True)
-    ]
-    if all(own):
-        return
-    if any(own) or all(_ANY_LETTER.match(c) for c in items):
-        raise ConfigError(
-            "choices must all start with their own letters in order (A. ..., B. ...) or none "
-            f"of them; got {', '.join(repr(c[:20]) for c in items[:4])}"
-        )
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -250,6 +241,7 @@ class _Episode:
     constrained: bool = False
     refused: set[NodeId] = field(default_factory=set)
     """Leaves whose video_qa was refused as a repeated call: not offered again."""
+    guide: Guide | None = None
 
 
 class Navigator:
@@ -279,6 +271,8 @@ class Navigator:
         self.tree = tree
         self.config = config or AgentConfig()
         self._clock = clock
+        if self.config.guide:
+            require_ranker()
 
     def run(
         self,
@@ -325,7 +319,11 @@ class Navigator:
             config=self.config.to_dict(),
             reason="the run did not finish",
         )
-        return _Episode(box=box, trace=trace, choices=choices, started=self._clock())
+        ep = _Episode(box=box, trace=trace, choices=choices, started=self._clock())
+        if self.config.guide:
+            texts = StoredTexts(box.get_caption.service)
+            ep.guide = Guide(self.tree, texts, question, self.config.guide)
+        return ep
 
     def _open(self, ep: _Episode) -> None:
         """Decide the answer form and the constraint, fetch the high-level captions, and
@@ -382,10 +380,12 @@ class Navigator:
 
     def _play(self, ep: _Episode, rnd: Round) -> bool:
         """Ask, read, act; True when the run is over."""
-        reply = self._ask(ep, rnd)
+        rules = self._rules(ep, rnd)
+        reply = self._ask(ep, rnd, rules)
         ep.messages.append({"role": "assistant", "content": reply.text})
         fetched = ep.box.fetched if self.config.require_fetched_leaf else None
-        parsed = replies.parse_reply(reply.text, self.tree, ep.choices, fetched)
+        limits = rules.limits()
+        parsed = replies.parse_reply(reply.text, self.tree, ep.choices, fetched, limits)
         _note_reply(ep, rnd, parsed)
         if isinstance(parsed.result, Answer):
             self._answered(ep, parsed.result)
@@ -426,7 +426,7 @@ class Navigator:
             and len({r.output for r in last}) == 1
         )
 
-    def _ask(self, ep: _Episode, rnd: Round) -> ChatReply:
+    def _ask(self, ep: _Episode, rnd: Round, rules: grammar.ReplyRules) -> ChatReply:
         """One model call, timed and charged; the reply goes into the history verbatim.
 
         :class:`~longvideo_r1.llm.client.ChatReply` carries no separate reasoning
@@ -434,7 +434,9 @@ class Navigator:
         ``<think>`` whose opening tag a server stripped.
         """
         cost = ep.trace.cost
-        constraint = self._constraint(ep) if ep.constrained else None
+        constraint = None
+        if ep.constrained:
+            constraint = grammar.reply_constraint(rules, free_tokens=self.config.max_think_tokens)
         rnd.constrained = constraint is not None
         started = self._clock()
         try:
@@ -456,10 +458,15 @@ class Navigator:
         cost.reasoning_completion_tokens += reply.usage.completion_tokens
         return reply
 
-    def _constraint(self, ep: _Episode) -> Constraint:
-        """This round's grammar: what the budgets, the fetched ids and the form still allow."""
+    def _rules(self, ep: _Episode, rnd: Round) -> grammar.ReplyRules:
+        """What this round admits: budgets, fetched ids, the form, the depth and the guide's
+        offer (kept in the round). The grammar is made of it, and the parser checks it."""
         cfg, counts = self.config, ep.box.counts
-        rules = grammar.ReplyRules(
+        offered = None
+        if ep.guide is not None and ep.forced_by is None:
+            offered = ep.guide.offered(ep.box.fetched)
+            rnd.offered = list(offered)
+        return grammar.ReplyRules(
             width=self.tree.width,
             fetched=frozenset(ep.box.fetched),
             choices=tuple(ep.choices) if ep.choices else None,
@@ -469,8 +476,9 @@ class Navigator:
             video_qa=not _over(counts.video_qa_calls, cfg.max_video_qa),
             require_fetched_leaf=cfg.require_fetched_leaf,
             refused=frozenset(ep.refused),
+            min_depth=cfg.min_depth,
+            offered=offered,
         )
-        return grammar.reply_constraint(rules, free_tokens=cfg.max_think_tokens)
 
     def _act(self, ep: _Episode, rnd: Round, action: Action) -> ToolResult:
         started = self._clock()
@@ -520,6 +528,8 @@ class Navigator:
 
     def _answered(self, ep: _Episode, answer: Answer) -> None:
         trace = ep.trace
+        if self.config.min_depth > 1:
+            trace.min_depth_met = grammar.depth_reached(ep.box.fetched, self.config.min_depth)
         trace.raw_answer = answer.text
         if ep.choices:
             trace.answer = protocol.normalize_answer(answer.text, ep.choices) or answer.letter

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from longvideo_r1.errors import ConfigError
 from longvideo_r1.tree import LEVELS, NodeId, format_node_id
 
 TIME_DECIMALS = 1
@@ -307,3 +308,46 @@ def quote(fragment: str, limit: int = _QUOTE_LIMIT) -> str:
     if len(flat) > limit:
         flat = flat[: limit - 3].rstrip() + "..."
     return f"`{flat}`"
+
+
+# questions -------------------------------------------------------------------------
+
+_ANY_LETTERING = re.compile(r"^\s*\(?([A-Z])[.):]\s")
+
+
+def check_question(question: str, choices: Sequence[str] | None) -> tuple[str, list[str] | None]:
+    """Refuse, before any model call, a question the protocol cannot render faithfully."""
+    if not isinstance(question, str) or not question.strip():
+        raise ConfigError("the question is empty")
+    if choices is None:
+        return question, None
+    if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
+        raise ConfigError("choices must be a list of option texts")
+    items = list(choices)
+    if not 2 <= len(items) <= 26:
+        raise ConfigError(f"a multiple-choice question needs 2 to 26 choices, got {len(items)}")
+    for i, choice in enumerate(items, 1):
+        if not isinstance(choice, str) or not choice.strip():
+            raise ConfigError(f"choice {i} is empty or not text: {choice!r}")
+    _check_lettering(items)
+    return question, items
+
+
+def _check_lettering(items: list[str]) -> None:
+    """Options carry their letters in order (``A. ...``) or not at all.
+
+    Mixed or shuffled letters would be printed twice (``A. B. text``) and the
+    model's letter would no longer name the option it read.
+    """
+    letters = [chr(ord("A") + i) for i in range(len(items))]
+    own = [
+        re.match(rf"^\s*\(?{letter}[.):]\s", c) is not None
+        for c, letter in zip(items, letters, strict=True)
+    ]
+    if all(own):
+        return
+    if any(own) or all(_ANY_LETTERING.match(c) for c in items):
+        raise ConfigError(
+            "choices must all start with their own letters in order (A. ..., B. ...) or none "
+            f"of them; got {', '.join(repr(c[:20]) for c in items[:4])}"
+        )

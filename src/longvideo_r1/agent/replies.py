@@ -32,6 +32,8 @@ from longvideo_r1.agent.toolcalls import (
     CALL_START,
     NAME_KEYS,
     Block,
+    RoundLimits,
+    check_answer,
     interpret_tool,
     load_json,
 )
@@ -54,16 +56,19 @@ def parse_reply(
     tree: Tree | None = None,
     choices: Sequence[str] | None = None,
     fetched: Collection[NodeId] | None = None,
+    limits: RoundLimits | None = None,
 ) -> Reply:
     """Read one model turn; never raises, whatever the text.
 
     With ``tree`` ids are range-checked; with ``choices`` answers become
     letters; with ``fetched`` (ids whose captions the model has seen)
-    ``video_qa`` on a leaf it has not read yet is refused, as the prompt says.
+    ``video_qa`` on a leaf it has not read yet is refused, as the prompt says;
+    with ``limits`` (the round's ``--min-depth`` and ``--guide``) an answer
+    given too early and a get_caption on an id not offered are refused.
     """
     raw = text if isinstance(text, str) else ""
     try:
-        return _parse(raw, tree, choices, fetched)
+        return _parse(raw, tree, choices, fetched, limits)
     except Exception as exc:  # the parser must never take an episode down
         return Reply(
             None, ParseError(f"the reply could not be read ({type(exc).__name__})"), (), raw
@@ -75,6 +80,7 @@ def _parse(
     tree: Tree | None,
     choices: Sequence[str] | None,
     fetched: Collection[NodeId] | None,
+    limits: RoundLimits | None = None,
 ) -> Reply:
     notes: list[str] = []
     if not raw.strip():
@@ -85,7 +91,7 @@ def _parse(
         blocks = _untagged_blocks(rest, notes)
     elif _outside_text(rest):
         notes.append("text outside the tags")
-    result = _interpret(blocks, think, rest, think_open, tree, choices, fetched, notes)
+    result = _interpret(blocks, think, rest, think_open, tree, choices, fetched, notes, limits)
     return Reply(think, result, tuple(dict.fromkeys(notes)), raw)
 
 
@@ -221,6 +227,7 @@ def _interpret(
     choices: Sequence[str] | None,
     fetched: Collection[NodeId] | None,
     notes: list[str],
+    limits: RoundLimits | None = None,
 ) -> Action | Answer | ParseError:
     tools = [b for b in blocks if b.kind == "tool"]
     answers = [b for b in blocks if b.kind == "answer"]
@@ -236,7 +243,9 @@ def _interpret(
             f"{quote(tools[1].fragment)}); call exactly one tool per round"
         )
     if tools:
-        return interpret_tool(tools[0], tree, fetched, notes)
+        return interpret_tool(tools[0], tree, fetched, notes, limits.offered if limits else None)
+    if answers and (early := check_answer(limits)) is not None:
+        return ParseError(early)
     if answers:
         results = [_interpret_answer(b.body, choices) for b in answers]
         for result in results:

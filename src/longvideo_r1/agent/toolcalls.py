@@ -5,7 +5,8 @@ keyword arguments, ids as lists, dicts or strings); everything here turns one
 such block into a checked :class:`~longvideo_r1.agent.protocol.Action` or a
 :class:`~longvideo_r1.agent.protocol.ParseError` worded for the model.
 :func:`check_action` holds the rules themselves, shared by the parser and
-the tools, so both keep one wording.
+the tools, so both keep one wording; :class:`RoundLimits` adds what one round
+of a run admits beyond them (``--min-depth``, ``--guide``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ class Block:
     tag: str | None = None  # "tool", "tool_call" or "answer"; None for an untagged call
 
 
+@dataclass(frozen=True)
+class RoundLimits:
+    """What one round admits beyond the protocol's rules, as the run's levers set it.
+
+    ``answer_open`` is False while ``--min-depth`` still holds the answer back
+    (no caption at ``min_depth`` or deeper read yet, and a tool call left to
+    make); ``offered`` is, with ``--guide``, the only ids get_caption may ask
+    for this round, best first (None: any id). The grammar admits exactly
+    this, and the parser refuses the rest for models decoded without it.
+    """
+
+    min_depth: int = 0
+    answer_open: bool = True
+    offered: tuple[NodeId, ...] | None = None
+
+
 CALL_START = re.compile(r"\b(get_caption|video_qa)\s*\(", re.IGNORECASE)
 _NAME_CALL = re.compile(r"^([A-Za-z_][\w.\-]*)\s*\(")
 
@@ -47,7 +64,11 @@ _ARG_KEYS = ("arguments", "parameters", "args", "params", "input", "kwargs", "ac
 
 
 def interpret_tool(
-    block: Block, tree: Tree | None, fetched: Collection[NodeId] | None, notes: list[str]
+    block: Block,
+    tree: Tree | None,
+    fetched: Collection[NodeId] | None,
+    notes: list[str],
+    offered: Collection[NodeId] | None = None,
 ) -> Action | ParseError:
     body = _strip_fence(block.body.strip())
     if not body:
@@ -64,7 +85,7 @@ def interpret_tool(
     if isinstance(call, ParseError):
         return call
     name, args, kwargs = call
-    return _resolve(name, args, kwargs, tree, fetched)
+    return _resolve(name, args, kwargs, tree, fetched, offered)
 
 
 def _strip_fence(body: str) -> str:
@@ -217,6 +238,7 @@ def _resolve(
     kwargs: dict[str, Any],
     tree: Tree | None,
     fetched: Collection[NodeId] | None,
+    offered: Collection[NodeId] | None = None,
 ) -> Action | ParseError:
     """Turn call arguments into a checked :class:`Action`."""
     split = _split_args(name, args, kwargs)
@@ -227,18 +249,22 @@ def _resolve(
     if isinstance(node_id, ParseError):
         return node_id
     action = Action(name, node_id, query if name == "video_qa" else None)  # type: ignore[arg-type]
-    problem = check_action(action, tree, fetched)
+    problem = check_action(action, tree, fetched, offered)
     return action if problem is None else ParseError(problem)
 
 
 def check_action(
-    action: Action, tree: Tree | None = None, fetched: Collection[NodeId] | None = None
+    action: Action,
+    tree: Tree | None = None,
+    fetched: Collection[NodeId] | None = None,
+    offered: Collection[NodeId] | None = None,
 ) -> str | None:
     """Why a tool call may not run, worded for the model; ``None`` when it may.
 
     The parser checks every call it reads with it, and the tools check the
     calls that reach them from elsewhere (RL environments, scripts), so both
-    keep one set of rules and one wording. ``fetched`` turns on the leaf rule.
+    keep one set of rules and one wording. ``fetched`` turns on the leaf rule;
+    ``offered`` (``--guide``) limits get_caption to those ids.
     """
     if action.tool not in TOOLS:
         return _unknown_tool(str(action.tool)).message
@@ -253,7 +279,7 @@ def check_action(
     if problem is not None:
         return problem.message
     if action.tool == "get_caption":
-        return None
+        return _not_offered(node_id, offered)
     query = "" if action.query is None else action.query
     if not isinstance(query, str):
         return f"the video_qa query must be a quoted string, got {quote(repr(query))}"
@@ -266,6 +292,32 @@ def check_action(
             f"get_caption({label}) before asking about that clip"
         )
     return None
+
+
+def check_answer(limits: RoundLimits | None) -> str | None:
+    """Why an answer may not be given in this round, worded for the model; ``None`` when it may."""
+    if limits is None or limits.answer_open:
+        return None
+    depth = min(max(limits.min_depth, 2), len(LEVELS))
+    levels = " or ".join(f"{level}-level" for level in LEVELS[depth - 1 :])
+    shape = "(h, m)" if depth == 2 else "(h, m, l)"
+    if limits.offered:
+        shape = format_node_id(limits.offered[0])
+    return (
+        f"no answer is accepted before you have read a {levels} caption; call "
+        f"get_caption({shape}) first, and answer after reading it"
+    )
+
+
+def _not_offered(node_id: NodeId, offered: Collection[NodeId] | None) -> str | None:
+    """The guide's rule: get_caption only on the ids offered this round (``None``: any)."""
+    if offered is None or node_id in {tuple(o) for o in offered}:
+        return None
+    label = format_node_id(node_id)
+    if not offered:
+        return f"get_caption({label}) is not offered in this round: no segment is left to read"
+    choices = ", ".join(format_node_id(o) for o in offered)
+    return f"get_caption({label}) is not offered in this round; ask for one of {choices}"
 
 
 def _split_args(name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, Any] | ParseError:

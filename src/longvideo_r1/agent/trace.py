@@ -83,6 +83,10 @@ class Round(BaseModel):
         default=None,
         description="Why the tool did not run (refused call) or the round failed.",
     )
+    offered: list[tuple[int, ...]] | None = Field(
+        default=None,
+        description="With --guide: the only ids get_caption was offered, best first.",
+    )
 
 
 class HighCaption(BaseModel):
@@ -165,6 +169,11 @@ class Trace(BaseModel):
     raw_answer: str | None = Field(default=None, description="The <answer> text as written.")
     status: Status = "error"
     reason: str | None = None
+    min_depth_met: bool | None = Field(
+        default=None,
+        description="With --min-depth: whether a caption that deep was read before the "
+        "answer; False when a round with no tool call left admitted the answer anyway.",
+    )
     evidence: list[Evidence] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
     started_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from longvideo_r1.agent.navigator import RunInterrupted, check_question
+from longvideo_r1.agent.navigator import RunInterrupted
+from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.session import make_reasoning_backend
 from longvideo_r1.cli.common import (
     _agent_config,

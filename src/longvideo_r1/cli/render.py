@@ -137,6 +137,16 @@ def print_answer(trace, trace_path: Path | None, console) -> None:
         console.print(f"  as written: {escape(trace.raw_answer.strip())}", highlight=False)
     if trace.reason:
         console.print(f"  reason: {escape(trace.reason)}", highlight=False)
+    if trace.config.get("guide"):
+        console.print(
+            f"  retrieval-guided: get_caption offered the {trace.config['guide']} "
+            "unread segments BM25 ranked highest for the question (--guide)"
+        )
+    if trace.min_depth_met is False:
+        console.print(
+            f"  answered in a last round before any caption at depth "
+            f"{trace.config.get('min_depth')} was read (--min-depth)"
+        )
     console.print("path through the tree:")
     for rnd in trace.rounds:
         text = _round_text(trace, rnd)

@@ -45,12 +45,8 @@ from typing import Any
 from pydantic import Field
 
 from longvideo_r1.agent import grammar, prompts, protocol
-from longvideo_r1.agent.navigator import (
-    RunInterrupted,
-    check_question,
-    describe_failure,
-    use_constraint,
-)
+from longvideo_r1.agent.navigator import RunInterrupted, describe_failure, use_constraint
+from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Trace
 from longvideo_r1.captions.captioner import CaptionContext, frame_parts, text_part
 from longvideo_r1.captions.embedded import EmbeddedCaptioner, fmt_span, fmt_time

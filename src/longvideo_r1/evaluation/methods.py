@@ -54,6 +54,10 @@ class AgentMethod:
     variant: str = "agent"
     needs_reasoning: bool = True
 
+    def __post_init__(self) -> None:
+        if self.variant == "agent":  # a retrieval-guided run is never shown as unguided
+            self.variant = self.config.variant
+
     def params(self) -> dict[str, Any]:
         return self.config.to_dict()
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -335,9 +335,16 @@ class RunManifest(BaseModel):
         }
 
 
-def config_difference(old: RunManifest, new: RunManifest) -> str | None:
-    """The first setting that differs, worded for a one-line refusal."""
-    return first_difference(old.config(), new.config())
+def config_difference(
+    old: RunManifest, new: RunManifest, param_defaults: Mapping[str, Any] | None = None
+) -> str | None:
+    """The first setting that differs, worded for a one-line refusal.
+
+    ``param_defaults`` are the method's parameters as they were before a
+    parameter existed: a folder made before it resumes while it keeps that value.
+    """
+    absent = {f"parameter {k}": v for k, v in (param_defaults or {}).items()}
+    return first_difference(old.config(), new.config(), absent)
 
 
 class RunFolder:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.agent import protocol
+from longvideo_r1.agent.navigator import AgentConfig
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, one_line
 from longvideo_r1.evaluation.cluster import RayEngine, split_address
@@ -32,7 +33,7 @@ from longvideo_r1.evaluation.jobs import (
     ThreadEngine,
     default_backend_factory,
 )
-from longvideo_r1.evaluation.methods import Method
+from longvideo_r1.evaluation.methods import AgentMethod, Method
 from longvideo_r1.evaluation.metrics import compute_metrics
 from longvideo_r1.evaluation.records import (
     AttemptEnd,
@@ -144,7 +145,8 @@ class Evaluator:
         """Adopt the folder's manifest if it matches; refuse in one line if it does not."""
         old = self.folder.read_manifest()
         if old is not None:
-            diff = config_difference(old, new)
+            defaults = AgentConfig().to_dict() if isinstance(self.method, AgentMethod) else {}
+            diff = config_difference(old, new, defaults)
             if diff is not None:
                 raise ConfigError(
                     f"{self.folder.root} holds results of another configuration ({diff}): "

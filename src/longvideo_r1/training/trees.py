@@ -234,6 +234,14 @@ class CachedCaptions:
         )
         return Fetched(record, made=False)
 
+    def cached(self, node_id: NodeId) -> CaptionRecord | None:
+        """The node's caption if the tree holds it: what the retrieval guide (``--guide``)
+        ranks unread segments by, as it would a store's."""
+        try:
+            return self.fetch(node_id).record
+        except CaptionError:
+            return None
+
 
 AnswererFactory = Callable[[CaptionTree, Question], ClipAnswerer]
 
