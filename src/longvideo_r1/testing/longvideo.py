@@ -120,15 +120,7 @@ def load_long_testvideo(
     log: Log | None = None,
 ) -> BuiltVideo:
     """Build the long test video if needed and return its files and manifest."""
-    path = build_long_testvideo(out_dir, recipe=recipe, log=log)
-    manifest_path = path.with_suffix(".json")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return BuiltVideo(
-        path=path,
-        subtitles=path.parent / manifest["subtitles"],
-        manifest_path=manifest_path,
-        manifest=manifest,
-    )
+    return BuiltVideo.beside(build_long_testvideo(out_dir, recipe=recipe, log=log))
 
 
 def plan_digest(plan: LongPlan) -> str:

@@ -139,6 +139,13 @@ class BuiltVideo:
     manifest_path: Path
     manifest: dict[str, Any]
 
+    @classmethod
+    def beside(cls, path: Path) -> BuiltVideo:
+        """A built video's files, read from its manifest beside it (``NAME.json``)."""
+        manifest_path = path.with_suffix(".json")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        return cls(path, path.parent / manifest["subtitles"], manifest_path, manifest)
+
 
 # ---------------------------------------------------------------------------------------
 # the test video
@@ -350,15 +357,7 @@ def load_test_video(
     out_dir: str | os.PathLike[str] | None = None, *, log: Log | None = None
 ) -> BuiltVideo:
     """Build the test video if needed and return its files and manifest."""
-    path = build_test_video(out_dir, log=log)
-    manifest_path = path.with_suffix(".json")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return BuiltVideo(
-        path=path,
-        subtitles=path.parent / manifest["subtitles"],
-        manifest_path=manifest_path,
-        manifest=manifest,
-    )
+    return BuiltVideo.beside(build_test_video(out_dir, log=log))
 
 
 # ---------------------------------------------------------------------------------------
