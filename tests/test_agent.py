@@ -20,9 +20,10 @@ from longvideo_r1.agent.prompts import budget_notice
 from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.agent.trace import Round, Trace
+from longvideo_r1.captions.captioner import CallCost, charge_failure
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
-from longvideo_r1.errors import ConfigError
+from longvideo_r1.errors import CaptionError, ConfigError
 from longvideo_r1.llm.server import OpenAIBackend
 from longvideo_r1.media.subtitles import Cue
 from longvideo_r1.tree import Tree
@@ -118,6 +119,24 @@ def test_video_qa_answered_from_captions_is_counted_apart_from_a_vision_model(wo
     assert (cost.vlm_prompt_tokens, cost.vlm_completion_tokens) == (0, 0)
     assert (cost.caption_prompt_tokens, cost.caption_completion_tokens) == (600 + 300, 120 + 12)
     assert "0 video_qa (+1 answered from captions)" in trace.summary()
+
+
+def test_a_failed_caption_call_is_charged_what_it_decoded(world: World):
+    failing = world.captioner.caption
+
+    def caption(ctx):
+        if ctx.node.id == (3, 2):
+            world.captioner.calls.append(ctx.node.id)
+            raise charge_failure(CaptionError("the captioner broke"), CallCost(7, 50, 5, 0.2))
+        return failing(ctx)
+
+    world.captioner.caption = caption
+    with ScriptedChatServer([Say(GET_3_2)]) as server:
+        trace = world.navigator(server).run(QUESTION, CHOICES)
+    assert trace.status == "error" and "the captioner broke" in (trace.reason or "")
+    cost = trace.cost
+    assert cost.frames_decoded == 4 * 4 + 7  # the four high captions, then the failed call
+    assert (cost.caption_prompt_tokens, cost.caption_completion_tokens) == (400 + 50, 80 + 5)
 
 
 def test_a_correct_trajectory_end_to_end(world: World):

@@ -37,6 +37,7 @@ from longvideo_r1.agent.guide import Guide, StoredTexts, agent_variant, require_
 from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply, check_question
 from longvideo_r1.agent.tools import ToolBox, ToolResult
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Status, Trace
+from longvideo_r1.captions.captioner import spent_by
 from longvideo_r1.config import AnswerFormSetting, ConstrainMode
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.llm.client import ChatReply
@@ -293,9 +294,11 @@ class Navigator:
             self._open(ep)
             self._navigate(ep, on_round)
         except LVR1Error as exc:
+            _charge_failed_call(ep, exc)
             self._end(ep, "error", describe_failure(exc))
         except Exception as exc:
             log.exception("navigation of %r failed", question[:60])
+            _charge_failed_call(ep, exc)
             self._end(ep, "error", describe_failure(exc))
         except KeyboardInterrupt:
             self._end(ep, "error", "interrupted")
@@ -638,6 +641,25 @@ def _charge(ep: _Episode, result: ToolResult) -> None:
         cost.video_qa_calls += 1
         cost.vlm_prompt_tokens += result.prompt_tokens
         cost.vlm_completion_tokens += result.completion_tokens
+
+
+def _charge_failed_call(ep: _Episode, exc: BaseException) -> None:
+    """A tool call that failed after decoding or a reply still paid for them: charge it.
+
+    The run ends with the error; its cost keeps what the failed call spent
+    (a caption's, or a vision model's when the failing round asked video_qa).
+    """
+    spent = spent_by(exc)
+    if spent is None:
+        return
+    cost = ep.trace.cost
+    cost.frames_decoded += spent.frames_decoded
+    if ep.trace.rounds and ep.trace.rounds[-1].kind == "video_qa":
+        cost.vlm_prompt_tokens += spent.prompt_tokens
+        cost.vlm_completion_tokens += spent.completion_tokens
+    else:
+        cost.caption_prompt_tokens += spent.prompt_tokens
+        cost.caption_completion_tokens += spent.completion_tokens
 
 
 def _add_evidence(ep: _Episode, rnd: Round, result: ToolResult) -> None:
