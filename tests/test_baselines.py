@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from helpers_eval import (
 from scripted_server import Say
 
 from longvideo_r1.agent import grammar, protocol
+from longvideo_r1.captions.captioner import CallCost, charge_failure
+from longvideo_r1.errors import CaptionError
 from longvideo_r1.evaluation.answering import (
     IMAGE_PART_STUB,
     AnswerStep,
@@ -30,9 +34,12 @@ from longvideo_r1.evaluation.answering import (
     parse_answer,
 )
 from longvideo_r1.evaluation.baselines import (
+    BaselineTrace,
     CaptionAll,
     RandomWalk,
     UniformFrames,
+    _Episode,
+    _run_episode,
     random_walk,
     uniform_times,
 )
@@ -291,3 +298,18 @@ def test_random_walk_reads_high_captions_then_its_budget_seeded(
     assert outcome.manifest.params["parser_version"] == protocol.PARSER_VERSION
     trace = json.loads((tmp_path / "a" / "random-walk" / record.trace).read_text())
     assert len(trace["evidence"]) == 9 and len(trace["high_captions"]) == 4
+
+
+def test_a_failed_caption_call_is_charged_to_the_baselines_trace():
+    trace = BaselineTrace(
+        question="q", duration=10.0, width=4, method="caption-all", variant="leaf-captions"
+    )
+    ep = _Episode(trace, ["a", "b"], time.perf_counter(), threading.Event())
+
+    def body(ep: _Episode) -> None:
+        raise charge_failure(CaptionError("the captioner broke"), CallCost(9, 40, 4, 0.1))
+
+    out = _run_episode(ep, threading.Event(), body)
+    assert out.status == "error" and "the captioner broke" in (out.reason or "")
+    assert out.cost.frames_decoded == 9
+    assert (out.cost.caption_prompt_tokens, out.cost.caption_completion_tokens) == (40, 4)

@@ -650,16 +650,9 @@ def _charge_failed_call(ep: _Episode, exc: BaseException) -> None:
     (a caption's, or a vision model's when the failing round asked video_qa).
     """
     spent = spent_by(exc)
-    if spent is None:
-        return
-    cost = ep.trace.cost
-    cost.frames_decoded += spent.frames_decoded
-    if ep.trace.rounds and ep.trace.rounds[-1].kind == "video_qa":
-        cost.vlm_prompt_tokens += spent.prompt_tokens
-        cost.vlm_completion_tokens += spent.completion_tokens
-    else:
-        cost.caption_prompt_tokens += spent.prompt_tokens
-        cost.caption_completion_tokens += spent.completion_tokens
+    if spent is not None:
+        vision = bool(ep.trace.rounds) and ep.trace.rounds[-1].kind == "video_qa"
+        ep.trace.cost.add_failed_call(spent, vision)
 
 
 def _add_evidence(ep: _Episode, rnd: Round, result: ToolResult) -> None:

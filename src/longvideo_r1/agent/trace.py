@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from longvideo_r1 import __version__
 from longvideo_r1.agent import prompts, protocol
+from longvideo_r1.captions.captioner import CallCost
 from longvideo_r1.errors import LVR1Error, validation_line
 from longvideo_r1.files import write_atomic
 from longvideo_r1.tree import Node, format_node_id
@@ -144,6 +145,17 @@ class Cost(BaseModel):
     @property
     def reasoning_tokens(self) -> int:
         return self.reasoning_prompt_tokens + self.reasoning_completion_tokens
+
+    def add_failed_call(self, spent: CallCost, vision: bool = False) -> None:
+        """What a tool call that failed had already spent: its frames, a vision model's
+        tokens when ``vision``, else a captioner's."""
+        self.frames_decoded += spent.frames_decoded
+        if vision:
+            self.vlm_prompt_tokens += spent.prompt_tokens
+            self.vlm_completion_tokens += spent.completion_tokens
+        else:
+            self.caption_prompt_tokens += spent.prompt_tokens
+            self.caption_completion_tokens += spent.completion_tokens
 
 
 class Trace(BaseModel):

@@ -48,11 +48,11 @@ from longvideo_r1.agent import grammar, prompts, protocol
 from longvideo_r1.agent.navigator import RunInterrupted, describe_failure, use_constraint
 from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Trace
-from longvideo_r1.captions.captioner import CaptionContext, frame_parts, text_part
+from longvideo_r1.captions.captioner import CaptionContext, frame_parts, spent_by, text_part
 from longvideo_r1.captions.embedded import EmbeddedCaptioner, fmt_span, fmt_time
 from longvideo_r1.captions.visual import brightness_word
 from longvideo_r1.config import Settings
-from longvideo_r1.errors import ConfigError, LVR1Error, VideoError
+from longvideo_r1.errors import ConfigError, VideoError
 from longvideo_r1.evaluation.answering import (
     PROMPT_VERSION,
     AnswerStep,
@@ -254,10 +254,11 @@ def _run_episode(ep: _Episode, stop: threading.Event, body: Callable[[_Episode],
         body(ep)
     except RunInterrupted:
         raise
-    except LVR1Error as exc:
+    except Exception as exc:  # an LVR1Error, or a bug: one question must not end the evaluation
         ep.trace.status, ep.trace.reason = "error", describe_failure(exc)
-    except Exception as exc:  # a bug in one question must not end the evaluation
-        ep.trace.status, ep.trace.reason = "error", describe_failure(exc)
+        spent = spent_by(exc)  # a caption call that failed after decoding still paid for it
+        if spent is not None:
+            ep.trace.cost.add_failed_call(spent)
     ep.close()
     return ep.trace
 
