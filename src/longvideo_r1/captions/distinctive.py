@@ -70,6 +70,17 @@ class DocumentFrequencies:
         return math.log((self.documents + 1) / (self.counts.get(word, 0) + 1))
 
 
+def word_counts(texts: Iterable[str]) -> tuple[Counter[str], dict[str, int]]:
+    """How often each content word occurs, and the order words first appear (to break ties)."""
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    for text in texts:
+        for word in content_words(text):
+            counts[word] += 1
+            first.setdefault(word, len(first))
+    return counts, first
+
+
 def distinctive_words(
     texts: Iterable[str], frequencies: DocumentFrequencies, limit: int
 ) -> list[str]:
@@ -78,12 +89,7 @@ def distinctive_words(
     Words that score 0 (said everywhere) are left out even when fewer than
     ``limit`` remain: listing filler would read as if it told parts apart.
     """
-    counts: Counter[str] = Counter()
-    first: dict[str, int] = {}
-    for text in texts:
-        for word in content_words(text):
-            counts[word] += 1
-            first.setdefault(word, len(first))
+    counts, first = word_counts(texts)
     scores = {w: (1 + math.log(n)) * frequencies.idf(w) for w, n in counts.items()}
     ranked = sorted((w for w, s in scores.items() if s > 0), key=lambda w: (-scores[w], first[w]))
     return ranked[: max(0, limit)]

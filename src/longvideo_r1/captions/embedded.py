@@ -49,7 +49,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from statistics import median
@@ -65,9 +65,9 @@ from longvideo_r1.captions.captioner import (
 from longvideo_r1.captions.distinctive import (
     DocumentFrequencies,
     Part,
-    content_words,
     distinctive_words,
     part_lines,
+    word_counts,
 )
 from longvideo_r1.captions.speech import SAMPLE_RATE, Segment, Transcriber, segments_in
 from longvideo_r1.captions.visual import (
@@ -529,12 +529,7 @@ def text_line(look: ClipDescriptor, budget: int) -> str | None:
 
 def keywords(texts: Iterable[str], limit: int) -> list[str]:
     """Most frequent content words, ties in order of first use: a searchable digest."""
-    counts: Counter[str] = Counter()
-    first: dict[str, int] = {}
-    for text in texts:
-        for word in content_words(text):
-            counts[word] += 1
-            first.setdefault(word, len(first))
+    counts, first = word_counts(texts)
     ranked = sorted(counts, key=lambda w: (-counts[w], first[w]))
     return ranked[:limit]
 

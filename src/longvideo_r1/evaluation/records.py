@@ -169,13 +169,7 @@ def record_from_trace(
         status, reason = "no_answer", f"unparsable answer {trace.raw_answer!r}"
     grounding = grounding_of(trace, question.clue_intervals, method)
     return ItemRecord(
-        question_id=question.id,
-        video_id=question.video_id,
-        benchmark=question.benchmark,
-        category=question.category,
-        method=method,
-        variant=variant,
-        expected=question.answer,
+        **_about(question, method, variant),
         answer=answer if status == "answered" else None,
         raw_answer=trace.raw_answer,
         correct=status == "answered" and answer is not None and answer == question.answer,
@@ -197,18 +191,25 @@ def record_from_trace(
     )
 
 
+def _about(question: Question, method: str, variant: str) -> dict[str, Any]:
+    """What every record says of its question and method, whatever became of the run."""
+    return {
+        "question_id": question.id,
+        "video_id": question.video_id,
+        "benchmark": question.benchmark,
+        "category": question.category,
+        "method": method,
+        "variant": variant,
+        "expected": question.answer,
+    }
+
+
 def failed_record(
     question: Question, method: str, variant: str, failure: Failure, reason: str, seconds: float
 ) -> ItemRecord:
     """A question the method could not even start (missing or unreadable video)."""
     return ItemRecord(
-        question_id=question.id,
-        video_id=question.video_id,
-        benchmark=question.benchmark,
-        category=question.category,
-        method=method,
-        variant=variant,
-        expected=question.answer,
+        **_about(question, method, variant),
         status="error",
         reason=reason,
         failure=failure,
