@@ -18,12 +18,14 @@ is never reported as unguided navigation: :func:`agent_variant` names it
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from longvideo_r1.captions.embedded import leaves_of
+from longvideo_r1.captions.speech import Segment
 from longvideo_r1.errors import ConfigError
+from longvideo_r1.media.subtitles import cues_between
 from longvideo_r1.tree import LEVELS, Node, NodeId, Tree
 
 GUIDE_RANKER = "bm25"
@@ -135,11 +137,8 @@ class StoredTexts:
     def digest(self, node_id: NodeId) -> str:
         """The words spoken in the segment: its subtitle lines, then its cached transcript."""
         node = self.service.tree.node(node_id)
-        lines = [
-            str(cue.text)
-            for cue in getattr(self.service, "cues", ())
-            if cue.start < node.end and cue.end > node.start
-        ]
+        cues = cues_between(getattr(self.service, "cues", ()), node.start, node.end)
+        lines = [str(cue.text) for cue in cues]
         return " ".join([*lines, *self._speech(node)]).strip()
 
     def _speech(self, node: Node) -> list[str]:
@@ -149,16 +148,8 @@ class StoredTexts:
         if key_of is None or artifacts is None:
             return []
         out = []
-        for leaf in _leaves(self.service.tree, node):
+        for leaf in leaves_of(self.service.tree, node):
             value = artifacts.get(key_of(leaf))
             for segment in value if isinstance(value, list) else ():
-                if isinstance(segment, list) and len(segment) == 3:
-                    out.append(re.sub(r"\s+", " ", str(segment[2])).strip())
+                out.append(" ".join(Segment.from_json(segment).text.split()))
         return out
-
-
-def _leaves(tree: Tree, node: Node) -> list[Node]:
-    """The leaves under a node, in time order (a leaf is its own)."""
-    if node.depth == len(LEVELS):
-        return [node]
-    return [leaf for child in tree.children(node.id) for leaf in _leaves(tree, child)]
