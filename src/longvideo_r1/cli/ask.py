@@ -153,8 +153,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
-    console.print("building the test video (once; cached afterwards)…")
-    built = load_test_video(Path(args.data) if args.data else None)
+    built = load_test_video(Path(args.data) if args.data else None, log=console.print)
     settings = _settings(args)
     with _session(args, settings, video=str(built.path)) as session:
         report = session.service.build(depths=(1, 2, 3), workers=args.workers, progress=True)

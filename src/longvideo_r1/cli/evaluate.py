@@ -196,17 +196,14 @@ def _eval_questions(args: argparse.Namespace):
         if args.videos:
             videos = Path(args.videos)
         else:
-            Console(stderr=True).print("building the test video (once; cached afterwards)…")
-            videos = load_test_video().path.parent
+            # the builder says what it does, and nothing when the video is cached
+            videos = load_test_video(log=Console(stderr=True).print).path.parent
         return load_testbench(subtitles=videos), TESTBENCH_FILE, "testbench", videos
     if args.questions == LONGBENCH_NAME:
         if args.videos:
             videos = Path(args.videos)
         else:
-            Console(stderr=True).print(
-                "building the long test video (once, about 3 minutes; cached afterwards)…"
-            )
-            videos = load_long_testvideo().path.parent
+            videos = load_long_testvideo(log=Console(stderr=True).print).path.parent
         return load_longbench(subtitles=videos), LONGBENCH_FILE, LONGBENCH_NAME, videos
     if args.benchmark and not args.videos:
         raise ConfigError("--videos DIR is needed: the folder holding the benchmark's videos")
