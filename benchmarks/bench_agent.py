@@ -74,7 +74,7 @@ def load() -> str:
 
 
 def ask_all(args: argparse.Namespace, store: Path, traces: Path) -> None:
-    from longvideo_r1.agent.navigator import AgentConfig
+    from longvideo_r1.agent.config import AgentConfig
     from longvideo_r1.agent.session import VideoSession, make_reasoning_backend
     from longvideo_r1.config import Settings
     from longvideo_r1.testing.testvideo import load_test_video

@@ -34,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.llm.embedded import EmbeddedBackend
 from longvideo_r1.training.hints import ground
 from longvideo_r1.training.oracle import synthetic_answerer

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from scripted_server import ScriptedChatServer, Step
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
 from longvideo_r1.captions.store import CaptionStore

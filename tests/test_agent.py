@@ -15,7 +15,8 @@ from scripted_server import Fail, Hangup, Say, ScriptedChatServer
 from test_tools import CAPTIONS, ScriptedAnswerer, TextCaptioner
 
 from longvideo_r1.agent import grammar, prompts, protocol
-from longvideo_r1.agent.navigator import AgentConfig, Navigator, RunInterrupted
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator, RunInterrupted
 from longvideo_r1.agent.prompts import budget_notice
 from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
@@ -765,3 +766,33 @@ def test_lever_settings_are_checked():
         AgentConfig(min_depth=4)
     with pytest.raises(ConfigError, match="guide must be 0 \\(off\\) or more"):
         AgentConfig(guide=-1)
+
+
+def test_answer_on_match_stops_reading_at_the_caption_that_holds_the_question(world: World):
+    # (3, 2) reads "A blue bus stops by the bakery door.": one of the question's three
+    # stems (vehicl, pass, bakeri), so a third is enough and a half is not.
+    with ScriptedChatServer([GET_3_2, ANSWER_B], grammar_field="grammar") as server:
+        trace = world.navigator(server, answer_on_match=0.3).run(QUESTION, CHOICES)
+    assert (trace.status, trace.answer) == ("answered", "B")
+    first, last = trace.rounds
+    assert first.asked_share == pytest.approx(1 / 3)
+    assert first.notice == "The caption you just read holds the question's words."
+    assert last.forced and "tool ::=" not in server.grammars[1]
+    assert server.messages(1)[-2:] == [
+        user(first.notice),
+        user(prompts.last_round_message("either")),
+    ]
+    assert trace.config["answer_on_match"] == 0.3
+
+    with ScriptedChatServer([GET_3_2, GET_3_2_4, ANSWER_B], grammar_field="grammar") as server:
+        trace = world.navigator(server, answer_on_match=0.5).run(QUESTION, CHOICES)
+    assert [r.kind for r in trace.rounds] == ["get_caption", "get_caption", "answer"]
+    assert trace.rounds[0].notice is None and not trace.rounds[1].forced
+
+
+def test_answer_on_match_is_checked_and_named():
+    config = AgentConfig(guide=2, min_depth=2, answer_on_match=0.5)
+    assert config.variant == "retrieval-guided-bm25-k2-min-depth-2-answer-on-match-0.5"
+    assert AgentConfig(answer_on_match=0.5).variant == "agent-answer-on-match-0.5"
+    with pytest.raises(ConfigError, match="answer_on_match must be a share from 0 \\(off\\) to 1"):
+        AgentConfig(answer_on_match=1.5)

@@ -13,7 +13,7 @@ from rich.console import Console
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord

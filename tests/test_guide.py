@@ -9,14 +9,16 @@ import pytest
 from helpers_captions import FakeContext, FakeInfo, FakeVideo
 from test_tools import ScriptedAnswerer, TextCaptioner
 
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.guide import (
     Guide,
     StoredTexts,
     agent_variant,
+    asked_share,
     bm25_scores,
     frontier,
 )
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.tools import GetCaption, ToolBox, VideoQA
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
@@ -137,3 +139,12 @@ def test_a_missing_bm25_library_is_one_line_before_any_model_call(monkeypatch, s
     with pytest.raises(ConfigError, match="--guide needs the bm25s package"):
         Navigator(None, tools, TREE, AgentConfig(guide=2))  # type: ignore[arg-type]
     Navigator(None, tools, TREE, AgentConfig())  # type: ignore[arg-type]  # unguided: no BM25
+
+
+def test_asked_share_counts_the_question_stems_a_caption_holds():
+    question = "According to the narrator, how many envelopes did Anton Mercer count?"
+    # stems left: accord, narrat, mani, envelop, anton, mercer, count (7)
+    assert asked_share(question, "Speech: Anton Mercer counted 98 envelopes.") == 4 / 7
+    assert asked_share(question, "Speech: Anton Quill sold three pans.") == 1 / 7
+    assert asked_share(question, "") == 0.0
+    assert asked_share("What is it?", "anything") == 0.0  # nothing left to look for

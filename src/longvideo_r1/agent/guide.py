@@ -38,10 +38,14 @@ class NodeTexts(Protocol):
     def text(self, node_id: NodeId) -> str: ...
 
 
-def agent_variant(guide: int, min_depth: int = 0) -> str:
+def agent_variant(guide: int, min_depth: int = 0, answer_on_match: float = 0.0) -> str:
     """The agent's variant name in manifests and reports: guided runs say so first."""
     name = f"retrieval-guided-{GUIDE_RANKER}-k{guide}" if guide > 0 else "agent"
-    return f"{name}-min-depth-{min_depth}" if min_depth > 1 else name
+    if min_depth > 1:
+        name += f"-min-depth-{min_depth}"
+    if answer_on_match > 0:
+        name += f"-answer-on-match-{answer_on_match:g}"
+    return name
 
 
 def frontier(tree: Tree, fetched: Collection[NodeId]) -> list[NodeId]:
@@ -71,6 +75,41 @@ def bm25_scores(query: str, documents: Sequence[str]) -> list[float]:
     index = bm25s.BM25()
     index.index(docs, show_progress=False)
     return [float(score) for score in index.get_scores(list(words))]
+
+
+def asked_share(question: str, text: str) -> float:
+    """The share of the question's distinct word stems that ``text`` holds.
+
+    The halting guide's measure (``--answer-on-match``): a caption that holds
+    most of what is asked is where a small navigator should stop reading.
+    Question words and English stop words are dropped ("which", "how", "the"),
+    and words are compared by their Snowball stems, so "counted" in a caption
+    answers "count" in a question. 0 for a question with no word left.
+    """
+    bm25s = require_ranker()
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    asked, read = bm25s.tokenize(
+        [question, text],
+        stopwords=list(STOPWORDS_EN_PLUS),
+        stemmer=_stemmer(),
+        show_progress=False,
+        return_ids=False,
+    )
+    wanted = set(asked)
+    return len(wanted & set(read)) / len(wanted) if wanted else 0.0
+
+
+def _stemmer() -> Any:
+    """English Snowball stems (PyStemmer, a dependency), one stemmer per call: it is cheap."""
+    try:
+        import Stemmer
+    except ImportError:
+        raise ConfigError(
+            "--answer-on-match needs the PyStemmer package, a dependency of longvideo-r1: "
+            "pip install PyStemmer"
+        ) from None
+    return Stemmer.Stemmer("english").stemWords
 
 
 def require_ranker() -> Any:

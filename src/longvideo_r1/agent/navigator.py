@@ -29,19 +29,23 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, get_args
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from longvideo_r1.agent import grammar, prompts, protocol, replies
-from longvideo_r1.agent.guide import Guide, StoredTexts, agent_variant, require_ranker
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.guide import (
+    Guide,
+    StoredTexts,
+    asked_share,
+    require_ranker,
+)
 from longvideo_r1.agent.protocol import Action, Answer, ParseError, Reply, check_question
 from longvideo_r1.agent.tools import ToolBox, ToolResult
 from longvideo_r1.agent.trace import Evidence, HighCaption, Round, Status, Trace
 from longvideo_r1.captions.captioner import spent_by
-from longvideo_r1.config import AnswerFormSetting, ConstrainMode
 from longvideo_r1.errors import ConfigError, LVR1Error, one_line
 from longvideo_r1.llm.client import ChatReply
-from longvideo_r1.options import field_help, option
 from longvideo_r1.tree import NodeId, Tree
 
 if TYPE_CHECKING:
@@ -56,153 +60,6 @@ _CONTEXT_OVERFLOW = re.compile(
     r"context (length|window|size)|maximum context|too many tokens|prompt is too long",
     re.IGNORECASE,
 )
-
-
-CONSTRAIN_MODES: tuple[str, ...] = get_args(ConstrainMode)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """How long a navigator may explore, and how it talks to the reasoning model."""
-
-    max_rounds: int = option(
-        30, "Model turns at most; before the last one the model is told to answer now."
-    )
-    max_video_qa: int | None = option(
-        None,
-        "video_qa calls allowed (None: no limit). A call beyond it is not run and the "
-        "model must answer in the next round.",
-    )
-    max_caption_calls: int | None = option(
-        None,
-        "get_caption calls the model may make, the opening's high-level captions not "
-        "counted (None: no limit). A call beyond it is not run and the model must answer "
-        "in the next round.",
-    )
-    max_tokens: int | None = option(
-        None,
-        "Reasoning-model tokens, prompt plus completion as the server reports them, summed "
-        "over rounds (None: no limit). Once reached, the model must answer in the next round.",
-    )
-    max_seconds: float | None = option(
-        None,
-        "Wall-clock seconds from the start of the run (None: no limit). Once reached, no "
-        "tool runs and the model must answer in the next round.",
-    )
-    require_fetched_leaf: bool = option(
-        True, "Refuse video_qa on a leaf whose caption the model has not fetched first."
-    )
-    temperature: float | None = option(
-        None, "Sampling temperature of the reasoning model (None: the backend's default)."
-    )
-    max_reply_tokens: int | None = option(
-        1024, "Completion tokens per model reply (None: the backend's default)."
-    )
-    max_repeated_errors: int | None = option(
-        3,
-        "End the run as no_answer when the model writes the same unusable reply this many "
-        "times in a row (None: never). A deterministic model that repeats itself after an "
-        "error message will not recover; the remaining rounds would only cost time.",
-    )
-    max_repeated_calls: int | None = option(
-        3,
-        "Refuse a tool call that the model has already made this many times in a row, each "
-        "time with a result (None: never); the model is told why and must answer in the next "
-        "round. The same call returns the same result, so a model looping on it is stuck.",
-    )
-    constrain: ConstrainMode = option(
-        "auto",
-        "Decode every reply under a grammar that admits only replies the protocol reads as "
-        "canonical (a think, then one tool call with ids that exist and were not fetched yet, "
-        "or an answer in the answer form): 'on', 'off', or 'auto', which is on for the embedded "
-        "model and, for a server, on when a one-time probe shows it takes a grammar (vLLM, "
-        "SGLang, llama.cpp's server), with one notice when it does not.",
-    )
-    answer_form: AnswerFormSetting = option(
-        "auto",
-        "What <answer> holds for a multiple-choice question, as the prompt asks and the grammar "
-        "admits: 'letter' (what the released checkpoints learned), 'text' (the option's exact "
-        "text; small models pick the right text far more often than the right letter), "
-        "'either', or 'auto': text for the embedded model, either for a server.",
-    )
-    max_think_tokens: int = option(
-        768,
-        "Tokens the <think> of a constrained reply may take (at most max_reply_tokens); "
-        "</think> is written for the model when they run out, and the tool call or answer "
-        "after it always gets the tokens it needs to finish.",
-    )
-    first_message_parts: bool = option(
-        False,
-        "Send the first user message as OpenAI text parts, as the reference did, instead of "
-        "one string. Text-only servers join the parts with a newline, so the model reads the "
-        "same prompt; some chat templates accept only strings.",
-    )
-    min_depth: int = option(
-        0,
-        "Admit an answer only after a caption at this depth or deeper was read: 2 a medium "
-        "(h, m), 3 a low (h, m, l) one; 0 off. The grammar leaves the answer out and the "
-        "parser refuses an early one; a round with no tool call left, the last one "
-        "included, always admits it, and the trace records whether the depth was reached.",
-    )
-    guide: int = option(
-        0,
-        "Retrieval-guided navigation: get_caption is offered only the K unread children of "
-        "the segments read so far that BM25 ranks highest for the question, over their "
-        "stored captions or else the words spoken in them (0: off, unguided). A guided run "
-        "is named retrieval-guided-bm25-kK in manifests and reports.",
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_rounds < 1:
-            raise ConfigError(f"max_rounds must be at least 1, got {self.max_rounds}")
-        if self.max_repeated_errors is not None and self.max_repeated_errors < 2:
-            raise ConfigError(
-                f"max_repeated_errors must be at least 2, got {self.max_repeated_errors}"
-            )
-        if self.max_repeated_calls is not None and self.max_repeated_calls < 1:
-            raise ConfigError(
-                f"max_repeated_calls must be at least 1, got {self.max_repeated_calls}"
-            )
-        for name in ("max_video_qa", "max_caption_calls"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be 0 or more, got {value}")
-        for name in ("max_tokens", "max_seconds", "max_reply_tokens"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        if self.temperature is not None and self.temperature < 0:
-            raise ConfigError(f"temperature must be 0 or more, got {self.temperature}")
-        if self.constrain not in CONSTRAIN_MODES:
-            raise ConfigError(
-                f"constrain must be one of {', '.join(CONSTRAIN_MODES)}, got {self.constrain!r}"
-            )
-        if self.answer_form not in ("auto", *protocol.ANSWER_FORMS):
-            raise ConfigError(
-                f"answer_form must be auto or one of {', '.join(protocol.ANSWER_FORMS)}, "
-                f"got {self.answer_form!r}"
-            )
-        if self.max_think_tokens < 1:
-            raise ConfigError(f"max_think_tokens must be positive, got {self.max_think_tokens}")
-        if not 0 <= self.min_depth <= 3:
-            raise ConfigError(
-                f"min_depth must be 0 (off) to 3 (a low caption), got {self.min_depth}"
-            )
-        if self.guide < 0:
-            raise ConfigError(f"guide must be 0 (off) or more, got {self.guide}")
-
-    @property
-    def variant(self) -> str:
-        """How manifests and reports name a run of this config (guided runs say so)."""
-        return agent_variant(self.guide, self.min_depth)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Each field's documentation, for command-line help and docs."""
-        return field_help(cls)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -272,7 +129,7 @@ class Navigator:
         self.tree = tree
         self.config = config or AgentConfig()
         self._clock = clock
-        if self.config.guide:
+        if self.config.guide or self.config.answer_on_match:
             require_ranker()
 
     def run(
@@ -408,8 +265,9 @@ class Navigator:
                 return True
             rnd.observation = prompts.error_message(parsed.result)
         elif action is not None:
-            rnd.observation = self._act(ep, rnd, action).observation
-            spent = self._spent(ep, None)
+            result = self._act(ep, rnd, action)
+            rnd.observation = result.observation
+            spent = self._spent(ep, None) or self._matched(ep, rnd, result)
             if spent is not None:
                 rnd.notice = prompts.budget_notice(spent, call_not_run=False)
         ep.forced_by = spent
@@ -528,6 +386,17 @@ class Navigator:
         if _over(self._clock() - ep.started, cfg.max_seconds):
             return f"the time budget for this question ({cfg.max_seconds:g} s) is spent"
         return None
+
+    def _matched(self, ep: _Episode, rnd: Round, result: ToolResult) -> str | None:
+        """With ``answer_on_match``: the read that holds the question's words, as a cause
+        to stop; the share is kept in the round either way."""
+        threshold = self.config.answer_on_match
+        if not threshold or result.tool != "get_caption" or not result.ok:
+            return None
+        rnd.asked_share = asked_share(ep.trace.question, result.text)
+        if rnd.asked_share < threshold:
+            return None
+        return "the caption you just read holds the question's words"
 
     def _answered(self, ep: _Episode, answer: Answer) -> None:
         trace = ep.trace

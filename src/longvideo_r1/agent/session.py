@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.tools import (
     CaptionClipAnswerer,
     GetCaption,

@@ -88,6 +88,11 @@ class Round(BaseModel):
         default=None,
         description="With --guide: the only ids get_caption was offered, best first.",
     )
+    asked_share: float | None = Field(
+        default=None,
+        description="With --answer-on-match: the share of the question's words that this "
+        "round's caption held.",
+    )
 
 
 class HighCaption(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.session import VideoSession
 from longvideo_r1.config import ROLES, Settings, load_settings
 from longvideo_r1.errors import ConfigError

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.agent import protocol
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import ConfigError, one_line
 from longvideo_r1.evaluation.cluster import RayEngine, split_address

@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from longvideo_r1.agent import grammar, prompts, protocol
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.agent.tools import ClipAnswerer
 from longvideo_r1.captions.captioner import CallCost

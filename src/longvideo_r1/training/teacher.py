@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from longvideo_r1.agent import protocol, replies
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.tools import ClipAnswerer
 from longvideo_r1.config import AnswerFormSetting, ConstrainMode
 from longvideo_r1.errors import ConfigError, LVR1Error
