@@ -58,7 +58,9 @@ def test_a_store_row_names_content_keys_and_any_store_with_them_serves_it(tmp_pa
     tree = item.ctree.tree
     with CaptionStore(tmp_path / "store.sqlite") as store:
         store.register_video(
-            VideoRecord(item.ctree.fingerprint, "/elsewhere/v.mp4", tree.duration, tree.n_frames, tree.width)
+            VideoRecord(
+                item.ctree.fingerprint, "/elsewhere/v.mp4", tree.duration, tree.n_frames, tree.width
+            )
         )
         records = [
             CaptionRecord(item.ctree.fingerprint, tree.width, k, "cap-v1", v)
