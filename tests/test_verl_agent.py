@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,14 @@ class ScriptedServer:
         )
 
 
+class SlowServer(ScriptedServer):
+    """Yields to the event loop before answering, so concurrent trajectories interleave."""
+
+    async def generate(self, request_id, **kwargs):
+        await asyncio.sleep(0.01)
+        return await super().generate(request_id, **kwargs)
+
+
 class ModelServer:
     """verl's server manager over a real (tiny) model: sampling with its logprobs."""
 
@@ -110,7 +119,16 @@ class ModelServer:
 
 
 def run_loop(tokenizer, server, extra_info, prompt_length=4096, response_length=4096, **navigator):
-    """Instantiate the loop from the YAML as verl's worker does, run it on one row, pad it."""
+    """Instantiate the loop from the YAML as verl's worker does and run it on one row."""
+    return run_group(tokenizer, [server], extra_info, prompt_length, response_length, **navigator)[
+        0
+    ]
+
+
+def run_group(
+    tokenizer, servers, extra_info, prompt_length=4096, response_length=4096, **navigator
+):
+    """One trajectory per server, all on one event loop at once, as verl's worker runs them."""
     trainer = OmegaConf.create(
         {
             "actor_rollout_ref": {
@@ -130,7 +148,7 @@ def run_loop(tokenizer, server, extra_info, prompt_length=4096, response_length=
         "logprobs": True,
     }
 
-    async def main():
+    async def one(server):
         loop = hydra.utils.instantiate(
             config=entry,
             trainer_config=DictConfigWrap(trainer),
@@ -143,7 +161,10 @@ def run_loop(tokenizer, server, extra_info, prompt_length=4096, response_length=
             tools=ToolListWrap([]),
         )
         assert isinstance(loop, NavigatorAgentLoop)
-        return await loop.run(params, extra_info=extra_info, raw_prompt=[], index=0)
+        return await loop.run(dict(params), extra_info=extra_info, raw_prompt=[], index=0)
+
+    async def main():
+        return await asyncio.gather(*(one(server) for server in servers))
 
     return asyncio.run(main())
 
@@ -207,6 +228,20 @@ def test_the_server_sees_the_concatenated_ids_and_verls_sampling_params(tokenize
         assert params["top_p"] == 1.0 and params["max_tokens"] <= 1024
     assert len({r[0] for r in server.requests}) == 1  # one sticky request id per trajectory
     assert len(server.requests) == len(REPLIES) and mine  # one generation per round
+
+
+def test_a_group_of_trajectories_runs_concurrently_on_one_event_loop(tokenizer, extra_info):
+    """verl gathers a step's trajectories on one loop; each navigator waits in its own thread."""
+    servers = [SlowServer(tokenizer, REPLIES) for _ in range(8)]
+    started = time.perf_counter()
+    outs = run_group(tokenizer, servers, extra_info)
+    seconds = time.perf_counter() - started
+    alone = run_loop(tokenizer, ScriptedServer(tokenizer, REPLIES), extra_info)
+    for out in outs:
+        assert out.response_ids == alone.response_ids
+        assert out.response_mask == alone.response_mask
+    assert len({s.requests[0][0] for s in servers}) == 8  # a request id per trajectory
+    assert seconds < 8 * len(REPLIES) * 0.01 + 5  # the waits overlap
 
 
 def test_verl_pads_the_output_into_its_tensors(tokenizer, extra_info):
