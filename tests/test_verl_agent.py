@@ -378,4 +378,5 @@ def test_the_verl_recipe_composes_with_the_papers_values_and_passes_verls_checks
     assert cfg.trainer.total_epochs == 2
     assert arr.rollout.prompt_length + arr.rollout.response_length == 24576
     validate_config(cfg, need_reference_policy(cfg), need_critic(cfg))
+    assert "LVR1_CONFIG" in cfg.ray_kwargs.ray_init.runtime_env.env_vars  # reaches the workers
     assert omega_conf_to_dataclass(arr.rollout).calculate_log_probs
