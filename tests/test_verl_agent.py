@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -118,17 +119,20 @@ class ModelServer:
         return TokenOutput(token_ids=out.ids, log_probs=out.logprobs, stop_reason="completed")
 
 
-def run_loop(tokenizer, server, extra_info, prompt_length=4096, response_length=4096, **navigator):
-    """Instantiate the loop from the YAML as verl's worker does and run it on one row."""
-    return run_group(tokenizer, [server], extra_info, prompt_length, response_length, **navigator)[
-        0
-    ]
+PARAMS = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": -1,
+    "repetition_penalty": 1.0,
+    "logprobs": True,
+}
 
 
-def run_group(
-    tokenizer, servers, extra_info, prompt_length=4096, response_length=4096, **navigator
-):
-    """One trajectory per server, all on one event loop at once, as verl's worker runs them."""
+def make_loop(tokenizer, server, prompt_length=4096, response_length=4096, **navigator):
+    """The loop as verl's worker makes it: hydra, from the YAML entry, with the worker's kwargs.
+
+    Call it inside the event loop, as the worker does.
+    """
     trainer = OmegaConf.create(
         {
             "actor_rollout_ref": {
@@ -140,33 +144,37 @@ def run_group(
     (entry,) = OmegaConf.load(CONFIGS / "agent-loop.yaml")
     for key, value in navigator.items():
         OmegaConf.update(entry, f"navigator.{key}", value, merge=True)
-    params = {
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "top_k": -1,
-        "repetition_penalty": 1.0,
-        "logprobs": True,
-    }
+    loop = hydra.utils.instantiate(
+        config=entry,
+        trainer_config=DictConfigWrap(trainer),
+        server_manager=server,
+        tokenizer=tokenizer,
+        processor=None,
+        hf_model_type=None,
+        dataset_cls=RLHFDataset,
+        data_config=DictConfigWrap(trainer.data),
+        tools=ToolListWrap([]),
+    )
+    assert isinstance(loop, NavigatorAgentLoop)
+    return loop
+
+
+def run_group(tokenizer, servers, extra_info, **options):
+    """One trajectory per server, all on one event loop at once, as verl's worker runs them."""
 
     async def one(server):
-        loop = hydra.utils.instantiate(
-            config=entry,
-            trainer_config=DictConfigWrap(trainer),
-            server_manager=server,
-            tokenizer=tokenizer,
-            processor=None,
-            hf_model_type=None,
-            dataset_cls=RLHFDataset,
-            data_config=DictConfigWrap(trainer.data),
-            tools=ToolListWrap([]),
-        )
-        assert isinstance(loop, NavigatorAgentLoop)
-        return await loop.run(dict(params), extra_info=extra_info, raw_prompt=[], index=0)
+        loop = make_loop(tokenizer, server, **options)
+        return await loop.run(dict(PARAMS), extra_info=extra_info, raw_prompt=[], index=0)
 
     async def main():
         return await asyncio.gather(*(one(server) for server in servers))
 
     return asyncio.run(main())
+
+
+def run_loop(tokenizer, server, extra_info, **options):
+    """One trajectory of one row."""
+    return run_group(tokenizer, [server], extra_info, **options)[0]
 
 
 def _runs(ids, mask, value):
@@ -244,6 +252,31 @@ def test_a_group_of_trajectories_runs_concurrently_on_one_event_loop(tokenizer, 
     assert seconds < 8 * len(REPLIES) * 0.01 + 5  # the waits overlap
 
 
+def test_a_cancelled_trajectory_lets_go_of_its_thread_at_once(tokenizer, extra_info):
+    """verl may cancel a step's trajectories; the loop must not block on the navigator's thread."""
+
+    class Stuck(ScriptedServer):
+        async def generate(self, request_id, **kwargs):
+            await asyncio.sleep(60)
+
+    async def main():
+        loop = make_loop(tokenizer, Stuck(tokenizer, REPLIES))
+        task = asyncio.create_task(loop.run(dict(PARAMS), extra_info=extra_info, raw_prompt=[]))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        started = time.perf_counter()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        waited = time.perf_counter() - started
+        while any(t.name.startswith("lvr1-rollout") for t in threading.enumerate()):
+            # the loop still runs the stuck generation: only the loop's own cancel frees the thread
+            assert time.perf_counter() - started < 5, "the rollout thread is still running"
+            await asyncio.sleep(0.05)
+        return waited
+
+    assert asyncio.run(main()) < 1.0
+
+
 def test_verl_pads_the_output_into_its_tensors(tokenizer, extra_info):
     """verl's own post-processing (padding, masks, positions) takes the output as it is."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
@@ -306,6 +339,8 @@ def test_loop_options_default_to_the_paper_and_refuse_bad_values():
         loop_options({"agent": {"max_turns": 3}})
     with pytest.raises(ConfigError, match="repeat must be 0 or more"):
         loop_options({"reward": {"repeat": -0.2}})
+    with pytest.raises(ConfigError, match="navigator.video_qa"):
+        loop_options({"video_qa": "oracle"})
 
 
 # the tool-call parser ---------------------------------------------------------------------

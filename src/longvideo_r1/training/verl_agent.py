@@ -37,7 +37,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from typing import Any
@@ -62,7 +62,7 @@ from longvideo_r1.options import option
 from longvideo_r1.training.reward import TERMS, RewardWeights, reward_terms
 from longvideo_r1.training.rollouts import Generated, Rollout, rollout
 from longvideo_r1.training.trees import make_toolbox
-from longvideo_r1.training.verl_data import AGENT_NAME, episode_from_row
+from longvideo_r1.training.verl_data import AGENT_NAME, ANSWERERS, episode_from_row
 
 PARSER_NAME = "lvr1"
 """Our tool-call format's name in verl's parser registry (``multi_turn.format``)."""
@@ -130,6 +130,10 @@ def loop_options(values: Mapping[str, Any] | None) -> NavigatorLoopOptions:
         )
     agent = {**PAPER_AGENT, **(data.pop("agent", None) or {})}
     options = NavigatorLoopOptions(agent=agent, **data)
+    if options.video_qa not in ("row", *ANSWERERS):
+        raise ConfigError(
+            f"navigator.video_qa: {options.video_qa!r} is not one of row, {', '.join(ANSWERERS)}"
+        )
     options.agent_config(1.0)  # checked now, not in the first rollout
     options.weights()
     return options
@@ -175,8 +179,19 @@ class ServerGenerator:
         self.prompt_length: int | None = None
         self.seconds = 0.0
         self.calls = 0
+        self.closed = False
+        self._pending: Future[Any] | None = None
+
+    def close(self) -> None:
+        """Refuse further generations and drop the one in flight (the trajectory is gone)."""
+        self.closed = True
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()
 
     def generate(self, ids: list[int], max_tokens: int, temperature: float) -> Generated:
+        if self.closed:
+            raise EndpointError("the trajectory was cancelled by the trainer")
         if self.prompt_length is None:
             self.prompt_length = len(ids)
         room = self.response_length - (len(ids) - self.prompt_length)
@@ -195,7 +210,13 @@ class ServerGenerator:
         call = self.server_manager.generate(
             request_id=self.request_id, prompt_ids=list(ids), sampling_params=params
         )
-        out = asyncio.run_coroutine_threadsafe(call, self.loop).result()
+        self._pending = asyncio.run_coroutine_threadsafe(call, self.loop)
+        try:
+            out = self._pending.result()
+        except CancelledError:
+            raise EndpointError("the trajectory was cancelled by the trainer") from None
+        finally:
+            self._pending = None
         self.seconds += time.perf_counter() - started
         self.calls += 1
         if getattr(out, "stop_reason", None) == "aborted":
@@ -252,8 +273,15 @@ class NavigatorAgentLoop(AgentLoopBase):
         )
         config = self.options.agent_config(sampling_params.get("temperature"))
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvr1-rollout") as pool:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvr1-rollout")
+        try:
             result = await loop.run_in_executor(pool, self._rollout, extra_info, generator, config)
+        except BaseException:
+            generator.close()  # cancelled: the navigator's thread ends its run at once
+            raise
+        finally:
+            # Never wait here: the thread may be waiting for this very loop to serve it.
+            pool.shutdown(wait=False)
         seconds = time.perf_counter() - started
         return loop_output(
             result,
