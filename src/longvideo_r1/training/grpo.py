@@ -371,6 +371,15 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
+def starting_model(recipe: GRPORecipe) -> str:
+    """The model folder to start from; ``tiny-qwen3`` and GGUF bases are made once under the
+    output (the tiny tokenizer learns its vocabulary from oracle conversations)."""
+    rows = []
+    if recipe.model == TINY_MODEL:
+        rows = [{"messages": r.messages} for r in synthetic_records(8, recipe.seed)]
+    return resolve_model(recipe, rows)  # type: ignore[arg-type]
+
+
 def load_policy(recipe: GRPORecipe, model_path: str) -> tuple[Any, Any]:
     """The model and its tokenizer, the tokenizer carrying the template rollouts render with."""
     import torch
@@ -476,9 +485,7 @@ def build_trainer(
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    rows = [{"messages": r.messages} for r in synthetic_records(8, recipe.seed)]
-    model_path = resolve_model(recipe, rows)  # type: ignore[arg-type]
-    model, tokenizer = load_policy(recipe, model_path)
+    model, tokenizer = load_policy(recipe, starting_model(recipe))
     rollouts = PolicyRollouts(train, tokenizer, recipe, stats)
     log = step_log_callback(Path(recipe.output_dir).expanduser() / STEP_LOG, stats)
     with warnings.catch_warnings():
@@ -595,8 +602,7 @@ def evaluate_checkpoint(recipe: GRPORecipe, model_path: str | None = None) -> di
             raise ConfigError(f"--model: {path} is not a model folder (no config.json)")
         held_out = load_prompts(recipe.eval_data, recipe, recipe.eval_seed, stack)
         if path is None:
-            rows = [{"messages": r.messages} for r in synthetic_records(8, recipe.seed)]
-            path = resolve_model(recipe, rows)  # type: ignore[arg-type]
+            path = starting_model(recipe)
         model, tokenizer = load_policy(recipe, path)
         scores = score_policy(model, tokenizer, held_out, recipe)
     return {"model": path, **scores}
