@@ -321,6 +321,24 @@ def test_the_loop_samples_from_a_real_tiny_model(tmp_path, extra_info):
     assert out.extra_fields["reward_extra_info"]["rounds"] == 2.0
 
 
+def test_verls_own_dataset_reads_the_rows_the_loop_runs_on(tokenizer, tmp_path):
+    """lvr1 data verl's Parquet through RLHFDataset and its collate, as the trainer reads it."""
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    from longvideo_r1.cli.main import main
+
+    assert main(["data", "verl", "synthetic:3", "--seed", "11", "--out", str(tmp_path)]) == 0
+    config = OmegaConf.create(
+        {"cache_dir": str(tmp_path / "cache"), "max_prompt_length": 8192, "return_raw_chat": True}
+    )
+    dataset = RLHFDataset(str(tmp_path / "train.parquet"), tokenizer, config)
+    batch = collate_fn([dataset[i] for i in range(len(dataset))])
+    assert list(batch["agent_name"]) == ["lvr1_navigator"] * 3
+    assert batch["extra_info"][0]["question"]["id"] == ITEM.question.id  # seed 11, item 0
+    out = run_loop(tokenizer, ScriptedServer(tokenizer, REPLIES), batch["extra_info"][0])
+    assert out.extra_fields["reward_extra_info"]["accuracy"] == 1.0
+
+
 # options ------------------------------------------------------------------------------------
 
 
