@@ -339,6 +339,62 @@ def test_verls_own_dataset_reads_the_rows_the_loop_runs_on(tokenizer, tmp_path):
     assert out.extra_fields["reward_extra_info"]["accuracy"] == 1.0
 
 
+class RoutedServers:
+    """One scripted server per trajectory, told apart by the sticky request id."""
+
+    def __init__(self, tokenizer, n):
+        self.servers = [ScriptedServer(tokenizer, REPLIES) for _ in range(n)]
+        self.routes: dict[str, int] = {}
+
+    async def generate(self, request_id, **kwargs):
+        index = self.routes.setdefault(request_id, len(self.routes))
+        return await self.servers[index].generate(request_id, **kwargs)
+
+
+def test_verls_agent_loop_worker_makes_a_training_batch_with_our_loop(tmp_path):
+    """The whole rollout side of a verl step on CPU: our recipe, verl's worker, a GRPO group."""
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.protocol import DataProto
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    from longvideo_r1.cli.main import main
+
+    model = build_tiny_model(tmp_path / "tiny", [m["content"] for m in ORACLE.messages], seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    data = tmp_path / "data"
+    assert main(["data", "verl", "synthetic:1", "--seed", "11", "--out", str(data)]) == 0
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(
+            config_name="grpo-qwen3-8b",
+            overrides=[
+                f"actor_rollout_ref.model.path={model}",
+                f"data.train_files={data / 'train.parquet'}",
+                "data.max_prompt_length=4096",
+                "data.max_response_length=4096",
+                "actor_rollout_ref.rollout.n=2",
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS / 'agent-loop.yaml'}",
+            ],
+        )
+    data_config = OmegaConf.to_container(cfg.data, resolve=True) | {"cache_dir": str(tmp_path)}
+    dataset = RLHFDataset(cfg.data.train_files, tokenizer, OmegaConf.create(data_config))
+    batch = DataProto.from_single_dict(collate_fn([dataset[0]])).repeat(2, interleave=True)
+
+    async def step():
+        worker = AgentLoopWorker(cfg, RoutedServers(tokenizer, 2))
+        return await worker.generate_sequences(batch)
+
+    out = asyncio.run(step())
+    assert out.batch["responses"].shape == (2, 4096)
+    assert out.batch["rollout_log_probs"].shape == (2, 4096)
+    scores = out.batch["rm_scores"].sum(-1).tolist()
+    total = out.non_tensor_batch["total"].tolist()
+    assert scores == pytest.approx(total) and min(out.non_tensor_batch["accuracy"]) == 1.0
+    assert set(out.meta_info["reward_extra_keys"]) >= {*TERMS, "total", "rounds"}
+    generated = out.batch["response_mask"].sum(-1).tolist()
+    assert generated[0] == generated[1] == sum(len(encode(tokenizer, r)) + 1 for r in REPLIES)
+
+
 # options ------------------------------------------------------------------------------------
 
 
