@@ -113,6 +113,7 @@ class NavigatorLoopOptions:
             raise ConfigError(f"navigator.agent: {exc}") from None
 
     def weights(self) -> RewardWeights:
+        """The reward's weights: the paper's, with this loop's ``reward:`` keys over them."""
         try:
             return RewardWeights(**self.reward)
         except TypeError as exc:
