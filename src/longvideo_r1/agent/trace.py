@@ -14,6 +14,7 @@ never turns a failure into a guessed letter.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from longvideo_r1.agent import prompts, protocol
 from longvideo_r1.captions.captioner import CallCost
 from longvideo_r1.errors import LVR1Error, validation_line
 from longvideo_r1.files import write_atomic
-from longvideo_r1.tree import Node, format_node_id
+from longvideo_r1.tree import LEVELS, Node, format_node_id
 
 TRACE_FORMAT = 1
 """Bumped when a field changes meaning; readers can refuse formats they do not know."""
@@ -115,6 +116,21 @@ class Evidence(BaseModel):
     how: How
     round: int
     query: str | None = None
+
+
+def counted_visits(evidence: Iterable[Evidence]) -> list[Evidence]:
+    """The visits that were navigation choices: medium and low nodes read, leaves asked about.
+
+    The opening's high-level captions are given to every run before it
+    chooses anything, so they say nothing about navigation; the grounding
+    the evaluation reports and the one the RL reward pays both leave them out.
+    """
+    return [e for e in evidence if e.how == "video_qa" or e.level != LEVELS[0]]
+
+
+def visited_spans(visits: Iterable[Evidence]) -> list[tuple[float, float]]:
+    """The spans of the counted visits, each node once (the union would count it once anyway)."""
+    return list(dict.fromkeys((e.start, e.end) for e in visits))
 
 
 class Cost(BaseModel):

@@ -38,6 +38,7 @@ from longvideo_r1.training.records import TrajectoryError, load_records
 from longvideo_r1.training.synthetic import synthetic_count, synthetic_dataset
 from longvideo_r1.training.teacher import TeacherConfig, generate_teacher
 from longvideo_r1.training.trees import MappingTrees, StoreTrees, unavailable_trees
+from longvideo_r1.training.verl_data import ANSWERERS, rows_for, split_rows, write_parquet
 
 
 def add_data_parser(sub) -> None:
@@ -45,13 +46,21 @@ def add_data_parser(sub) -> None:
     data = sub.add_parser(
         "data",
         add_help=False,
-        help="make training data: lvr1 data oracle | teacher | filter | export "
+        help="make training data: lvr1 data oracle | teacher | filter | export | verl "
         "(see docs/training-data.md)",
     )
     data.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
-def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: str) -> None:
+_TRAJECTORY_FOLDER = (
+    "trajectory folder: one JSON record per question under DIR/records/; a rerun skips the "
+    "questions that have one"
+)
+
+
+def _trajectory_inputs_options(
+    parser: argparse.ArgumentParser, synthetic_seed: str, out_help: str = _TRAJECTORY_FOLDER
+) -> None:
     """QUESTIONS, --out and where the questions' caption trees come from."""
     parser.add_argument(
         "questions",
@@ -60,13 +69,7 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
         "'testbench-long' (the shipped test benches) or synthetic:N (N made-up questions, each with its own caption "
         f"tree: no video, no captioning; {synthetic_seed})",
     )
-    parser.add_argument(
-        "--out",
-        required=True,
-        metavar="DIR",
-        help="trajectory folder: one JSON record per question under DIR/records/; a rerun "
-        "skips the questions that have one",
-    )
+    parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
     group = parser.add_argument_group("questions and caption trees")
     group.add_argument(
         "--benchmark",
@@ -101,7 +104,7 @@ def _trajectory_inputs_options(parser: argparse.ArgumentParser, synthetic_seed: 
 
 
 def build_data_parser() -> argparse.ArgumentParser:
-    """``lvr1 data oracle | teacher | filter | export``."""
+    """``lvr1 data oracle | teacher | filter | export | verl``."""
     common = _common_parser()
     parser = argparse.ArgumentParser(
         prog="lvr1 data",
@@ -178,6 +181,30 @@ def build_data_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="FILE", help="training file to write")
     add_config_flags(export, ExportConfig, "export (ExportConfig)")
     add_config_flags(export, FilterConfig, "filter (FilterConfig)")
+
+    verl = sub.add_parser(
+        "verl",
+        parents=[common],
+        help="write questions and their caption trees as verl's RL dataset (Parquet)",
+        description="One Parquet row per question for verl's RL trainer (configs/verl/, "
+        "docs/training.md): the question with its clue intervals, its caption tree (inline "
+        "for synthetic trees, by the store's content keys otherwise) and how video_qa is "
+        "answered. Nothing is generated; every tree is looked up first.",
+    )
+    _trajectory_inputs_options(
+        verl, "made from --seed", "folder for train.parquet and val.parquet (written atomically)"
+    )
+    verl.add_argument(
+        "--val", type=int, default=0, metavar="N", help="hold out the last N rows as val.parquet"
+    )
+    verl.add_argument("--seed", type=int, default=0, help="seed of synthetic:N questions")
+    verl.add_argument(
+        "--answerer",
+        choices=ANSWERERS,
+        help="how video_qa is answered in the rollouts: vlm (the video_qa endpoint on the "
+        "video file), captions (the leaf's caption) or synthetic (the right option); default "
+        "synthetic for synthetic:N, else vlm",
+    )
     return parser
 
 
@@ -327,10 +354,27 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_verl(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    synthetic = synthetic_count(args.questions) is not None
+    answerer = args.answerer or ("synthetic" if synthetic else "vlm")
+    with ExitStack() as stack:
+        questions, trees = _trajectory_inputs(args, settings, args.seed, stack)
+        rows = rows_for(questions, trees, answerer, inline=synthetic)
+    train, val = split_rows(rows, args.val)
+    out = Path(args.out).expanduser()
+    write_parquet(train, out / "train.parquet")
+    if val:
+        write_parquet(val, out / "val.parquet")
+    print(f"{len(train)} train rows, {len(val)} val rows in {out} (video_qa: {answerer})")
+    return 0
+
+
 DATA_COMMANDS = {
     "oracle": cmd_data_oracle,
     "teacher": cmd_data_teacher,
     "trajectories": cmd_data_teacher,  # the issue's and the paper's name for the teacher step
     "filter": cmd_data_filter,
     "export": cmd_data_export,
+    "verl": cmd_data_verl,
 }

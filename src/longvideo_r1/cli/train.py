@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from longvideo_r1.training.sft import main as train_main
+from longvideo_r1.training.command import main as train_main
 
 
 def add_train_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_train_parser(sub) -> None:
     train = sub.add_parser(
         "train",
         add_help=False,
-        help="fine-tune the navigator: lvr1 train sft CONFIG.yaml (see docs/training.md)",
+        help="fine-tune the navigator: lvr1 train sft|grpo CONFIG.yaml (see docs/training.md)",
     )
     train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from longvideo_r1.agent.trace import Evidence, Trace
+from longvideo_r1.agent.trace import Trace, counted_visits, visited_spans
 from longvideo_r1.spans import clip, span_f1, touches
 from longvideo_r1.tree import LEVELS
 
@@ -50,20 +50,10 @@ class Grounding:
     f1: float | None = None
 
 
-def counted_visits(evidence: Iterable[Evidence]) -> list[Evidence]:
-    """The visits that were navigation choices: medium and low nodes read, leaves asked about."""
-    return [e for e in evidence if e.how == "video_qa" or e.level != LEVELS[0]]
-
-
 def deepest_level(levels: Iterable[str]) -> str | None:
     """The finest of ``levels`` (``low`` beats ``medium`` beats ``high``); None for none."""
     depths = [LEVELS.index(level) for level in levels]
     return LEVELS[max(depths)] if depths else None
-
-
-def visited_spans(visits: Iterable[Evidence]) -> list[tuple[float, float]]:
-    """The spans of the counted visits, each node once (the union would count it once anyway)."""
-    return list(dict.fromkeys((e.start, e.end) for e in visits))
 
 
 def grounding_of(trace: Trace, clues: Sequence[tuple[float, float]], method: str) -> Grounding:

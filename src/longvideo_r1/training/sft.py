@@ -520,10 +520,8 @@ def _write_result(result: SFTResult) -> None:
 # command line ----------------------------------------------------------------------------
 
 
-def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
-    """``lvr1 train sft CONFIG.yaml [--override key=value ...]``."""
-    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune the navigator.")
-    sub = parser.add_subparsers(dest="stage", required=True)
+def add_sft_parser(sub: Any) -> argparse.ArgumentParser:
+    """``sft CONFIG.yaml [--override key=value ...]`` under ``lvr1 train``."""
     keys = "\n".join(f"  {k}: {h}" for k, h in recipe_help().items())
     sft = sub.add_parser(
         "sft",
@@ -532,7 +530,13 @@ def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sft.add_argument("config", help="YAML recipe (see configs/sft-tiny.yaml)")
-    sft.add_argument(
+    add_override_option(sft)
+    return sft
+
+
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """``-o key=value``: one recipe key replaced (repeatable)."""
+    parser.add_argument(
         "--override",
         "-o",
         action="append",
@@ -540,6 +544,13 @@ def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="replace one recipe key (repeatable), e.g. -o max_steps=10",
     )
+
+
+def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
+    """``lvr1 train sft CONFIG.yaml [--override key=value ...]``."""
+    parser = argparse.ArgumentParser(prog=prog, description="Fine-tune the navigator.")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    add_sft_parser(sub)
     return parser
 
 
