@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("trl")
 
-from longvideo_r1.agent.navigator import AgentConfig  # noqa: E402
+from longvideo_r1.agent.config import AgentConfig  # noqa: E402
 from longvideo_r1.errors import EndpointError  # noqa: E402
 from longvideo_r1.training.oracle import OracleConfig, oracle_trajectory  # noqa: E402
 from longvideo_r1.training.rollouts import (  # noqa: E402

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import default_store_path
 from longvideo_r1.errors import ConfigError

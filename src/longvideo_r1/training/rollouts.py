@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from longvideo_r1.agent.navigator import AgentConfig, Navigator
+from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.tools import ToolBox
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.errors import EndpointError

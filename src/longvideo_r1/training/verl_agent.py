@@ -52,7 +52,7 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.protocol import Action
 from longvideo_r1.agent.replies import parse_reply
 from longvideo_r1.captions.store import CaptionStore
