@@ -268,10 +268,15 @@ def default_trace_dir(store: Path) -> Path:
     return store.parent / "traces"
 
 
+def trace_file_name(fingerprint: str) -> str:
+    """A new trace's file name: when it ran, then which video; they sort by time."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{stamp}-{fingerprint[:12]}.json"
+
+
 def default_trace_path(fingerprint: str, store: Path) -> Path:
     """Where a run's trace goes when --trace is not given: in :func:`default_trace_dir`."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return default_trace_dir(store) / f"{stamp}-{fingerprint[:12]}.json"
+    return default_trace_dir(store) / trace_file_name(fingerprint)
 
 
 # summary lines ------------------------------------------------------------------------
