@@ -82,6 +82,8 @@ def test_videos_lists_the_folders_videos_and_nothing_that_leads_out(server):
     names = {v["name"] for v in listing["videos"]}
     assert status == 200 and "testvideo.mp4" in names
     assert not names & {"linked-out.mp4", ".hidden.mp4", "notes.txt"}
+    known = {v["name"]: v["known"] for v in listing["videos"]}
+    assert known["testvideo.mp4"] and not known["fake.mp4"]  # the store has met the first
 
 
 def test_tree_has_spans_and_the_cached_captions(server, video_id, test_video):

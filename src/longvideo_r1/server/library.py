@@ -15,13 +15,14 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from longvideo_r1.agent.session import VideoSession, tree_payload
+from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import Settings
 from longvideo_r1.errors import VideoError
 from longvideo_r1.files import atomic_path
@@ -57,9 +58,11 @@ class VideoEntry:
     id: str
     name: str
     size: int
+    known: bool = False
+    """lvr1 has opened it before (it is in the caption store): the page offers it first."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "size": self.size}
+        return {"id": self.id, "name": self.name, "size": self.size, "known": self.known}
 
 
 class VideoLibrary:
@@ -87,7 +90,13 @@ class VideoLibrary:
             except VideoError:
                 continue  # unreadable: not offered
             found.setdefault(entry.id, entry)
-        return list(found.values())
+        known = self._known()
+        return [replace(e, known=e.id in known) for e in found.values()]
+
+    def _known(self) -> set[str]:
+        """Ids of the videos the caption store has met (any lvr1 command that opened them)."""
+        with CaptionStore(self.settings.store_path()) as store:
+            return {v.fingerprint[:ID_LENGTH] for v in store.list_videos()}
 
     def entry(self, video_id: str) -> VideoEntry:
         """The video with this id, looking again at the folder if it is not known yet."""

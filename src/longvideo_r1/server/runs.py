@@ -156,7 +156,11 @@ class RunQueue:
             return
         cached_before = set(session.cached_captions())
         cost = RunningCost()
-        opened = False
+        opened = {n.id for n in session.tree.nodes(1)} <= cached_before
+        if opened:  # the opening reads them from the store at once: show them now
+            run.emit(
+                opening_event(session.tree, session.cached_captions(), cached_before, cost, 0.0)
+            )
 
         def on_round(rnd: Round) -> None:
             nonlocal opened

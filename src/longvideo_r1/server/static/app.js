@@ -52,10 +52,29 @@ async function loadVideos() {
     option.textContent = video.name;
     select.append(option);
   }
+  if (!listing.videos.length) return setStatus("no videos under the data folder");
+  for (const id of await firstChoices(listing.videos)) {
+    try {
+      select.value = id;
+      return await loadVideo(id);
+    } catch (err) {
+      setStatus(err.message, true);
+    }
+  }
+}
+
+// The video to open first: the address's, the last one asked about, those lvr1 has opened
+// before, then the rest in name order (a file that does not decode is passed over).
+async function firstChoices(videos) {
+  const ids = videos.map((v) => v.id);
+  const order = [];
   const wanted = new URLSearchParams(location.hash.slice(1)).get("video");
-  if (wanted && listing.videos.some((v) => v.id === wanted)) select.value = wanted;
-  if (select.value) await loadVideo(select.value);
-  else setStatus("no videos under the data folder");
+  if (ids.includes(wanted)) order.push(wanted);
+  const { traces } = await api("/api/traces");
+  const last = traces.length && ids.find((id) => (traces[0].fingerprint || "").startsWith(id));
+  if (last) order.push(last);
+  order.push(...videos.filter((v) => v.known).map((v) => v.id), ...ids);
+  return [...new Set(order)];
 }
 
 async function loadVideo(id) {
@@ -123,7 +142,9 @@ function moveTooltip(event) {
 $("#player").addEventListener("timeupdate", () => {
   if (!state.tree) return;
   const frac = Math.min(1, $("#player").currentTime / state.tree.duration);
-  $("#playhead").style.left = `calc(5.5em + (100% - 5.5em) * ${frac})`;
+  const lane = document.querySelector("#timeline .lane");
+  $("#playhead").style.left = (lane.offsetLeft + frac * lane.offsetWidth) + "px";
+  $("#playhead").style.display = "block";
 });
 
 // a run: live or replayed -------------------------------------------------------------
@@ -176,7 +197,7 @@ function showOpening(event) {
     if (el) el.classList.add("opening", "captioned");
   }
   showCost(runningCost(event.cost));
-  setStatus("read the high-level captions; navigating…");
+  setStatus("read the high-level captions; the navigator is thinking…");
 }
 
 function showRound(event) {
@@ -208,7 +229,7 @@ function showRound(event) {
   $("#rounds").append(li);
   li.scrollIntoView({ block: "nearest" });
   showCost(runningCost(event.cost));
-  setStatus(`round ${event.index}…`);
+  setStatus(`round ${event.index} done; the navigator is thinking…`);
 }
 
 function showAnswer(event) {
@@ -292,7 +313,8 @@ async function loadTraces() {
     li.append(Object.assign(document.createElement("span"), { className: "q", textContent: trace.question }));
     const outcome = trace.status === "answered" ? trace.answer : trace.status;
     li.append(Object.assign(document.createElement("span"), { className: "meta",
-      textContent: `${outcome} · ${trace.rounds} rounds · ${trace.seconds.toFixed(1)} s` }));
+      textContent: `${outcome} · ${trace.rounds} round${trace.rounds === 1 ? "" : "s"} · ` +
+        `${trace.seconds.toFixed(1)} s` }));
     const button = Object.assign(document.createElement("button"), { className: "replay", textContent: "replay" });
     button.addEventListener("click", () => replay(trace));
     li.append(button);
