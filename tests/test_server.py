@@ -19,6 +19,7 @@ from longvideo_r1.cli.serve import check_exposure, is_loopback
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.server.events import trace_events
 from longvideo_r1.server.paths import DataDir, PathRefused
+from longvideo_r1.server.runs import Run
 
 GET_2_3 = "<think>The second quarter may show it.</think><tool>get_caption((2, 3))</tool>"
 GET_2_3_1 = "<think>Look closer.</think><tool>get_caption((2, 3, 1))</tool>"
@@ -413,3 +414,18 @@ def test_the_page_and_its_files_are_served(server):
     for name in ("app.js", "style.css"):
         assert call(f"{server}/static/{name}")[0] == 200
     assert call(f"{server}/static/..%2F..%2Fapp.py")[0] == 404
+
+
+def test_a_stopping_server_lets_its_event_readers_go():
+    """Ctrl-C must not wait for a run to end: open streams end with one last event."""
+    run = Run("r1", "v1", None, "Q?", None)  # type: ignore[arg-type]  # no session needed
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(run.follow(wait=30)))
+    reader.start()
+    run.emit({"kind": "status", "text": "starting"})
+    run.stopping.set()
+    run.let_go()
+    reader.join(5)
+    assert not reader.is_alive()
+    kinds = [e["kind"] for e in got if e is not None]
+    assert kinds == ["status", "error"] and "stopping" in got[-1]["message"]

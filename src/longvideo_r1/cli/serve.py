@@ -27,6 +27,7 @@ from longvideo_r1.cli.common import (
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.server.app import LOOPBACK_HOSTS, ServeOptions, create_app
 from longvideo_r1.server.paths import DataDir
+from longvideo_r1.server.runs import RunQueue
 from longvideo_r1.testing.sources import default_data_dir
 
 
@@ -54,7 +55,8 @@ def add_serve_parser(sub, common: argparse.ArgumentParser) -> None:
         "--token",
         metavar="TOKEN",
         help="every API request must carry it (Authorization: Bearer TOKEN, or ?token= in the "
-        "page's address); required with a --host other than 127.0.0.1 ($LVR1_TOKEN)",
+        "page's address), 8 characters or more; required with a --host other than 127.0.0.1 "
+        "($LVR1_TOKEN)",
     )
     serve.add_argument(
         "--traces",
@@ -143,6 +145,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     query = f"?token={token}" if token else ""
     print(f"lvr1 serve: http://{shown}:{port}/{query}", flush=True)
     print(f"  videos from {data.root}; traces in {own}", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    server.handle_exit = _streams_end_first(server.handle_exit, app.state.runs)
     server.run(sockets=[sock])
     return 0
+
+
+def _streams_end_first(handle_exit, runs: RunQueue):
+    """Ctrl-C ends the open event streams first: uvicorn waits for open connections, and a
+    stream stays open until its run ends."""
+
+    def handle(sig, frame) -> None:
+        runs.let_readers_go()
+        handle_exit(sig, frame)
+
+    return handle

@@ -47,6 +47,8 @@ class Run:
     session: VideoSession
     question: str
     choices: list[str] | None
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set when the server stops: readers are let go at once (the run itself is lost)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     done: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -63,7 +65,7 @@ class Run:
         seen = 0
         while True:
             with self._cond:
-                if seen == len(self.events) and not self.done:
+                if seen == len(self.events) and not self.done and not self.stopping.is_set():
                     self._cond.wait(wait)
                 fresh = self.events[seen:]
                 seen += len(fresh)
@@ -73,6 +75,14 @@ class Run:
             yield from fresh
             if finished:
                 return
+            if self.stopping.is_set():
+                yield {"kind": "error", "message": "the server is stopping; this run is lost"}
+                return
+
+    def let_go(self) -> None:
+        """Wake the readers so they see the server stopping."""
+        with self._cond:
+            self._cond.notify_all()
 
 
 class RunQueue:
@@ -94,6 +104,7 @@ class RunQueue:
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._waiting = 0
+        self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="lvr1-serve-runs", daemon=True)
         self._worker.start()
 
@@ -101,7 +112,7 @@ class RunQueue:
         self, session: VideoSession, video_id: str, question: str, choices: list[str] | None
     ) -> Run:
         """Queue a question (already checked by the caller) and return its run."""
-        run = Run(secrets.token_hex(8), video_id, session, question, choices)
+        run = Run(secrets.token_hex(8), video_id, session, question, choices, self._stopping)
         with self._lock:
             self._runs[run.id] = run
             ahead = self._waiting
@@ -118,8 +129,17 @@ class RunQueue:
             raise NotFound(f"no run with id {run_id!r}")
         return run
 
-    def close(self, timeout: float = 5.0) -> None:
+    def let_readers_go(self) -> None:
+        """End every open event stream now (the server is stopping, and waits for them)."""
+        self._stopping.set()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.let_go()
+
+    def close(self, timeout: float = 2.0) -> None:
         """Stop after the question in hand; the backend is closed by the worker."""
+        self.let_readers_go()
         self._queue.put(None)
         self._worker.join(timeout)
 
