@@ -23,7 +23,7 @@ from typing import Any
 import uvicorn
 from helpers_eval import settings_for
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.session import make_reasoning_backend
 from longvideo_r1.server.app import ServeOptions, create_app
 from longvideo_r1.server.paths import DataDir

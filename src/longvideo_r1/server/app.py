@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from longvideo_r1 import __version__
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.protocol import check_question
 from longvideo_r1.agent.trace import TraceError
 from longvideo_r1.config import Settings

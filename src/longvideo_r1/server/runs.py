@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longvideo_r1.agent.navigator import AgentConfig
+from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.session import VideoSession
 from longvideo_r1.agent.trace import Round, trace_file_name
 from longvideo_r1.errors import LVR1Error, one_line
