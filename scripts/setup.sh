@@ -3,7 +3,8 @@
 #   scripts/setup.sh          runtime: .venv with the package (CPU, no GPU, no model hub)
 #   scripts/setup.sh test     also the test and benchmark extras (torch CPU, transformers serve)
 # System packages (espeak-ng speaks the test video's narration; apt lists let the test-video
-# builder fetch Debian's opencv-doc sample footage) are installed when we are root or have sudo.
+# builder fetch Debian's opencv-doc sample footage; chromium, in test mode, shows lvr1 serve's
+# page to its browser test) are installed when we are root or have sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -28,7 +29,11 @@ apt_install() {
   fi
 }
 
-apt_install espeak-ng
+system_packages=(espeak-ng)
+# lvr1 serve's page is tested in Debian's chromium, driven by Playwright's Python package
+# (Playwright's own browser download is not used).
+if [ "$MODE" = test ]; then system_packages+=(chromium); fi
+apt_install "${system_packages[@]}"
 
 # llama.cpp compiles for the build machine's CPU by default (-march=native). On CPUs that
 # report AMX but run in a VM that does not grant AMX tile state, that build dies with

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.navigator import Navigator
@@ -129,3 +130,29 @@ class VideoSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tree_payload(video, tree: Tree, captions: dict) -> dict[str, Any]:
+    """The JSON form of ``lvr1 tree`` and of the web page's timeline: geometry plus whatever
+    captions are cached."""
+    info = video.info
+    return {
+        "video": str(info.path),
+        "fingerprint": video.fingerprint,
+        "duration": info.duration,
+        "n_frames": info.n_frames,
+        "fps": info.fps,
+        "width": tree.width,
+        "nodes": [
+            {
+                "id": list(node.id),
+                "level": node.level,
+                "start": node.start,
+                "end": node.end,
+                "frame_start": node.frame_start,
+                "frame_end": node.frame_end,
+                "caption": captions.get(node.id),
+            }
+            for node in tree.walk()
+        ],
+    }

@@ -279,6 +279,22 @@ class Trace(BaseModel):
             raise TraceError(f"{path} is not a trace: {validation_line(exc)}") from None
 
 
+def default_trace_dir(store: Path) -> Path:
+    """The folder of the traces ``lvr1 ask`` and ``lvr1 serve`` keep: beside the caption cache."""
+    return store.parent / "traces"
+
+
+def trace_file_name(fingerprint: str) -> str:
+    """A new trace's file name: when it ran, then which video; they sort by time."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{stamp}-{fingerprint[:12]}.json"
+
+
+def default_trace_path(fingerprint: str, store: Path) -> Path:
+    """Where a run's trace goes when --trace is not given: in :func:`default_trace_dir`."""
+    return default_trace_dir(store) / trace_file_name(fingerprint)
+
+
 # summary lines ------------------------------------------------------------------------
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 
 from longvideo_r1.agent.navigator import RunInterrupted
 from longvideo_r1.agent.protocol import check_question
-from longvideo_r1.agent.session import make_reasoning_backend
+from longvideo_r1.agent.session import make_reasoning_backend, tree_payload
+from longvideo_r1.agent.trace import default_trace_path
 from longvideo_r1.cli.common import (
     _agent_config,
     _agent_options,
@@ -32,7 +32,6 @@ from longvideo_r1.cli.render import (
     ask_payload,
     print_answer,
     print_tree,
-    tree_payload,
 )
 from longvideo_r1.testing.testvideo import load_test_video
 
@@ -103,12 +102,6 @@ def add_demo_parser(sub, common: argparse.ArgumentParser) -> None:
     )
     _agent_options(demo)
     _endpoint_options(demo, "reasoning", "reasoning model")
-
-
-def default_trace_path(fingerprint: str, store: Path) -> Path:
-    """Where a run's trace goes when --trace is not given: beside the caption cache."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return store.parent / "traces" / f"{stamp}-{fingerprint[:12]}.json"
 
 
 def _ask(session, backend, question: str, choices, config, trace_path: Path | None, quiet: bool):

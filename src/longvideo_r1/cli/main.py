@@ -5,7 +5,7 @@ tree, picks a captioner and hands them to the modules that do the work. It
 renders results; it holds no logic of its own. Any :class:`LVR1Error` becomes
 one line on stderr and exit status 2.
 
-Each command module (``video``, ``ask``, ``evaluate``, ``data``, ``train``) holds
+Each command module (``video``, ``ask``, ``evaluate``, ``serve``, ``data``, ``train``) holds
 its sub-parser and its ``cmd_*`` functions; this module wires them into one parser
 and runs every command through the one handler of errors and interrupts.
 """
@@ -21,6 +21,7 @@ from longvideo_r1.cli.ask import add_ask_parser, add_demo_parser, cmd_ask, cmd_d
 from longvideo_r1.cli.common import _common_parser
 from longvideo_r1.cli.data import DATA_COMMANDS, add_data_parser, build_data_parser
 from longvideo_r1.cli.evaluate import add_eval_parser, add_report_parser, cmd_eval, cmd_report
+from longvideo_r1.cli.serve import add_serve_parser, cmd_serve
 from longvideo_r1.cli.train import add_train_parser, cmd_train
 from longvideo_r1.cli.video import add_caption_parser, add_tree_parser, cmd_caption, cmd_tree
 from longvideo_r1.errors import LVR1Error
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub, common)
     add_eval_parser(sub, common)
     add_report_parser(sub)
+    add_serve_parser(sub, common)
     add_data_parser(sub)
     add_train_parser(sub)
     return parser
@@ -61,6 +63,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "eval": cmd_eval,
     "report": cmd_report,
+    "serve": cmd_serve,
 }
 
 

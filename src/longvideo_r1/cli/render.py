@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from longvideo_r1.agent.trace import from_captions_note
-from longvideo_r1.tree import Tree
 
 
 def _fmt_time(seconds: float) -> str:
@@ -23,31 +22,6 @@ def _fmt_time(seconds: float) -> str:
     if hours:
         return f"{hours}:{minutes:02d}:{secs:05.2f}"
     return f"{minutes}:{secs:05.2f}"
-
-
-def tree_payload(video, tree: Tree, captions: dict) -> dict[str, Any]:
-    """The JSON form of ``lvr1 tree``: geometry plus whatever captions are cached."""
-    info = video.info
-    return {
-        "video": str(info.path),
-        "fingerprint": video.fingerprint,
-        "duration": info.duration,
-        "n_frames": info.n_frames,
-        "fps": info.fps,
-        "width": tree.width,
-        "nodes": [
-            {
-                "id": list(node.id),
-                "level": node.level,
-                "start": node.start,
-                "end": node.end,
-                "frame_start": node.frame_start,
-                "frame_end": node.frame_end,
-                "caption": captions.get(node.id),
-            }
-            for node in tree.walk()
-        ],
-    }
 
 
 def print_tree(payload: dict[str, Any], console=None) -> None:

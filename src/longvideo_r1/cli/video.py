@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from longvideo_r1.agent.session import tree_payload
 from longvideo_r1.captions.reference import (
     DEFAULT_IMPORT_IDENTITY,
     IMPORTED_PREFIX,
@@ -25,7 +26,7 @@ from longvideo_r1.cli.common import (
     _settings,
     _tree_options,
 )
-from longvideo_r1.cli.render import _print_report, print_tree, tree_payload
+from longvideo_r1.cli.render import _print_report, print_tree
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.tree import LEVELS
 
