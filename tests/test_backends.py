@@ -294,6 +294,9 @@ def test_embedded_settings_and_bad_models(tmp_path: Path):
     backend = backend_from_settings(EndpointSettings(model=str(gguf), max_tokens=64))
     assert isinstance(backend, EmbeddedBackend)
     assert (backend.identity, backend.max_tokens) == ("embedded:tiny", 64)
+    assert backend.n_ctx == 16384  # the default window, unless settings name one
+    wide = backend_from_settings(EndpointSettings(model=str(gguf), context=32768))
+    assert wide.n_ctx == 32768
     with pytest.raises(ConfigError, match="neither a GGUF file nor one of"):
         EmbeddedBackend.from_model("no-such-model")
     with pytest.raises(ConfigError, match="not found"):

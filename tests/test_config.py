@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from longvideo_r1.cli.main import main
+from longvideo_r1.cli.common import _settings
+from longvideo_r1.cli.main import build_parser, main
 from longvideo_r1.config import load_settings
 from longvideo_r1.errors import ConfigError
 
@@ -131,3 +132,18 @@ def test_navigable_captions_are_off_by_default_and_come_from_file_environment_or
     with pytest.raises(ConfigError, match="invalid setting navigable_captions") as info:
         load_settings(env={"LVR1_NAVIGABLE_CAPTIONS": "sometimes"})
     assert "\n" not in str(info.value)
+
+
+def test_the_embedded_context_window_comes_from_file_environment_or_flags(tmp_path):
+    assert load_settings(env={}, config_path=None).reasoning.context is None  # model default
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("reasoning:\n  context: 8192\n")
+    assert load_settings(env={"LVR1_CONFIG": str(cfg)}).reasoning.context == 8192
+    env = {"LVR1_CONFIG": str(cfg), "LVR1_REASONING_CONTEXT": "32768"}
+    assert load_settings(env=env).reasoning.context == 32768
+    args = build_parser().parse_args(
+        ["eval", "testbench", "--out", "o", "--reasoning-context", "4096"]
+    )
+    assert _settings(args).reasoning.context == 4096
+    with pytest.raises(ConfigError, match="reasoning.context"):
+        load_settings(env={"LVR1_REASONING_CONTEXT": "0"})

@@ -56,6 +56,12 @@ class EndpointSettings(BaseModel):
         default=3, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections."
     )
     max_tokens: int = Field(default=1024, gt=0, description="Completion token limit.")
+    context: int | None = Field(
+        default=None,
+        gt=0,
+        description="Context window of an embedded model in tokens (default 16384, capped at "
+        "the model's own); a server sets its own.",
+    )
 
     def require(self, role: str) -> None:
         """Refuse, in one line naming the flags and variables, an endpoint without URL or model."""
@@ -151,7 +157,15 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             out[key] = env[name]
     for role in ROLES:
         role_out = {}
-        for field in ("base_url", "model", "api_key", "timeout", "max_retries", "max_tokens"):
+        for field in (
+            "base_url",
+            "model",
+            "api_key",
+            "timeout",
+            "max_retries",
+            "max_tokens",
+            "context",
+        ):
             value = env.get(f"LVR1_{role.upper()}_{field.upper()}")
             if value:
                 role_out[field] = value

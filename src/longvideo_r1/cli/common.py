@@ -83,6 +83,15 @@ def _endpoint_options(
         metavar="S",
         help=f"seconds per request ({env}_TIMEOUT)",
     )
+    if role == "reasoning":  # the only role an embedded chat model plays
+        group.add_argument(
+            *names("context"),
+            dest=f"{role}_context",
+            type=int,
+            metavar="N",
+            help=f"context window of the embedded model in tokens (default 16384, capped at "
+            f"the model's own; {env}_CONTEXT)",
+        )
 
 
 def _captioner_option(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +155,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     for role in ROLES:
         values = {
             field: getattr(args, f"{role}_{field}", None)
-            for field in ("base_url", "model", "api_key", "timeout")
+            for field in ("base_url", "model", "api_key", "timeout", "context")
         }
         overrides[role] = values
     return load_settings(getattr(args, "config", None), overrides)

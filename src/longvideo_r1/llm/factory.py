@@ -28,4 +28,6 @@ def backend_from_settings(
     if settings.base_url:
         return OpenAIBackend.from_settings(settings, role, **options)
     options.setdefault("max_tokens", settings.max_tokens)
+    if settings.context:
+        options.setdefault("n_ctx", settings.context)
     return EmbeddedBackend.from_model(settings.model, **options)
