@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from longvideo_r1.agent.trace import Cost
+from longvideo_r1.agent.trace import Cost, Evidence, HighCaption, Trace, captions_read
 from longvideo_r1.cli.main import main
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.prices import GpuPrices, parse_prices
@@ -277,12 +277,12 @@ def test_the_table_shows_calls_by_kind_and_gpu_seconds_with_its_prices(tmp_path)
     text = markdown(collect([tmp_path / "run"]))
     assert "| video_qa vision / from captions |" in text and "| GPU-equiv. s / question |" in text
     # 3 x 2.5 + 1 x 7.0 + 1 x 2.7 = 17.2 GPU-equivalent s, beside the 40 s measured here
-    assert "| 3.0 | 1.0 / 6.0 | 1.00 / 2.00 | 0 | 0 | 17.2 | 40.0 |" in text
+    assert "| 3.0 | 1.0 / 6.0 | 1.00 / 2.00 | 0 | 0 | 17.2 | - | 40.0 |" in text  # no trace
     assert "2.5 s per reasoning call, 7 s per caption made, 2.7 s per video_qa" in text
     assert "the paper's A800 figures" in text
     cheap = GpuPrices(reasoning=1.0)
     text = markdown(collect([tmp_path / "run"], cheap), prices=cheap)
-    assert "| 12.7 | 40.0 |" in text and "1 s per reasoning call" in text
+    assert "| 12.7 | - | 40.0 |" in text and "1 s per reasoning call" in text
     assert "A800" not in text
 
 
@@ -351,3 +351,47 @@ def test_grounding_per_method_and_category_beside_accuracy(tmp_path):
 def test_runs_without_grounding_show_no_grounding_table(two_runs):
     text = markdown(collect(two_runs))
     assert "clue hits" not in text and "Accuracy per category:" in text
+
+
+def _write_trace(folder: RunFolder, i: int, highs: list, reads: list, video_qa: int = 0) -> None:
+    """A trace that opened on ``highs`` and read ``reads`` with get_caption (and asked
+    video_qa from captions about the last of them ``video_qa`` times)."""
+
+    def node(node_id: tuple, how: str = "get_caption") -> dict:
+        return {
+            "node_id": node_id,
+            "level": "medium",
+            "start": 0.0,
+            "end": 1.0,
+            "how": how,
+            "round": 1,
+        }
+
+    trace = Trace(
+        question="q",
+        duration=100.0,
+        width=4,
+        high_captions=[HighCaption(node_id=h, start=0.0, end=1.0, text="t") for h in highs],
+        evidence=[Evidence(**node(r)) for r in reads]
+        + [Evidence(**node(reads[-1], "video_qa"))] * bool(video_qa),
+        cost=Cost(reasoning_calls=2, video_qa_from_captions=video_qa),
+    )
+    path = folder.root / f"traces/q{i}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(trace.model_dump_json())
+
+
+def test_the_empty_store_price_makes_each_caption_a_video_read_once(tmp_path):
+    folder = write_run(tmp_path / "run", "agent", [("s", "A", "answered")] * 3, reasoning_calls=2)
+    highs = [(1,), (2,)]
+    _write_trace(folder, 0, highs, [(1, 1)])
+    _write_trace(folder, 1, highs, [(1, 1), (2, 3), (2, 3, 1)], video_qa=1)
+    # q2's trace is unreadable: its figures count, the empty-store price leaves it out
+    (folder.root / "traces/q2.json").write_text("{not json")
+    assert captions_read(Trace.model_validate_json((folder.root / "traces/q1.json").read_text()))
+    [result] = collect([tmp_path / "run"])
+    # 5 distinct captions (2 high, (1,1), (2,3), (2,3,1)) made once for the video, over the
+    # 2 readable questions: (2 x 2.5 + 2 x 2.5 + 5 x 7.0) / 2 = 22.5; cached, each cost 5.0
+    assert result.metrics.gpu_seconds_empty_store == pytest.approx(22.5)
+    assert result.metrics.cost["gpu_seconds"].mean == pytest.approx(5.0)
+    assert "| 5.0 | 22.5 |" in markdown([result])

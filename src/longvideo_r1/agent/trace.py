@@ -128,6 +128,20 @@ def counted_visits(evidence: Iterable[Evidence]) -> list[Evidence]:
     return [e for e in evidence if e.how == "video_qa" or e.level != LEVELS[0]]
 
 
+def captions_read(trace: Trace) -> set[tuple[int, ...]]:
+    """Every node whose caption the run read: the opening's high-level ones, get_caption's,
+    and the leaves a video_qa answered from their captions.
+
+    What a run would have had to caption from an empty store, so a report can
+    price a method whose captions were all cached as if they were not.
+    """
+    nodes = {tuple(h.node_id) for h in trace.high_captions}
+    nodes |= {tuple(e.node_id) for e in trace.evidence if e.how == "get_caption"}
+    if trace.cost.video_qa_from_captions:
+        nodes |= {tuple(e.node_id) for e in trace.evidence if e.how == "video_qa"}
+    return nodes
+
+
 def visited_spans(visits: Iterable[Evidence]) -> list[tuple[float, float]]:
     """The spans of the counted visits, each node once (the union would count it once anyway)."""
     return list(dict.fromkeys((e.start, e.end) for e in visits))

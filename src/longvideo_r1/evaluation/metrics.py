@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from longvideo_r1.agent.trace import Cost
+from longvideo_r1.agent.trace import Cost, Trace, captions_read
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.evaluation.prices import GpuPrices
 from longvideo_r1.evaluation.records import (
@@ -26,7 +26,7 @@ from longvideo_r1.evaluation.records import (
     Unreadable,
     add_costs,
 )
-from longvideo_r1.tree import LEVELS
+from longvideo_r1.tree import LEVELS, NodeId
 
 
 class Distribution(BaseModel):
@@ -163,6 +163,12 @@ class Metrics(BaseModel):
     grounding: GroundingSummary = Field(default_factory=GroundingSummary)
     category_grounding: dict[str, GroundingSummary] = Field(default_factory=dict)
     prior: PriorSpend = Field(default_factory=PriorSpend)
+    gpu_seconds_empty_store: float | None = Field(
+        default=None,
+        description="Mean GPU-equivalent seconds per question had the run started from an "
+        "empty caption store: each distinct caption read on a video priced as made once, "
+        "shared by that video's questions. None when no trace could be read.",
+    )
 
     @property
     def partial(self) -> bool:
@@ -186,9 +192,11 @@ def compute_metrics(
     run: str = "",
     questions: int | None = None,
     prices: GpuPrices | None = None,
+    reads: Mapping[str, set[NodeId]] | None = None,
 ) -> Metrics:
     """The metrics of ``records``; ``questions``, the question file's count, marks a partial run;
-    ``prices`` turn calls into GPU-equivalent seconds (default: the paper's)."""
+    ``prices`` turn calls into GPU-equivalent seconds (default: the paper's); ``reads``, the
+    captions each question's trace read, price the run from an empty store."""
     prices = prices or GpuPrices()
     items = list(records)
     scored = [r for r in items if r.scored]
@@ -229,7 +237,32 @@ def compute_metrics(
             for name in sorted({r.category or "(none)" for r in ran})
         },
         prior=_prior(items, prices),
+        gpu_seconds_empty_store=empty_store_gpu_seconds(ran, reads or {}, prices),
     )
+
+
+def empty_store_gpu_seconds(
+    records: Sequence[ItemRecord], reads: Mapping[str, set[NodeId]], prices: GpuPrices
+) -> float | None:
+    """Mean GPU-equivalent seconds per question from an empty store.
+
+    A store filled before the run makes every caption free in the run's own
+    figures, which flatters a method that reads many of them (caption-all
+    reads every leaf). Here each distinct caption read on a video costs one
+    caption made, shared by that video's questions; reasoning and vision
+    calls count as they ran. Questions whose trace could not be read are left
+    out; None when none could.
+    """
+    ran = [r for r in records if r.question_id in reads]
+    if not ran:
+        return None
+    per_video: dict[str, set[NodeId]] = {}
+    calls = 0.0
+    for r in ran:
+        per_video.setdefault(r.video_id, set()).update(reads[r.question_id])
+        calls += r.cost.reasoning_calls * prices.reasoning + r.cost.video_qa_calls * prices.video_qa
+    made = sum(len(nodes) for nodes in per_video.values())
+    return (calls + made * prices.caption) / len(ran)
 
 
 def _gpu_spent(record: ItemRecord, prices: GpuPrices) -> float:
@@ -255,11 +288,14 @@ def _prior(records: Sequence[ItemRecord], prices: GpuPrices) -> PriorSpend:
 
 @dataclass(frozen=True)
 class RunData:
-    """What a method folder holds: its manifest, its readable records and the unreadable files."""
+    """What a method folder holds: its manifest, its readable records and the unreadable files,
+    and the captions each question's trace read (questions whose trace is unreadable are
+    absent)."""
 
     manifest: RunManifest
     records: list[ItemRecord]
     unreadable: list[Unreadable]
+    reads: dict[str, set[NodeId]] = field(default_factory=dict)
 
 
 def load_run(folder: Path) -> RunData:
@@ -270,7 +306,16 @@ def load_run(folder: Path) -> RunData:
     if manifest is None:
         raise ConfigError(f"{folder} has no run.json: not an lvr1 eval method folder")
     records, unreadable = run.scan()
-    return RunData(manifest, list(records.values()), unreadable)
+    reads = {}
+    for record in records.values():
+        if record.trace is None:
+            continue
+        try:
+            trace = Trace.model_validate_json((folder / record.trace).read_bytes())
+        except (OSError, ValidationError):
+            continue  # the record's figures still count; only the empty-store price lacks it
+        reads[record.question_id] = captions_read(trace)
+    return RunData(manifest, list(records.values()), unreadable, reads)
 
 
 def summary_line(outcome: EvalOutcome) -> str:

@@ -123,6 +123,7 @@ def collect(out_dirs: Sequence[str | Path], prices: GpuPrices | None = None) -> 
                 label,
                 manifest.questions.count,
                 prices,
+                data.reads,
             )
             results.append(RunResult(label, folder, manifest, metrics, tuple(data.unreadable)))
     return results
@@ -152,9 +153,9 @@ def main_table(results: Sequence[RunResult]) -> list[str]:
     head = (
         "| method | variant | run | n | accuracy | failures | rounds | captions made / cached "
         "| video_qa vision / from captions | frames | tokens | GPU-equiv. s / question "
-        "| s / question |"
+        "| GPU-equiv. s, empty store | s / question |"
     )
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         m, c = r.metrics, r.metrics.cost
         acc = f"{_pct(m.accuracy)} ({m.correct}/{m.scored})"
@@ -165,9 +166,14 @@ def main_table(results: Sequence[RunResult]) -> list[str]:
             f"| {_num(c['captions_made'].mean)} / {_num(c['captions_cached'].mean)} "
             f"| {_num(c['video_qa_calls'].mean, 2)} / {_num(c['video_qa_from_captions'].mean, 2)} "
             f"| {_num(c['frames_decoded'].mean, 0)} | {_num(c['tokens'].mean, 0)} "
-            f"| {_num(c['gpu_seconds'].mean)} | {_num(c['seconds'].mean)} |"
+            f"| {_num(c['gpu_seconds'].mean)} | {_opt(m.gpu_seconds_empty_store)} "
+            f"| {_num(c['seconds'].mean)} |"
         )
     return rows
+
+
+def _opt(value: float | None) -> str:
+    return "-" if value is None else _num(value)
 
 
 def prior_lines(results: Sequence[RunResult]) -> list[str]:
@@ -296,7 +302,9 @@ COST_NOTE = (
     "to end in the harness on the machine that ran it (decoding, captions made on demand "
     "and network included). GPU-equivalent seconds price the calls instead: {prices}; a "
     "caption served from the store and a video_qa answered from caption notes cost 0 "
-    "(`lvr1 report --price KIND=SECONDS` changes a price)."
+    "(`lvr1 report --price KIND=SECONDS` changes a price). The empty-store column prices "
+    "the run as if no caption had been cached: each distinct caption its traces read on a "
+    "video is one caption made, shared by that video's questions."
 )
 GROUNDING_NOTE = (
     "Grounding, where the questions have clue intervals: a clue hit is a question where a "
