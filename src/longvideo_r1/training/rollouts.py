@@ -134,6 +134,7 @@ class TransformersGenerator:
             pad_token_id=self.pad_id,
             output_scores=True,
             return_dict_in_generate=True,
+            use_cache=True,
         )
         device = next(self.model.parameters()).device
         inputs = torch.tensor([ids], dtype=torch.long, device=device)
@@ -148,7 +149,6 @@ class TransformersGenerator:
                     input_ids=inputs,
                     attention_mask=torch.ones_like(inputs),
                     generation_config=config,
-                    use_cache=True,
                     **extra,
                 )
         finally:
