@@ -4,8 +4,9 @@ Reads what ``lvr1 train grpo`` wrote in its output directory: ``steps.jsonl``
 (one row per logged step) for the curve, ``eval-before.json`` and
 ``eval-after.json`` for the table. The curve is the mean total reward of
 each step's rollouts with its group spread (TRL's ``reward_std``) as a band,
-and each reward term's mean as thinner lines, so a rising total can be told
-apart from, say, a format bonus alone; a second panel shows the share of
+and each reward term's mean (its own value, before the recipe's weight) as
+dashed lines, so a rising total can be told apart from, say, a format bonus
+alone; a second panel shows the share of
 rollouts that ended with an answer and the mean rounds per rollout.
 
     python scripts/plot_grpo.py runs/grpo-nano --out docs/img/grpo-nano.png
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 TERMS = ("accuracy", "grounding_f1", "repeat", "video_qa", "format")
+COLORS = dict(
+    zip(TERMS, ("tab:purple", "tab:orange", "tab:brown", "tab:olive", "tab:green"), strict=True)
+)
 TABLE = (
     ("mean reward", "mean_reward", "{:.3f}"),
     ("accuracy", "accuracy", "{:.0%}"),
@@ -90,6 +94,7 @@ def plot(curves: dict[str, list[float]], out: Path, title: str, window: int) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = curves["step"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=(2, 1))
@@ -101,8 +106,16 @@ def plot(curves: dict[str, list[float]], out: Path, title: str, window: int) -> 
         trend = moving_mean(curves["reward"], window)
         top.plot(steps, trend, color="black", lw=2, label=f"{window}-step trailing mean")
     for term in TERMS:
-        if term in curves:
-            top.plot(steps, curves[term], lw=1, alpha=0.8, label=term)
+        if term in curves:  # the term's own value, before its weight (the log has no weights)
+            top.plot(
+                steps,
+                curves[term],
+                lw=1,
+                alpha=0.8,
+                ls="--",
+                color=COLORS[term],
+                label=f"{term} (unweighted)",
+            )
     top.set_ylabel("reward")
     top.set_title(title)
     top.legend(fontsize=7, ncol=2)
@@ -114,6 +127,7 @@ def plot(curves: dict[str, list[float]], out: Path, title: str, window: int) -> 
     twin.plot(steps, curves["rounds"], "^-", ms=3, color="tab:red", label="rounds")
     twin.set_ylabel("rounds", color="tab:red")
     bottom.set_xlabel("optimiser step")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
