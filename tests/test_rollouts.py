@@ -229,6 +229,29 @@ def test_logprobs_are_those_of_the_sampling_distribution(tiny, temperature):
         assert out.ids == [int(t) for t in logits.argmax(-1)]
 
 
+def test_a_later_turn_reuses_the_cache_and_generates_what_a_fresh_prefill_would(tiny):
+    model, tok = tiny
+    prompt = encode(tok, render(tok, ORACLE.messages[:2], generation_prompt=True))[:200]
+    kept = TransformersGenerator(model, [tok.eos_token_id], tok.pad_token_id)
+    first = kept.generate(prompt, 10, 0.0)
+    assert kept._cache.get_seq_length() >= len(prompt)  # the episode so far stays cached
+    observation = encode(tok, "<|im_start|>user\nCaption of (1, 2): a red tram.<|im_end|>\n")
+    turn = prompt + first.ids + observation
+    again = kept.generate(turn, 10, 0.0)
+    fresh = TransformersGenerator(model, [tok.eos_token_id], tok.pad_token_id).generate(
+        turn, 10, 0.0
+    )
+    assert again.ids == fresh.ids
+    assert again.logprobs == pytest.approx(fresh.logprobs, abs=1e-3)
+    # another episode sharing only a prefix: the cache is cut back to it, not reused whole
+    other = prompt[:150] + observation
+    cut = kept.generate(other, 6, 0.0)
+    plain = TransformersGenerator(model, [tok.eos_token_id], tok.pad_token_id)
+    assert cut.ids == plain.generate(other, 6, 0.0).ids
+    kept.forget()
+    assert kept._cache is None
+
+
 def test_a_group_of_tiny_model_rollouts_runs_the_real_loop(tiny):
     import torch
 
