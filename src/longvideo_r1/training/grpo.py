@@ -29,7 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from longvideo_r1.training.sft import (
     NAVIGATOR_GGUF,
     TrainError,
     base_gguf,
+    checkpointing_field,
     last_checkpoint,
     resolve_model,
     save_for_serving,
@@ -325,13 +326,7 @@ def grpo_config(recipe: GRPORecipe) -> Any:
     batch = recipe.prompts_per_step * recipe.num_generations
     accumulation = batch // recipe.micro_batch_size
     weights = RewardWeights(**recipe.reward_weights()).signed()
-    # transformers 5.x renamed gradient checkpointing; use whichever name this version has.
-    names = {f.name for f in fields(GRPOConfig)}
-    checkpointing = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in names
-        else "gradient_checkpointing"
-    )
+    checkpointing = checkpointing_field(GRPOConfig)
     return GRPOConfig(
         output_dir=str(Path(recipe.output_dir).expanduser()),
         learning_rate=recipe.learning_rate,

@@ -318,17 +318,22 @@ def _resume_point(recipe: SFTRecipe) -> str | None:
     return recipe.resume
 
 
+def checkpointing_field(config_class: type) -> str:
+    """The config field that turns on activation recomputation: transformers 5.x renamed
+    ``gradient_checkpointing``, and TRL's configs follow whichever version is installed."""
+    names = {f.name for f in fields(config_class)}
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else ("gradient_checkpointing")
+    )
+
+
 def trl_config(recipe: SFTRecipe) -> Any:
     """TRL's SFTConfig for the recipe: assistant-only loss, no padding-free packing."""
     from trl import SFTConfig
 
-    # transformers 5.x renamed gradient checkpointing; use whichever name this version has.
-    names = {f.name for f in fields(SFTConfig)}
-    checkpointing = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in names
-        else "gradient_checkpointing"
-    )
+    checkpointing = checkpointing_field(SFTConfig)
     return SFTConfig(
         output_dir=str(Path(recipe.output_dir).expanduser()),
         learning_rate=recipe.learning_rate,
