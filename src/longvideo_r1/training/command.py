@@ -30,7 +30,12 @@ from longvideo_r1.training.recipe import (
     load_recipe,
     parse_overrides,
 )
-from longvideo_r1.training.sft import add_override_option, add_sft_parser, run_sft
+from longvideo_r1.training.sft import (
+    add_override_option,
+    add_recipe_parser,
+    add_sft_parser,
+    run_sft,
+)
 
 SCORE_COLUMNS = ("mean_reward", "accuracy", "grounding_f1", "rounds", "tool_calls", "answered")
 
@@ -39,15 +44,14 @@ def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Fine-tune the navigator.")
     sub = parser.add_subparsers(dest="stage", required=True)
     add_sft_parser(sub)
-    keys = "\n".join(f"  {k}: {h}" for k, h in grpo_recipe_help().items())
-    grpo = sub.add_parser(
+    add_recipe_parser(
+        sub,
         "grpo",
-        help="multi-turn GRPO on the navigator's own rollouts (TRL GRPOTrainer, rollout_func)",
-        description="Stage-2 reinforcement learning. Recipe keys:\n" + keys,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "multi-turn GRPO on the navigator's own rollouts (TRL GRPOTrainer, rollout_func)",
+        "Stage-2 reinforcement learning.",
+        grpo_recipe_help(),
+        "configs/grpo-tiny.yaml",
     )
-    grpo.add_argument("config", help="YAML recipe (see configs/grpo-tiny.yaml)")
-    add_override_option(grpo)
     score = sub.add_parser(
         "grpo-eval",
         help="score a policy on a GRPO recipe's held-out questions (eval_data)",

@@ -525,18 +525,33 @@ def _write_result(result: SFTResult) -> None:
 # command line ----------------------------------------------------------------------------
 
 
-def add_sft_parser(sub: Any) -> argparse.ArgumentParser:
-    """``sft CONFIG.yaml [--override key=value ...]`` under ``lvr1 train``."""
-    keys = "\n".join(f"  {k}: {h}" for k, h in recipe_help().items())
-    sft = sub.add_parser(
-        "sft",
-        help="supervised fine-tuning on trajectories (TRL SFTTrainer, assistant-only loss)",
-        description="Supervised fine-tuning. Recipe keys:\n" + keys,
+def add_recipe_parser(
+    sub: Any, name: str, summary: str, title: str, keys: dict[str, str], example: str
+) -> argparse.ArgumentParser:
+    """``NAME CONFIG.yaml [--override key=value ...]`` under ``lvr1 train``, its help listing
+    every recipe key with the key's own help."""
+    listed = "\n".join(f"  {k}: {h}" for k, h in keys.items())
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=f"{title} Recipe keys:\n{listed}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sft.add_argument("config", help="YAML recipe (see configs/sft-tiny.yaml)")
-    add_override_option(sft)
-    return sft
+    parser.add_argument("config", help=f"YAML recipe (see {example})")
+    add_override_option(parser)
+    return parser
+
+
+def add_sft_parser(sub: Any) -> argparse.ArgumentParser:
+    """``sft CONFIG.yaml [--override key=value ...]`` under ``lvr1 train``."""
+    return add_recipe_parser(
+        sub,
+        "sft",
+        "supervised fine-tuning on trajectories (TRL SFTTrainer, assistant-only loss)",
+        "Supervised fine-tuning.",
+        recipe_help(),
+        "configs/sft-tiny.yaml",
+    )
 
 
 def add_override_option(parser: argparse.ArgumentParser) -> None:
