@@ -61,8 +61,8 @@ from longvideo_r1.training.sft import (
     TrainError,
     base_gguf,
     checkpointing_field,
-    last_checkpoint,
     resolve_model,
+    resume_point,
     save_for_serving,
     synthetic_records,
 )
@@ -307,16 +307,6 @@ def check_gguf(recipe: GRPORecipe) -> Path | None:
             f"an SFT output with its {NAVIGATOR_GGUF}), not {recipe.model!r}"
         )
     return base
-
-
-def resume_point(recipe: GRPORecipe) -> str | None:
-    if recipe.resume == "never":
-        return None
-    if recipe.resume == "auto":
-        return last_checkpoint(recipe.output_dir)
-    if not (Path(recipe.resume).expanduser() / "trainer_state.json").is_file():
-        raise ConfigError(f"resume: {recipe.resume} is not a checkpoint directory")
-    return recipe.resume
 
 
 def grpo_config(recipe: GRPORecipe) -> Any:

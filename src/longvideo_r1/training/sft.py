@@ -308,7 +308,8 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
-def _resume_point(recipe: SFTRecipe) -> str | None:
+def resume_point(recipe: SFTRecipe | Any) -> str | None:
+    """The checkpoint a run goes on from: ``resume`` of an SFT or GRPO recipe resolved."""
     if recipe.resume == "never":
         return None
     if recipe.resume == "auto":
@@ -481,7 +482,7 @@ def run_sft(recipe: SFTRecipe, callbacks: Sequence[Any] = ()) -> SFTResult:
     started = time.perf_counter()
     if recipe.gguf != "none":
         _gguf_base_or_fail(recipe)
-    resume = _resume_point(recipe)
+    resume = resume_point(recipe)
     trainer = build_trainer(recipe, callbacks)
     output = trainer.train(resume_from_checkpoint=resume)
     saved = save_for_serving(trainer, recipe)
