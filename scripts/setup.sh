@@ -59,6 +59,8 @@ if [ "$MODE" = test ]; then
   # pin matters to the classes tested, so all three go in without dependencies and the rest of
   # what they import comes with the test extra.
   .venv/bin/python -m pip install -q --no-deps "verl==0.9.1" "tensordict==0.10.0" "pyvers==0.2.3"
+  # xgrammar for constrained GRPO rollouts; without dependencies, as its triton is GPU-only.
+  .venv/bin/python -m pip install -q --no-deps "xgrammar==0.2.9"
 else
   .venv/bin/python -m pip install -q -e .
 fi

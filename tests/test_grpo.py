@@ -90,6 +90,7 @@ def no_model(monkeypatch):
         ("bogus=1", "unknown key 'bogus'"),
         ("num_generations=1", "num_generations: a group needs at least 2 rollouts"),
         ("max_turns=0", "max_turns: must be at least 1, got 0"),
+        ("max_think_tokens=0", "max_think_tokens: must be at least 1, got 0"),
         ("beta=-0.1", "beta: the KL coefficient must be 0 or more"),
         ("micro_batch_size=3", "micro_batch_size: 3 does not divide"),
         ("temperature=0", "temperature: must be above 0"),
@@ -110,6 +111,31 @@ def test_bad_input_fails_in_one_line_before_any_model(
     code = main(["grpo", str(TINY), "-o", f"output_dir={tmp_path}", "-o", override])
     err = capsys.readouterr().err.strip()
     assert code != 0 and err.count("\n") == 0 and message in err, err
+
+
+def test_constrained_rollouts_without_xgrammar_fail_in_one_line(
+    no_model, tmp_path, capsys, monkeypatch
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_xgrammar(name, *args, **kwargs):
+        if name == "xgrammar" or name.startswith("xgrammar."):
+            raise ImportError("No module named 'xgrammar'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_xgrammar)
+    code = main(["grpo", str(TINY), "-o", f"output_dir={tmp_path}", "-o", "constrain=true"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.count("\n") == 0
+    assert "constrain: constrained rollouts need xgrammar" in err, err
+
+
+def test_constrain_holds_the_navigator_to_the_grammar(tmp_path):
+    assert grpo.agent_config(tiny(tmp_path), 1.0).constrain == "off"
+    agent = grpo.agent_config(tiny(tmp_path, constrain=True, max_think_tokens=4), 1.0)
+    assert (agent.constrain, agent.max_think_tokens) == ("on", 4)
 
 
 def test_an_empty_question_file_is_an_empty_source(no_model, tmp_path, capsys):
@@ -188,6 +214,19 @@ def test_the_tiny_config_runs_real_steps_logs_them_and_resumes(tmp_path, capsys)
     )
     printed = capsys.readouterr().out
     assert "mean_reward" in printed and "accuracy" in printed and str(out) in printed
+
+
+@pytest.mark.slow
+def test_a_constrained_tiny_policy_answers_every_held_out_question(tmp_path, capsys):
+    """Unconstrained, the random tiny model rarely writes a reply that parses; under the
+    round grammars every round is canonical and every rollout ends with an answer."""
+    pytest.importorskip("xgrammar")
+    args = ["grpo-eval", str(TINY), "-o", f"output_dir={tmp_path}", "-o", "eval_data=synthetic:2"]
+    assert main([*args, "-o", "constrain=true", "-o", "max_think_tokens=6"]) == 0
+    scores = dict(
+        line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")
+    )
+    assert float(scores["answered"]) == 1.0 and float(scores["format"]) == 1.0, scores
 
 
 @pytest.mark.slow

@@ -15,11 +15,14 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("trl")
 
+from longvideo_r1.agent import grammar as reply_grammar  # noqa: E402
 from longvideo_r1.agent.config import AgentConfig  # noqa: E402
+from longvideo_r1.agent.replies import parse_reply  # noqa: E402
 from longvideo_r1.errors import EndpointError  # noqa: E402
 from longvideo_r1.training.oracle import OracleConfig, oracle_trajectory  # noqa: E402
 from longvideo_r1.training.rollouts import (  # noqa: E402
     Generated,
+    GrammarMasks,
     TokenBackend,
     TransformersGenerator,
     delta,
@@ -67,7 +70,8 @@ class Scripted:
         self.tokenizer, self.replies, self.stop = tokenizer, list(replies), stop
         self.contexts: list[list[int]] = []
 
-    def generate(self, ids, max_tokens, temperature):
+    def generate(self, ids, max_tokens, temperature, grammar=None):
+        assert grammar is None  # a scripted generator takes none, so it is never given one
         self.contexts.append(list(ids))
         out = encode(self.tokenizer, self.replies.pop(0))
         if self.stop:
@@ -272,3 +276,89 @@ def test_a_group_of_tiny_model_rollouts_runs_the_real_loop(tiny):
         assert len(one.trace.rounds) == 2 and one.generated_tokens <= 16
         assert all(lp <= 0.0 for lp in one.logprobs)
     assert len({tuple(one.completion_ids) for one in group}) > 1  # sampled, not copied
+
+
+# constrained rollouts ---------------------------------------------------------------------
+
+
+def test_a_generator_without_masks_takes_no_grammar_and_on_refuses_it(tokenizer):
+    backend = TokenBackend(tokenizer, Scripted(tokenizer, REPLIES))
+    assert not backend.supports_constraints()
+    box = make_toolbox(ITEM.ctree, caption_answerer(ITEM.ctree, ITEM.question))
+    one = rollout(
+        Scripted(tokenizer, REPLIES),
+        tokenizer,
+        box,
+        ITEM.ctree.tree,
+        ITEM.question,
+        AgentConfig(constrain="on", answer_form="either"),
+    )
+    assert one.trace.status == "error" and "takes no grammar" in (one.trace.reason or "")
+    assert one.generated_tokens == 0  # refused before the model wrote anything
+
+
+def test_a_random_tiny_model_under_the_grammar_writes_only_valid_rounds(tiny):
+    """The tiny model's free replies almost never parse; under the round grammar every one
+    does, ends with the end-of-turn token, and is a text the round's grammar admits."""
+    import torch
+
+    pytest.importorskip("xgrammar")
+    model, tok = tiny
+    torch.manual_seed(0)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    masks = GrammarMasks(tok, vocab, [tok.eos_token_id])
+    generator = TransformersGenerator(model, [tok.eos_token_id], tok.pad_token_id, masks=masks)
+    assert generator.takes_grammar
+    box = make_toolbox(ITEM.ctree, caption_answerer(ITEM.ctree, ITEM.question))
+    config = AgentConfig(
+        max_rounds=3,
+        max_reply_tokens=40,
+        max_think_tokens=8,
+        temperature=1.0,
+        constrain="on",
+        answer_form="either",
+    )
+    group = rollout_group(generator, tok, box, ITEM.ctree.tree, ITEM.question, config, 2)
+    for one in group:
+        rounds = one.trace.rounds
+        assert rounds and all(r.constrained for r in rounds)
+        assert "parse_error" not in [r.kind for r in rounds]
+        assert one.trace.status == "answered"
+        assert all(r.finish_reason == "stop" for r in rounds)
+        assert all(lp <= 0.0 for lp in one.logprobs)
+        first = reply_grammar.ReplyRules(
+            width=ITEM.ctree.tree.width,
+            fetched=frozenset(h.node_id for h in one.trace.high_captions),
+            choices=tuple(ITEM.question.choices),
+            answer_form=config.answer_form,
+            think_max_chars=8 * reply_grammar.THINK_CHARS_PER_TOKEN,
+        )
+        whole, _ = reply_grammar.reply_grammars(first)
+        assert whole.admits(rounds[0].output), rounds[0].output
+        reply = parse_reply(rounds[0].output, ITEM.ctree.tree, ITEM.question.choices)
+        assert reply.notes == () and type(reply.result).__name__ != "ParseError"
+
+
+def test_the_masked_logprobs_are_those_of_the_distribution_left_to_sample_from(tiny):
+    """Masking only moves probability onto what the grammar admits: every logprob is at
+    least the unmasked one, and the end token, once the grammar is done, is certain."""
+    import torch
+
+    pytest.importorskip("xgrammar")
+    model, tok = tiny
+    vocab = model.get_output_embeddings().weight.shape[0]
+    masks = GrammarMasks(tok, vocab, [tok.eos_token_id])
+    generator = TransformersGenerator(model, [tok.eos_token_id], tok.pad_token_id, masks=masks)
+    prompt = encode(tok, render(tok, ORACLE.messages[:2], generation_prompt=True))[:200]
+    out = generator.generate(prompt, 40, 1.0, grammar='root ::= "<answer>B</answer>"')
+    assert tok.decode(out.ids[:-1]) == "<answer>B</answer>"
+    assert out.finish_reason == "stop" and out.ids[-1] == tok.eos_token_id
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + out.ids])).logits[0, len(prompt) - 1 : -1]
+    free = torch.log_softmax(logits.float(), dim=-1)
+    unmasked = [float(free[i, t]) for i, t in enumerate(out.ids)]
+    assert all(m >= u - 1e-4 for m, u in zip(out.logprobs, unmasked, strict=True))
+    assert sum(out.logprobs) > sum(unmasked) + 1.0  # the mask made the text far likelier
+    assert out.logprobs[-1] == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(EndpointError, match="xgrammar refused"):
+        generator.generate(prompt, 4, 1.0, grammar="root ::= undefined-rule")

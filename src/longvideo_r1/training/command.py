@@ -37,7 +37,15 @@ from longvideo_r1.training.sft import (
     run_sft,
 )
 
-SCORE_COLUMNS = ("mean_reward", "accuracy", "grounding_f1", "rounds", "tool_calls", "answered")
+SCORE_COLUMNS = (
+    "mean_reward",
+    "accuracy",
+    "grounding_f1",
+    "rounds",
+    "tool_calls",
+    "answered",
+    "format",
+)
 
 
 def build_parser(prog: str = "lvr1 train") -> argparse.ArgumentParser:

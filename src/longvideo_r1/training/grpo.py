@@ -36,7 +36,7 @@ from typing import Any
 from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.captions.store import CaptionStore
 from longvideo_r1.config import default_store_path
-from longvideo_r1.errors import ConfigError
+from longvideo_r1.errors import ConfigError, EndpointError
 from longvideo_r1.files import write_atomic
 from longvideo_r1.llm.convert import hf_to_gguf
 from longvideo_r1.llm.embedded import EMBEDDED_ALIASES
@@ -54,7 +54,13 @@ from longvideo_r1.training.policy import (
 )
 from longvideo_r1.training.recipe import TINY_MODEL, GRPORecipe
 from longvideo_r1.training.reward import TERMS, RewardWeights, reward_terms
-from longvideo_r1.training.rollouts import Rollout, TransformersGenerator, rollout
+from longvideo_r1.training.rollouts import (
+    GrammarMasks,
+    Rollout,
+    TransformersGenerator,
+    import_xgrammar,
+    rollout,
+)
 from longvideo_r1.training.sft import (
     CHATML_TEMPLATE,
     NAVIGATOR_GGUF,
@@ -148,14 +154,16 @@ def _real_questions(spec: str, recipe: GRPORecipe) -> list[Question]:
 def agent_config(recipe: GRPORecipe, temperature: float) -> AgentConfig:
     """The navigator's settings for a rollout: the recipe's turns, reply size and answer form.
 
-    Replies are unconstrained (a token generator takes no grammar), so the
-    format term is what teaches the protocol where a grammar is not at hand.
+    With ``constrain`` every reply is held to the round's grammar (``on``:
+    a generator that cannot take one is an error, not a silent fallback);
+    without it the format term is what teaches the protocol.
     """
     return AgentConfig(
         max_rounds=recipe.max_turns,
         max_reply_tokens=recipe.max_reply_tokens,
+        max_think_tokens=min(recipe.max_think_tokens, recipe.max_reply_tokens),
         temperature=temperature,
-        constrain="off",
+        constrain="on" if recipe.constrain else "off",
         answer_form=recipe.answer_form,
     )
 
@@ -177,6 +185,18 @@ def stop_ids(tokenizer: Any, model: Any) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def grammar_masks(recipe: GRPORecipe, tokenizer: Any, model: Any) -> GrammarMasks | None:
+    """The grammar masks a constrained recipe's rollouts use (None when unconstrained).
+
+    Made once per model: reading a tokenizer's vocabulary into xgrammar
+    takes about a second, a compiled round grammar a few milliseconds.
+    """
+    if not recipe.constrain:
+        return None
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    return GrammarMasks(tokenizer, vocab, stop_ids(tokenizer, model))
+
+
 def play(
     model: Any,
     tokenizer: Any,
@@ -185,12 +205,16 @@ def play(
     agent: AgentConfig,
     weights: RewardWeights,
     max_episode_tokens: int,
+    masks: GrammarMasks | None = None,
 ) -> Rollout:
-    """One scored rollout of one question with ``model``."""
+    """One scored rollout of one question with ``model`` (under the round grammars with
+    ``masks``)."""
     question = prompts.questions[question_id]
     ctree = prompts.trees.get(question)
     box = make_toolbox(ctree, prompts.answerer(ctree, question))
-    generator = TransformersGenerator(model, stop_ids(tokenizer, model), tokenizer.pad_token_id)
+    generator = TransformersGenerator(
+        model, stop_ids(tokenizer, model), tokenizer.pad_token_id, masks=masks
+    )
     one = rollout(
         generator,
         tokenizer,
@@ -229,10 +253,13 @@ class PolicyRollouts:
         self.stats = stats
         self.on_rollout = on_rollout
         self.calls: list[list[str]] = []
+        self.masks: GrammarMasks | None = None
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, list[Any]]:
         self.calls.append(list(prompts))
         model = trainer.accelerator.unwrap_model(trainer.model)
+        if self.masks is None:
+            self.masks = grammar_masks(self.recipe, self.tokenizer, model)
         started = time.perf_counter()
         done = []
         for question_id in prompts:
@@ -244,6 +271,7 @@ class PolicyRollouts:
                 self.agent,
                 self.weights,
                 self.recipe.max_episode_tokens,
+                self.masks,
             )
             if self.on_rollout is not None:
                 self.on_rollout(one)
@@ -452,6 +480,11 @@ def prepare(recipe: GRPORecipe, stack: ExitStack) -> tuple[Prompts, Prompts | No
     """
     check_model(recipe)
     check_gguf(recipe)
+    if recipe.constrain:
+        try:
+            import_xgrammar()
+        except EndpointError as exc:
+            raise ConfigError(f"constrain: {exc}") from None
     resume = resume_point(recipe)
     train = load_prompts(recipe.data, recipe, recipe.seed, stack)
     held_out = None
@@ -502,10 +535,18 @@ def score_policy(
     """The policy's figures on held-out questions, one rollout each at ``eval_temperature``."""
     agent = agent_config(recipe, recipe.eval_temperature)
     weights = RewardWeights(**recipe.reward_weights())
+    masks = grammar_masks(recipe, tokenizer, model)
 
     def one(question_id: str) -> Rollout:
         return play(
-            model, tokenizer, held_out, question_id, agent, weights, recipe.max_episode_tokens
+            model,
+            tokenizer,
+            held_out,
+            question_id,
+            agent,
+            weights,
+            recipe.max_episode_tokens,
+            masks,
         )
 
     return evaluate_policy(one, held_out.ids())

@@ -201,6 +201,17 @@ class GRPORecipe:
         "What <answer> holds, as the prompt asks: letter, text (the option's exact text) or "
         "either.",
     )
+    constrain: bool = option(
+        False,
+        "Hold every reply to the round's grammar (xgrammar, the GBNF the embedded backend "
+        "uses): only valid calls and answers are sampled, so the reward teaches where to look "
+        "rather than how to write. Rollouts and eval alike.",
+    )
+    max_think_tokens: int = option(
+        256,
+        "With constrain: tokens the <think> of a reply may take (capped in characters at 3 per "
+        "token; the rest of the reply is then always written in full).",
+    )
     temperature: float = option(1.0, "Sampling temperature of the rollouts (above 0).")
     beta: float = option(
         1e-4,
@@ -314,6 +325,7 @@ def _check_grpo(recipe: GRPORecipe) -> None:
         "max_turns",
         "max_reply_tokens",
         "max_episode_tokens",
+        "max_think_tokens",
         "lora_r",
         "lora_alpha",
         "save_steps",

@@ -19,7 +19,10 @@ end token the model already sampled.
 
 Where the tokens come from is a :class:`TokenGenerator`: a transformers
 model here (:class:`TransformersGenerator`, what TRL trains on one machine),
-verl's server manager or vLLM elsewhere.
+verl's server manager or vLLM elsewhere. A generator that takes a grammar
+(``takes_grammar``) lets the navigator constrain each reply to the round's
+GBNF, as it does with llama.cpp: a small policy then writes only valid
+calls and answers, and the reward teaches where to look, not how to write.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.navigator import Navigator
 from longvideo_r1.agent.tools import ToolBox
 from longvideo_r1.agent.trace import Trace
-from longvideo_r1.errors import EndpointError
+from longvideo_r1.errors import EndpointError, one_line
 from longvideo_r1.llm.backends import CallFailed, ChatBackend, Served
 from longvideo_r1.llm.client import ChatReply, Message, Usage
 from longvideo_r1.llm.gbnf import Constraint
@@ -65,9 +68,56 @@ class Generated:
 
 
 class TokenGenerator(Protocol):
-    """Continues a sequence of token ids by sampling; returns only the new tokens."""
+    """Continues a sequence of token ids by sampling; returns only the new tokens.
 
-    def generate(self, ids: list[int], max_tokens: int, temperature: float) -> Generated: ...
+    ``grammar`` (GBNF text, see :mod:`longvideo_r1.llm.gbnf`) is given only
+    to a generator whose ``takes_grammar`` attribute is true; the new tokens
+    then spell a text the grammar admits, followed by an end-of-turn token.
+    """
+
+    def generate(
+        self, ids: list[int], max_tokens: int, temperature: float, grammar: str | None = None
+    ) -> Generated: ...
+
+
+class GrammarMasks:
+    """Turns GBNF text into logits processors that mask what the grammar forbids (xgrammar).
+
+    xgrammar is what vLLM and SGLang constrain with; it reads the same GBNF
+    subset llama.cpp does and precomputes, per grammar state, which
+    vocabulary entries may follow, so a mask costs microseconds rather than
+    a pass over the vocabulary. Compiled grammars are cached by text: a
+    rollout's rounds differ only in the ids still offered.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: Sequence[int]) -> None:
+        xgr = import_xgrammar()
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_ids)
+        )
+        self._compiler = xgr.GrammarCompiler(info, cache_enabled=True)
+
+    def processor(self, grammar: str) -> Any:
+        """A fresh transformers logits processor for one ``generate`` call under ``grammar``."""
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        try:
+            compiled = self._compiler.compile_grammar(grammar)
+        except (RuntimeError, ValueError) as exc:
+            raise EndpointError(f"xgrammar refused the reply grammar: {one_line(exc)}") from None
+        return LogitsProcessor(compiled)
+
+
+def import_xgrammar() -> Any:
+    """xgrammar, or one line saying how to install it (constrained rollouts need it)."""
+    try:
+        import xgrammar
+    except ImportError:
+        raise EndpointError(
+            "constrained rollouts need xgrammar: pip install 'longvideo-r1[train]' "
+            "(or pip install --no-deps xgrammar==0.2.9 apache-tvm-ffi on a CPU-only machine)"
+        ) from None
+    return xgrammar
 
 
 class TransformersGenerator:
@@ -86,16 +136,32 @@ class TransformersGenerator:
     most of a turn's time). The cache holds the weights it was made with, so
     :meth:`forget` must be called once the weights change; the rollout
     functions make a generator per rollout, which does not outlive a step.
+
+    Given ``masks``, it takes a grammar: the logprobs are then those of the
+    masked distribution the token was drawn from, while the trainer scores
+    the same tokens under the unmasked policy, so tokens the grammar forced
+    are still pushed up (the policy learns the format it was held to).
     """
 
-    def __init__(self, model: Any, stop_ids: Sequence[int], pad_id: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        stop_ids: Sequence[int],
+        pad_id: int | None = None,
+        masks: GrammarMasks | None = None,
+    ) -> None:
         if not stop_ids:
             raise EndpointError("a token generator needs at least one end-of-turn token id")
         self.model = model
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
         self.pad_id = self.stop_ids[0] if pad_id is None else pad_id
+        self.masks = masks
         self._cache: Any = None
         self._cached: list[int] = []
+
+    @property
+    def takes_grammar(self) -> bool:
+        return self.masks is not None
 
     def forget(self) -> None:
         """Drop the kept cache (the weights changed, or memory is wanted back)."""
@@ -119,9 +185,17 @@ class TransformersGenerator:
             self._cache.crop(-surplus)  # a negative count removes tokens in every version
         return self._cache
 
-    def generate(self, ids: list[int], max_tokens: int, temperature: float) -> Generated:
+    def generate(
+        self, ids: list[int], max_tokens: int, temperature: float, grammar: str | None = None
+    ) -> Generated:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        processors = LogitsProcessorList()
+        if grammar is not None:
+            if self.masks is None:
+                raise EndpointError("this generator was made without grammar masks")
+            processors.append(self.masks.processor(grammar))
 
         sample = temperature > 0
         config = GenerationConfig(
@@ -149,6 +223,7 @@ class TransformersGenerator:
                     input_ids=inputs,
                     attention_mask=torch.ones_like(inputs),
                     generation_config=config,
+                    logits_processor=processors,
                     **extra,
                 )
         finally:
@@ -228,7 +303,7 @@ class TokenBackend(ChatBackend):
         self._glue = turn_suffix(tokenizer)
 
     def supports_constraints(self) -> bool:
-        return False
+        return bool(getattr(self.generator, "takes_grammar", False))
 
     def _serve(
         self,
@@ -244,6 +319,14 @@ class TokenBackend(ChatBackend):
         except EndpointError as exc:
             raise CallFailed(exc, self.identity) from None
         limit = max_tokens or 1024
+        grammar = None
+        if constraint is not None:
+            if not self.supports_constraints():
+                raise CallFailed(EndpointError("this generator takes no grammar"), self.identity)
+            # The whole reply is constrained, its think capped in characters; like the
+            # embedded backend, give it the tokens to finish that, the episode's room allowing.
+            grammar = constraint.bounded or constraint.grammar
+            limit = max(limit, constraint.free_tokens * 4 + constraint.tail_tokens)
         if self.max_episode_tokens is not None:
             room = self.max_episode_tokens - self.episode.length
             if room <= 0:
@@ -255,7 +338,13 @@ class TokenBackend(ChatBackend):
             limit = min(limit, room)
         context = self.episode.prompt_ids + self.episode.completion_ids
         temp = self.default_temperature if temperature is None else temperature
-        out = self.generator.generate(context, limit, temp)
+        try:
+            if grammar is None:
+                out = self.generator.generate(context, limit, temp)
+            else:
+                out = self.generator.generate(context, limit, temp, grammar=grammar)
+        except EndpointError as exc:
+            raise CallFailed(exc, self.identity) from None
         if len(out.logprobs) != len(out.ids):
             raise CallFailed(
                 EndpointError(

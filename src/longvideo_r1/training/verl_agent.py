@@ -190,7 +190,11 @@ class ServerGenerator:
         if pending is not None:
             pending.cancel()
 
-    def generate(self, ids: list[int], max_tokens: int, temperature: float) -> Generated:
+    def generate(
+        self, ids: list[int], max_tokens: int, temperature: float, grammar: str | None = None
+    ) -> Generated:
+        if grammar is not None:
+            raise EndpointError("verl's rollouts take no grammar (pass it to vLLM's sampling)")
         if self.closed:
             raise EndpointError("the trajectory was cancelled by the trainer")
         if self.prompt_length is None:
