@@ -8,6 +8,10 @@ each category: every other question of a category, and for the visual needles tw
 two number questions.
 
     python benchmarks/longbench_half.py runs/long/testbench-long-half.json
+    python benchmarks/longbench_half.py runs/long/testbench-long-five.json --per-category 1
+
+``--per-category N`` keeps only the first N of each category of that half: the subset the
+slower rows of the table (the 1.5B navigator, single levers) ran on.
 """
 
 from __future__ import annotations
@@ -34,12 +38,30 @@ def half(questions: list[dict]) -> list[dict]:
     return sorted(kept, key=lambda q: q["qid"])
 
 
+def first_of_each(questions: list[dict], n: int) -> list[dict]:
+    """The first ``n`` questions of each category, in question order."""
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for q in questions:
+        if seen[q["sub_category"]] < n:
+            seen[q["sub_category"]] += 1
+            kept.append(q)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="question file to write (CG-Bench JSON)")
+    parser.add_argument(
+        "--per-category", type=int, metavar="N", help="keep the first N of each category"
+    )
     args = parser.parse_args()
+    if args.per_category is not None and args.per_category < 1:
+        parser.error(f"--per-category must be at least 1, got {args.per_category}")
     asset = resources.files("longvideo_r1.testing") / "assets" / "testbench-long.json"
     kept = half(json.loads(asset.read_text()))
+    if args.per_category is not None:
+        kept = first_of_each(kept, args.per_category)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(kept, indent=1))
     print(f"{len(kept)} questions: {', '.join(q['qid'] for q in kept)} -> {args.out}")
