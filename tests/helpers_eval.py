@@ -9,6 +9,7 @@ script, for runs whose request order depends on threads or on resumption.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -182,3 +183,14 @@ class StubMethod:
             raw_answer="B",
             status="answered",
         )
+
+
+def sigint_as_default() -> None:
+    """A child's Ctrl-C as a terminal gives it, whatever the test run inherited.
+
+    A shell starts a background job (``make test &``) with SIGINT ignored,
+    children inherit that, and Python then installs no KeyboardInterrupt
+    handler, so a Ctrl-C test would see its child ignore the signal. Passed as
+    ``preexec_fn`` to the children those tests interrupt.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -27,6 +27,7 @@ from helpers_captions import (
     read_log,
     tree_for,
 )
+from helpers_eval import sigint_as_default
 
 from longvideo_r1.captions.records import CaptionRecord, ClaimOwner
 from longvideo_r1.captions.service import BuildReport, CaptionService, describe_error
@@ -423,7 +424,9 @@ def _start_build(
     command = [sys.executable, str(HELPER), "build", "--store", str(store_path)]
     command += ["--log", str(log), "--delay", str(delay), "--workers", str(workers)]
     command += ["--go", str(go)] if go is not None else []
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_default
+    )
 
 
 def raw_claims(store_path: Path) -> list[tuple]:

@@ -28,6 +28,7 @@ from helpers_eval import (
     evaluator,
     question_of,
     settings_for,
+    sigint_as_default,
 )
 from scripted_server import Fail, Say
 
@@ -165,7 +166,11 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
     code = "import sys; from longvideo_r1.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen(
-        [sys.executable, "-c", code, *argv], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_default,
     )
 
 
