@@ -20,7 +20,7 @@ from longvideo_r1.evaluation.records import (
     RunManifest,
     RunStart,
 )
-from longvideo_r1.evaluation.report import _cost, collect, markdown, write_report
+from longvideo_r1.evaluation.report import _cost, collect, markdown, plotted, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -107,6 +107,22 @@ def test_markdown_and_plot_from_two_runs(two_runs, tmp_path):
     assert png.startswith(PNG_SIGNATURE)
     width, height = struct.unpack(">II", png[16:24])
     assert width >= 600 and height >= 400
+
+
+def test_a_method_whose_every_question_failed_is_tabled_not_plotted(two_runs, tmp_path):
+    failed = [("speech", None, "error"), ("visual", None, "error")]
+    write_run(two_runs[0], "random-walk", failed, rounds=0, end_to_end_seconds=0.0)
+    results = collect(two_runs)
+    assert "random-walk" in [r.manifest.method for r in results]
+    assert "random-walk" not in [r.manifest.method for r in plotted(results)]
+    assert len(plotted(results)) == 4
+    out = tmp_path / "out" / "report.md"
+    out.parent.mkdir()
+    (tmp_path / "out" / "report.png").write_bytes(b"an older plot")
+    write_report(two_runs, out)
+    assert "| random-walk |" in out.read_text()
+    assert (tmp_path / "out" / "report.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.md", "report.png"]
 
 
 def test_methods_are_ordered_and_runs_labelled_apart(two_runs, tmp_path):

@@ -34,7 +34,7 @@ from longvideo_r1.evaluation.methods import METHODS
 from longvideo_r1.evaluation.metrics import GroundingSummary, Metrics, compute_metrics, load_run
 from longvideo_r1.evaluation.prices import GpuPrices
 from longvideo_r1.evaluation.records import RunManifest, Unreadable, unwritable
-from longvideo_r1.files import write_atomic
+from longvideo_r1.files import atomic_writer, write_atomic
 
 CostAxis = Literal["seconds", "tokens", "gpu-seconds"]
 COST_AXES: tuple[str, ...] = ("seconds", "tokens", "gpu-seconds")
@@ -378,6 +378,17 @@ def _cost(r: RunResult, axis: CostAxis) -> float:
     return r.metrics.cost[AXIS_COSTS[axis]].mean
 
 
+def plotted(results: Sequence[RunResult]) -> list[RunResult]:
+    """The results the plot shows: those with a question that did not fail.
+
+    A method whose every question failed has no cost to place it at; it stays
+    in the tables with its failures rather than sitting at x = 0.
+    """
+    return [
+        r for r in results if r.metrics.accuracy is not None and r.metrics.failures < r.metrics.n
+    ]
+
+
 def plot(
     results: Sequence[RunResult],
     path: Path,
@@ -396,7 +407,7 @@ def plot(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     runs = list(dict.fromkeys(r.run for r in results))
-    points = [r for r in results if r.metrics.accuracy is not None]
+    points = plotted(results)
     for r in points:
         x, y = _cost(r, axis), 100 * (r.metrics.accuracy or 0.0)
         ax.scatter(
@@ -429,9 +440,10 @@ def plot(
     if points:  # a legend, not annotations: close points would print their labels over each other
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("Accuracy against cost")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    # bbox "tight" sizes the image to what was drawn: the legend right of the axes and a long
+    # GPU-price label would otherwise be cut at the figure's edge.
+    with atomic_writer(path, binary=True) as handle:
+        fig.savefig(handle, format="png", bbox_inches="tight")
     return path
 
 
