@@ -316,6 +316,20 @@ def test_cli_plots_against_gpu_seconds_with_the_prices_given(two_runs, tmp_path,
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+def test_only_compares_runs_on_the_same_questions(two_runs, tmp_path, capsys):
+    # small-model's agent answered q0 right, q1 wrong and not q2; its caption-all has q0, q1
+    results = collect(two_runs, only={"q0", "q2"})
+    small = {r.manifest.method: r.metrics for r in results if r.run == "small-model"}
+    assert (small["agent"].n, small["agent"].correct, small["agent"].questions) == (2, 1, 2)
+    assert (small["caption-all"].n, small["caption-all"].questions) == (1, 2)
+    assert not results[0].partial and results[1].partial
+    out = tmp_path / "only.md"
+    assert main(["report", *map(str, two_runs), "--only", "q0, q2", "--out", str(out)]) == 0
+    assert "| agent | v1 | small-model | 2 of 2 | 50.0% (1/2) |" in out.read_text()
+    assert main(["report", str(two_runs[0]), "--only", " , "]) != 0
+    assert "--only needs at least one question id" in capsys.readouterr().err
+
+
 def test_earlier_attempts_are_added_in_a_note(tmp_path):
     folder = write_run(
         tmp_path / "run", "agent", [("speech", "A", "answered")] * 2, reasoning_calls=2

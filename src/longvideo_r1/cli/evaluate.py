@@ -188,6 +188,13 @@ def add_report_parser(sub) -> None:
         f"{GpuPrices.video_qa:g}); the defaults are the paper's A800 figures. Repeat for "
         "several kinds",
     )
+    rep.add_argument(
+        "--only",
+        metavar="ID,ID,...",
+        help="count only these question ids (comma-separated), so runs of different question "
+        "files or stopped at different points are compared on the same questions; a run "
+        "lacking some of them is shown as partial",
+    )
 
 
 def _eval_questions(args: argparse.Namespace):
@@ -259,7 +266,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     prices = parse_prices(args.price)
-    report = write_report(args.out_dirs, args.out, args.x, prices)
+    only = None
+    if args.only is not None:
+        only = {part.strip() for part in args.only.split(",") if part.strip()}
+        if not only:
+            raise ConfigError("--only needs at least one question id")
+    report = write_report(args.out_dirs, args.out, args.x, prices, only)
     print(report.markdown, end="")
     print(f"wrote {report.markdown_path} and {report.plot_path}", file=sys.stderr)
     return 0

@@ -24,7 +24,7 @@ the runs went) stands beside accuracy, per method and per category.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -102,9 +102,18 @@ def _run_labels(out_dirs: Sequence[Path]) -> list[str]:
     return [f"{d.resolve().parent.name}/{d.resolve().name}" for d in out_dirs]
 
 
-def collect(out_dirs: Sequence[str | Path], prices: GpuPrices | None = None) -> list[RunResult]:
+def collect(
+    out_dirs: Sequence[str | Path],
+    prices: GpuPrices | None = None,
+    only: Collection[str] | None = None,
+) -> list[RunResult]:
     """Every method of every folder, in the order given; refuses a folder with no results.
-    ``prices`` turn each run's calls into GPU-equivalent seconds (default: the paper's)."""
+    ``prices`` turn each run's calls into GPU-equivalent seconds (default: the paper's).
+
+    ``only`` keeps those question ids and counts each run against them, so runs
+    made on different question files (or stopped at different points) are
+    compared on the same questions; a run missing some of them is partial.
+    """
     dirs = [Path(d).expanduser() for d in out_dirs]
     results: list[RunResult] = []
     for out_dir, label in zip(dirs, _run_labels(dirs), strict=True):
@@ -116,14 +125,12 @@ def collect(out_dirs: Sequence[str | Path], prices: GpuPrices | None = None) -> 
         for folder in folders:
             data = load_run(folder)
             manifest = data.manifest
+            records, count = data.records, manifest.questions.count
+            if only is not None:
+                records = [r for r in records if r.question_id in only]
+                count = len(only)
             metrics = compute_metrics(
-                data.records,
-                manifest.method,
-                manifest.variant,
-                label,
-                manifest.questions.count,
-                prices,
-                data.reads,
+                records, manifest.method, manifest.variant, label, count, prices, data.reads
             )
             results.append(RunResult(label, folder, manifest, metrics, tuple(data.unreadable)))
     return results
@@ -459,12 +466,13 @@ def write_report(
     out: str | Path | None = None,
     axis: CostAxis = "seconds",
     prices: GpuPrices | None = None,
+    only: Collection[str] | None = None,
 ) -> Report:
     """Markdown at ``out`` (default ``<first folder>/report.md``), the PNG beside it; GPU
     figures priced with ``prices`` (default: the paper's)."""
     if axis not in COST_AXES:
         raise ConfigError(f"--x must be one of {', '.join(COST_AXES)}, got {axis!r}")
-    results = collect(out_dirs, prices)
+    results = collect(out_dirs, prices, only)
     md_path = Path(out).expanduser() if out else Path(out_dirs[0]).expanduser() / "report.md"
     if md_path.suffix.lower() != ".md":
         raise ConfigError(f"--out names the markdown file and must end in .md, got {md_path}")
