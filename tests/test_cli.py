@@ -13,7 +13,7 @@ from rich.console import Console
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
-from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.config import SMALL_NAVIGATOR_LEVERS, AgentConfig
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
@@ -45,6 +45,8 @@ def store(tmp_path, monkeypatch):
     (tmp_path / "none.yaml").write_text("{}\n")
     for role in ("CAPTION", "VIDEO_QA", "REASONING"):
         monkeypatch.delenv(f"LVR1_{role}_BASE_URL", raising=False)
+    for name in ("LVR1_LEVERS", "LVR1_NAVIGABLE_CAPTIONS", "LVR1_CAPTIONER"):
+        monkeypatch.delenv(name, raising=False)
     return path
 
 
@@ -140,7 +142,8 @@ def test_navigable_captions_are_refused_for_another_captioner(test_video, store,
 
 
 def test_navigable_captions_are_cached_apart_from_plain_ones(test_video, store, capsys):
-    """``lvr1 tree`` with the flag serves the navigable captions only, and without it none."""
+    """``lvr1 tree`` with navigable captions (the flag, or the levers' default for the
+    embedded captioner) serves the navigable captions only, and without them none."""
     fingerprint = file_fingerprint(test_video.path)
     identity = EmbeddedCaptioner(navigable=True).identity
     with CaptionStore(store) as db:
@@ -153,7 +156,9 @@ def test_navigable_captions_are_cached_apart_from_plain_ones(test_video, store, 
         return [n["caption"] for n in json.loads(out)["nodes"] if len(n["id"]) == 1]
 
     assert high_captions("--navigable-captions") == [None, None, "Part (3, 2): box.", None]
-    assert high_captions() == [None] * 4
+    assert high_captions() == [None, None, "Part (3, 2): box.", None]  # levers auto
+    assert high_captions("--levers", "off") == [None] * 4
+    assert high_captions("--no-navigable-captions") == [None] * 4
 
 
 def test_unknown_level_is_a_clear_error(test_video, store, capsys):
@@ -418,6 +423,9 @@ def test_ask_end_to_end_with_the_embedded_default(test_video, store, capsys, mon
     trace = json.loads(Path(payload["trace"]).read_text())
     assert len(trace["high_captions"]) == 4
     assert trace["rounds"][0]["output"]
+    # the levers are the embedded default, and the trace says so
+    assert {k: trace["config"][k] for k in SMALL_NAVIGATOR_LEVERS} == SMALL_NAVIGATOR_LEVERS
+    assert trace["backends"]["caption"].endswith("-nav1")
 
 
 def test_train_reports_a_missing_config_in_one_line(tmp_path, capsys):
@@ -714,7 +722,7 @@ def test_agent_flags_build_the_agent_config(store, monkeypatch):
     monkeypatch.setenv("LVR1_ANSWER_FORM", "letter")
     argv = ["ask", "v.mp4", "q", "--temperature", "0.5", "--max-video-qa", "none"]
     argv += ["--max-repeated-calls", "0", "--qa-anywhere", "--first-message-parts"]
-    argv += ["--constrain", "off", "--max-think-tokens", "99"]
+    argv += ["--constrain", "off", "--max-think-tokens", "99", "--levers", "off"]
     args = build_parser().parse_args(argv)
     config = _agent_config(args, _settings(args))
     assert config == AgentConfig(
@@ -727,8 +735,60 @@ def test_agent_flags_build_the_agent_config(store, monkeypatch):
         answer_form="letter",  # from the environment: no flag given
         max_think_tokens=99,
     )
-    default = build_parser().parse_args(["ask", "v.mp4", "q"])
+    default = build_parser().parse_args(["ask", "v.mp4", "q", "--levers", "off"])
     assert _agent_config(default, _settings(default)) == AgentConfig(answer_form="letter")
+
+
+def agent_config_of(*flags: str) -> AgentConfig:
+    args = build_parser().parse_args(["ask", "v.mp4", "q", *flags])
+    return _agent_config(args, _settings(args))
+
+
+def test_the_embedded_navigator_gets_the_levers_by_default(store):
+    config = agent_config_of()
+    assert config == AgentConfig(**SMALL_NAVIGATOR_LEVERS)
+    assert (config.min_depth, config.guide, config.answer_on_match) == (2, 2, 0.5)
+    assert config.variant == "retrieval-guided-bm25-k2-min-depth-2-answer-on-match-0.5"
+    assert config.to_dict()["guide"] == 2  # what traces and manifests record
+    assert agent_config_of("--levers", "on") == config
+
+
+def test_a_reasoning_server_or_levers_off_gives_the_plain_agent(store, monkeypatch):
+    served = ("--reasoning-base-url", "http://localhost:8000/v1", "--reasoning-model", "m")
+    assert agent_config_of(*served) == AgentConfig()
+    assert agent_config_of(*served, "--levers", "on") == AgentConfig(**SMALL_NAVIGATOR_LEVERS)
+    assert agent_config_of("--levers", "off") == AgentConfig()
+    assert agent_config_of("--captioner", "vlm") == AgentConfig()
+    monkeypatch.setenv("LVR1_LEVERS", "off")
+    assert agent_config_of() == AgentConfig()
+    assert agent_config_of("--levers", "auto").variant != "agent"  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--guide", "3"], AgentConfig(guide=3)),
+        (["--min-depth", "0"], AgentConfig()),
+        (
+            ["--answer-on-match", "0.4", "--min-depth", "1"],
+            AgentConfig(answer_on_match=0.4, min_depth=1),
+        ),
+    ],
+    ids=["guide", "min-depth-off", "two"],
+)
+def test_one_lever_flag_takes_control_of_all_three(store, flags, expected):
+    """A lever flag given means the user chose: the other two keep AgentConfig's defaults."""
+    assert agent_config_of(*flags) == expected
+
+
+def test_the_levers_flag_is_offered_wherever_navigable_captions_are(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    for command in (["ask"], ["eval"], ["caption"], ["tree"], ["serve"], ["data", "oracle"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--navigable-captions" in out, command
+        assert "--levers {auto,on,off}" in out and "the preset for small navigators" in out
 
 
 def test_the_levers_for_small_navigators_are_flags(store, capsys, monkeypatch):

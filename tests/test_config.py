@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from longvideo_r1.agent.session import make_captioner
 from longvideo_r1.cli.common import _settings
 from longvideo_r1.cli.main import build_parser, main
-from longvideo_r1.config import load_settings
+from longvideo_r1.config import levers_on, load_settings, navigable
 from longvideo_r1.errors import ConfigError
 
 
@@ -82,7 +83,10 @@ def test_constrain_and_answer_form_come_from_file_environment_or_flags(tmp_path)
             "unknown setting reasoning.bse_url (did you mean reasoning.base_url?)",
         ),
         ("video_qa: {model: m, timeot: 5}\n", "video_qa.timeot (did you mean video_qa.timeout?)"),
-        ("colour: red\n", "unknown setting colour (known: store, captioner, navigable_captions,"),
+        (
+            "colour: red\n",
+            "unknown setting colour (known: store, captioner, levers, navigable_captions,",
+        ),
     ],
     ids=["typo", "nested-typo", "inline-section", "nothing-near"],
 )
@@ -118,10 +122,10 @@ def test_the_cli_refuses_a_bad_config_file_with_status_2(tmp_path, capsys, conte
     assert err.startswith(f"lvr1 tree: error: config file {cfg}") and err.count("\n") == 1
 
 
-def test_navigable_captions_are_off_by_default_and_come_from_file_environment_or_flags(
+def test_navigable_captions_are_unset_by_default_and_come_from_file_environment_or_flags(
     tmp_path,
 ):
-    assert load_settings(env={}).navigable_captions is False
+    assert load_settings(env={}).navigable_captions is None  # the levers decide
     cfg = tmp_path / "c.yaml"
     cfg.write_text("navigable_captions: on\n")  # YAML reads a bare on as true
     assert load_settings(config_path=cfg, env={}).navigable_captions is True
@@ -132,6 +136,73 @@ def test_navigable_captions_are_off_by_default_and_come_from_file_environment_or
     with pytest.raises(ConfigError, match="invalid setting navigable_captions") as info:
         load_settings(env={"LVR1_NAVIGABLE_CAPTIONS": "sometimes"})
     assert "\n" not in str(info.value)
+
+
+SERVED = {"reasoning": {"base_url": "http://localhost:8000/v1"}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on"),
+    [
+        ({}, True),  # the embedded navigator over embedded captions
+        (SERVED, False),
+        ({"captioner": "vlm"}, False),
+        ({"captioner": "imported:ref"}, False),
+        ({"levers": "on", **SERVED}, True),
+        ({"levers": "off"}, False),
+    ],
+    ids=["embedded", "served", "vlm", "imported", "forced-on", "forced-off"],
+)
+def test_the_levers_are_on_by_default_only_for_the_embedded_navigator(overrides, on):
+    assert levers_on(load_settings(env={}, overrides=overrides)) is on
+
+
+def test_the_levers_come_from_file_environment_or_flags(tmp_path):
+    assert load_settings(env={}).levers == "auto"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("levers: off\n")  # YAML reads a bare off as false; the setting takes the word
+    assert load_settings(config_path=cfg, env={}).levers == "off"
+    cfg.write_text("levers: on\n")
+    assert load_settings(config_path=cfg, env={}).levers == "on"
+    env = {"LVR1_LEVERS": "off"}
+    assert load_settings(config_path=cfg, env=env).levers == "off"
+    assert load_settings(config_path=cfg, env=env, overrides={"levers": "auto"}).levers == "auto"
+    with pytest.raises(ConfigError, match="invalid setting levers") as info:
+        load_settings(env={"LVR1_LEVERS": "sometimes"})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, True),
+        ({"levers": "off"}, False),
+        ({"levers": "off", "navigable_captions": True}, True),  # explicit wins
+        ({"navigable_captions": False}, False),
+        (SERVED, False),
+        ({"levers": "on", "captioner": "vlm"}, False),  # never for another captioner
+        ({"captioner": "imported:ref"}, False),
+    ],
+    ids=["auto", "levers-off", "explicit-on", "explicit-off", "served", "vlm", "imported"],
+)
+def test_navigable_captions_follow_the_levers_unless_set(overrides, expected):
+    assert navigable(load_settings(env={}, overrides=overrides)) is expected
+
+
+def test_navigable_captions_follow_levers_from_the_environment_and_file(tmp_path):
+    assert navigable(load_settings(env={"LVR1_LEVERS": "off"})) is False
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("levers: off\nnavigable_captions: on\n")
+    assert navigable(load_settings(config_path=cfg, env={})) is True
+
+
+def test_explicit_navigable_captions_with_another_captioner_stay_an_error():
+    settings = load_settings(env={}, overrides={"captioner": "vlm", "navigable_captions": True})
+    with pytest.raises(ConfigError, match="navigable captions are made by the embedded") as info:
+        make_captioner(settings)
+    assert "\n" not in str(info.value)
+    auto = load_settings(env={}, overrides={"captioner": "imported:ref", "levers": "on"})
+    assert make_captioner(auto).identity == "imported:ref"  # the levers never ask for it
 
 
 def test_the_embedded_context_window_comes_from_file_environment_or_flags(tmp_path):

@@ -764,12 +764,14 @@ def test_every_method_travels_to_ray_workers(name, tmp_path):
 
 def test_the_manifest_names_navigable_captions_apart():
     """A run with navigable captions never resumes one without them, nor the reverse."""
-    plain = Settings.model_validate({"captioner": "embedded"})
+    plain = Settings.model_validate({"captioner": "embedded", "levers": "off"})
     nav = Settings.model_validate({"captioner": "embedded", "navigable_captions": True})
     agent = make_method(MethodOptions(method="agent"), plain)
     before, after = agent.identities(plain, "r")["caption"], agent.identities(nav, "r")["caption"]
     assert after == before + "-nav1"
     assert video_qa_identity(nav) == f"captions:{after}"
+    default = Settings.model_validate({"captioner": "embedded"})  # levers auto: navigable
+    assert agent.identities(default, "r")["caption"] == after
 
 
 def test_a_guided_run_is_named_retrieval_guided_and_records_its_levers(

@@ -13,9 +13,9 @@ Environment variables, per role ``CAPTION``, ``VIDEO_QA``, ``REASONING``::
     LVR1_<ROLE>_TIMEOUT    seconds per request
 
 and ``LVR1_STORE`` (caption database), ``LVR1_CONFIG`` (config file),
-``LVR1_CAPTIONER`` (``embedded`` or ``vlm``), ``LVR1_NAVIGABLE_CAPTIONS`` (``on`` or
-``off``), ``LVR1_CONSTRAIN`` (``auto``, ``on`` or ``off``) and ``LVR1_ANSWER_FORM``
-(``auto``, ``letter``, ``text`` or ``either``).
+``LVR1_CAPTIONER`` (``embedded`` or ``vlm``), ``LVR1_LEVERS`` (``auto``, ``on`` or
+``off``), ``LVR1_NAVIGABLE_CAPTIONS`` (``on`` or ``off``), ``LVR1_CONSTRAIN`` (``auto``,
+``on`` or ``off``) and ``LVR1_ANSWER_FORM`` (``auto``, ``letter``, ``text`` or ``either``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from longvideo_r1.errors import ConfigError, validation_line
 ROLES = ("caption", "video_qa", "reasoning")
 ConstrainMode = Literal["auto", "on", "off"]
 """Whether the navigator's replies are decoded under the protocol's grammar."""
+LeversMode = Literal["auto", "on", "off"]
+"""Whether the small-navigator preset (navigable captions and the agent's levers) applies."""
 AnswerFormSetting = Literal["auto", "letter", "text", "either"]
 """What <answer> holds; auto lets the backend decide (text embedded, either served)."""
 DEFAULT_CONFIG_PATH = Path("~/.config/longvideo-r1/config.yaml")
@@ -98,11 +100,17 @@ class Settings(BaseModel):
         default="embedded",
         description="'embedded' (CPU, no model hub) or 'vlm' (the caption endpoint).",
     )
-    navigable_captions: bool = Field(
-        default=False,
+    levers: LeversMode = Field(
+        default="auto",
+        description="The preset for small navigators: navigable captions and the agent's "
+        "min_depth 2, guide 2, answer_on_match 0.5. auto is on when the reasoning model is the "
+        "embedded one (no reasoning base URL) and the captioner is embedded, off otherwise; "
+        "on or off force it. An explicit navigable_captions or agent lever wins over it.",
+    )
+    navigable_captions: bool | None = Field(
+        default=None,
         description="The embedded captioner's high and medium captions name each part's "
-        "distinctive words (TF-IDF over the video's transcript). Off by default until a "
-        "measured table picks the default.",
+        "distinctive words (TF-IDF over the video's transcript). Unset follows levers.",
     )
     constrain: ConstrainMode = Field(
         default="auto",
@@ -120,7 +128,7 @@ class Settings(BaseModel):
     video_qa: EndpointSettings = Field(default_factory=EndpointSettings)
     reasoning: EndpointSettings = Field(default_factory=EndpointSettings)
 
-    @field_validator("constrain", mode="before")
+    @field_validator("constrain", "levers", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         """YAML reads a bare ``on``/``off`` as a boolean; take the word that was meant."""
@@ -130,6 +138,27 @@ class Settings(BaseModel):
 
     def store_path(self) -> Path:
         return self.store.expanduser() if self.store else default_store_path()
+
+
+def levers_on(settings: Settings) -> bool:
+    """Whether the small-navigator preset applies: ``on``/``off`` as set, ``auto`` on exactly
+    for the embedded navigator reading embedded captions.
+
+    Measured on a 30-minute video, the embedded 0.5B navigator left alone never reads
+    below the high-level captions; with the preset it reads down the tree. Served models
+    are larger and keep the plain agent.
+    """
+    if settings.levers != "auto":
+        return settings.levers == "on"
+    return settings.reasoning.base_url is None and settings.captioner == "embedded"
+
+
+def navigable(settings: Settings) -> bool:
+    """Whether the captioner makes navigable captions: an explicit setting wins, else the
+    levers decide, for the embedded captioner only (no other captioner makes them)."""
+    if settings.navigable_captions is not None:
+        return settings.navigable_captions
+    return settings.captioner == "embedded" and levers_on(settings)
 
 
 def default_store_path() -> Path:
@@ -148,6 +177,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     plain = (
         ("store", "LVR1_STORE"),
         ("captioner", "LVR1_CAPTIONER"),
+        ("levers", "LVR1_LEVERS"),
         ("navigable_captions", "LVR1_NAVIGABLE_CAPTIONS"),
         ("constrain", "LVR1_CONSTRAIN"),
         ("answer_form", "LVR1_ANSWER_FORM"),

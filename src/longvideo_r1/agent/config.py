@@ -17,6 +17,10 @@ from longvideo_r1.errors import ConfigError
 from longvideo_r1.options import field_help, option
 
 CONSTRAIN_MODES: tuple[str, ...] = get_args(ConstrainMode)
+SMALL_NAVIGATOR_LEVERS: dict[str, Any] = {"min_depth": 2, "guide": 2, "answer_on_match": 0.5}
+"""The agent's levers that ``levers`` turns on (with navigable captions): the measured setting
+under which the embedded 0.5B navigator reads below the high-level captions. AgentConfig's
+own defaults stay off, so library users and served models keep the plain agent."""
 
 
 @dataclass(frozen=True)

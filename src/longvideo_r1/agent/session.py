@@ -26,7 +26,7 @@ from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.reference import ImportedCaptioner
 from longvideo_r1.captions.service import CaptionService
 from longvideo_r1.captions.store import CaptionStore
-from longvideo_r1.config import Settings
+from longvideo_r1.config import Settings, navigable
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.backends import ChatBackend
 from longvideo_r1.llm.client import ChatClient
@@ -40,8 +40,8 @@ def make_captioner(settings: Settings) -> Captioner:
     """The captioner named by ``settings.captioner``, refusing a setting it would ignore."""
     name = settings.captioner
     if name == "embedded":
-        return EmbeddedCaptioner(navigable=settings.navigable_captions)
-    if settings.navigable_captions:
+        return EmbeddedCaptioner(navigable=navigable(settings))
+    if navigable(settings):
         raise ConfigError(
             f"navigable captions are made by the embedded captioner, not {name!r}: drop "
             "--navigable-captions (or LVR1_NAVIGABLE_CAPTIONS, navigable_captions in the config)"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from longvideo_r1.agent.config import AgentConfig
+from longvideo_r1.agent.config import SMALL_NAVIGATOR_LEVERS, AgentConfig
 from longvideo_r1.agent.session import VideoSession
-from longvideo_r1.config import ROLES, Settings, load_settings
+from longvideo_r1.config import ROLES, Settings, levers_on, load_settings
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.questions.loaders import benchmark_name, load_questions
@@ -106,7 +106,17 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the embedded captioner's high and medium captions name each part's distinctive "
-        "words, cached apart from plain captions (default off; $LVR1_NAVIGABLE_CAPTIONS)",
+        "words, cached apart from plain captions (default: as --levers; "
+        "$LVR1_NAVIGABLE_CAPTIONS)",
+    )
+    parser.add_argument(
+        "--levers",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="the preset for small navigators: navigable captions and --min-depth 2 --guide 2 "
+        "--answer-on-match 0.5. auto (default) is on for the embedded navigator with the "
+        "embedded captioner and off for a reasoning server; off gives the plain agent. A "
+        "lever flag given takes control of the agent's three ($LVR1_LEVERS)",
     )
 
 
@@ -146,6 +156,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         "store": getattr(args, "store", None),
         "captioner": getattr(args, "captioner", None),
+        "levers": getattr(args, "levers", None),
         "navigable_captions": getattr(args, "navigable_captions", None),
         "min_width": getattr(args, "min_width", None),
         "max_width": getattr(args, "max_width", None),
@@ -168,15 +179,28 @@ def _session(args: argparse.Namespace, settings: Settings, video: str | None = N
 
 
 def _agent_config(args: argparse.Namespace, settings: Settings):
-    """AgentConfig from the flags given; constrain and answer form as the settings resolved them."""
+    """AgentConfig from the flags given; constrain and answer form as the settings resolved them,
+    the levers preset where the settings turn it on and no lever flag took control."""
     return config_from_args(
         AgentConfig,
         args,
+        **_lever_preset(args, settings),
         constrain=settings.constrain,
         answer_form=settings.answer_form,
         require_fetched_leaf=not args.qa_anywhere,
         max_repeated_calls=args.max_repeated_calls or None,
     )
+
+
+def _lever_preset(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """SMALL_NAVIGATOR_LEVERS when the levers are on and none of their flags was given.
+
+    One lever flag given means the user chose the levers: only the given ones apply and
+    the others keep AgentConfig's defaults, so a run is never half preset, half chosen.
+    """
+    if not levers_on(settings) or any(hasattr(args, name) for name in SMALL_NAVIGATOR_LEVERS):
+        return {}
+    return dict(SMALL_NAVIGATOR_LEVERS)
 
 
 def _question_file(args: argparse.Namespace):
