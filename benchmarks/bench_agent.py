@@ -85,7 +85,7 @@ def ask_all(args: argparse.Namespace, store: Path, traces: Path) -> None:
         wanted = set(args.only.split(","))
         questions = [q for q in questions if q["id"] in wanted]
     questions = questions[: args.questions]
-    settings = Settings(store=store)
+    settings = Settings(store=store, levers="off")  # the plain agent over plain captions
     config = AgentConfig(max_rounds=args.max_rounds)
     rss_start = proc_status_kb("VmRSS") / 1024
 

@@ -129,7 +129,7 @@ def _session(video: str, store: str):
     from longvideo_r1.agent.session import VideoSession
     from longvideo_r1.config import Settings
 
-    return VideoSession.open(video, Settings(store=Path(store)))
+    return VideoSession.open(video, Settings(store=Path(store), levers="off"))  # plain captions
 
 
 def child_build(video: str, store: str, workers: int) -> dict:

@@ -56,7 +56,7 @@ def openings(store: Path, questions: int) -> tuple[list[tuple[list[dict], object
 
     built = load_test_video()
     bench = load_testbench()[:questions]
-    with VideoSession.open(built.path, Settings(store=store)) as session:
+    with VideoSession.open(built.path, Settings(store=store, levers="off")) as session:
         session.service.build(depths=(1,), workers=1, progress=False)
         highs = [
             (node, session.service.fetch(node.id).record.text) for node in session.tree.nodes(1)

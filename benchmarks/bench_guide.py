@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
 
     video = load_test_video()
-    settings = load_settings(None, {"store": str(args.store)})
+    settings = load_settings(None, {"store": str(args.store), "levers": "off"})  # plain captions
     questions = list(load_testbench(subtitles=video.path.parent))
     with VideoSession.open(video.path, settings) as session:
         tree = session.tree

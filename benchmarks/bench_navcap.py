@@ -127,8 +127,7 @@ def caption_levels(video: Path, store: Path, navigable: bool) -> None:
     """``lvr1 caption`` of the high and medium levels, as a user runs it."""
     argv = [sys.executable, "-m", "longvideo_r1.cli", "caption", str(video), "--store", str(store)]
     argv += ["--levels", "high,medium", "--quiet"]
-    if navigable:
-        argv.append("--navigable-captions")
+    argv.append("--navigable-captions" if navigable else "--no-navigable-captions")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(argv, check=True, env=env)
 
