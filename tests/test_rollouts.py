@@ -80,9 +80,9 @@ class Scripted:
         return Generated(out, [-0.5] * len(out), "stop" if self.stop else "length")
 
 
-def replay(tokenizer, replies=REPLIES, **options):
+def replay(tokenizer, replies=REPLIES, constrain="off", **options):
     box = make_toolbox(ITEM.ctree, caption_answerer(ITEM.ctree, ITEM.question))
-    config = AgentConfig(constrain="off", answer_form="either", max_rounds=len(replies) + 1)
+    config = AgentConfig(constrain=constrain, answer_form="either", max_rounds=len(replies) + 1)
     return rollout(
         Scripted(tokenizer, replies, **options),
         tokenizer,
@@ -284,15 +284,7 @@ def test_a_group_of_tiny_model_rollouts_runs_the_real_loop(tiny):
 def test_a_generator_without_masks_takes_no_grammar_and_on_refuses_it(tokenizer):
     backend = TokenBackend(tokenizer, Scripted(tokenizer, REPLIES))
     assert not backend.supports_constraints()
-    box = make_toolbox(ITEM.ctree, caption_answerer(ITEM.ctree, ITEM.question))
-    one = rollout(
-        Scripted(tokenizer, REPLIES),
-        tokenizer,
-        box,
-        ITEM.ctree.tree,
-        ITEM.question,
-        AgentConfig(constrain="on", answer_form="either"),
-    )
+    one = replay(tokenizer, constrain="on")
     assert one.trace.status == "error" and "takes no grammar" in (one.trace.reason or "")
     assert one.generated_tokens == 0  # refused before the model wrote anything
 
