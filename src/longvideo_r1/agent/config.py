@@ -21,6 +21,10 @@ SMALL_NAVIGATOR_LEVERS: dict[str, Any] = {"min_depth": 2, "guide": 2, "answer_on
 """The agent's levers that ``levers`` turns on (with navigable captions): the measured setting
 under which the embedded 0.5B navigator reads below the high-level captions. AgentConfig's
 own defaults stay off, so library users and served models keep the plain agent."""
+SMALL_NAVIGATOR_ROUNDS = 10
+"""The rounds the preset allows (unless ``--max-rounds`` is given): what it was measured with.
+Made to read, a small navigator otherwise keeps reading up to the plain agent's 30 rounds on a
+short video whose answer the first captions already hold."""
 
 
 @dataclass(frozen=True)

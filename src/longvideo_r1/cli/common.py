@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from longvideo_r1.agent.config import SMALL_NAVIGATOR_LEVERS, AgentConfig
+from longvideo_r1.agent.config import (
+    SMALL_NAVIGATOR_LEVERS,
+    SMALL_NAVIGATOR_ROUNDS,
+    AgentConfig,
+)
 from longvideo_r1.agent.session import VideoSession
 from longvideo_r1.config import ROLES, Settings, levers_on, load_settings
 from longvideo_r1.errors import ConfigError
@@ -193,14 +197,18 @@ def _agent_config(args: argparse.Namespace, settings: Settings):
 
 
 def _lever_preset(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """SMALL_NAVIGATOR_LEVERS when the levers are on and none of their flags was given.
+    """SMALL_NAVIGATOR_LEVERS (and its rounds, unless --max-rounds was given) when the levers
+    are on and none of their flags was given.
 
     One lever flag given means the user chose the levers: only the given ones apply and
     the others keep AgentConfig's defaults, so a run is never half preset, half chosen.
     """
     if not levers_on(settings) or any(hasattr(args, name) for name in SMALL_NAVIGATOR_LEVERS):
         return {}
-    return dict(SMALL_NAVIGATOR_LEVERS)
+    preset = dict(SMALL_NAVIGATOR_LEVERS)
+    if not hasattr(args, "max_rounds"):
+        preset["max_rounds"] = SMALL_NAVIGATOR_ROUNDS
+    return preset
 
 
 def _question_file(args: argparse.Namespace):
