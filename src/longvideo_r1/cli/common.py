@@ -118,7 +118,7 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         default=None,
         help="the preset for small navigators: navigable captions and --min-depth 2 --guide 2 "
-        "--answer-on-match 0.5. auto (default) is on for the embedded navigator with the "
+        "--answer-on-match 0.5, 10 rounds unless --max-rounds is given. auto (default) is on for the embedded navigator with the "
         "embedded captioner and off for a reasoning server; off gives the plain agent. A "
         "lever flag given takes control of the agent's three ($LVR1_LEVERS)",
     )
