@@ -9,7 +9,7 @@ a :class:`VideoSession` or a benchmark's questions here once.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
 from longvideo_r1.agent.config import (
     SMALL_NAVIGATOR_LEVERS,
@@ -17,7 +17,7 @@ from longvideo_r1.agent.config import (
     AgentConfig,
 )
 from longvideo_r1.agent.session import VideoSession
-from longvideo_r1.config import ROLES, Settings, levers_on, load_settings
+from longvideo_r1.config import ROLES, LeversMode, Settings, levers_on, load_settings
 from longvideo_r1.errors import ConfigError
 from longvideo_r1.options import add_config_flags, config_from_args
 from longvideo_r1.questions.loaders import benchmark_name, load_questions
@@ -113,14 +113,16 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
         "words, cached apart from plain captions (default: as --levers; "
         "$LVR1_NAVIGABLE_CAPTIONS)",
     )
+    preset = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMALL_NAVIGATOR_LEVERS.items())
     parser.add_argument(
         "--levers",
-        choices=("auto", "on", "off"),
+        choices=get_args(LeversMode),
         default=None,
-        help="the preset for small navigators: navigable captions and --min-depth 2 --guide 2 "
-        "--answer-on-match 0.5, 10 rounds unless --max-rounds is given. auto (default) is on for the embedded navigator with the "
-        "embedded captioner and off for a reasoning server; off gives the plain agent. A "
-        "lever flag given takes control of the agent's three ($LVR1_LEVERS)",
+        help=f"the preset for small navigators: navigable captions and {preset}, "
+        f"{SMALL_NAVIGATOR_ROUNDS} rounds unless --max-rounds is given. auto (default) is on "
+        "for the embedded navigator with the embedded captioner and off for a reasoning "
+        "server; off gives the plain agent. A lever flag given takes control of the agent's "
+        "three ($LVR1_LEVERS)",
     )
 
 

@@ -246,7 +246,7 @@ class EmbeddedBackend(ChatBackend):
                 if self.constraint_mode == "whole":
                     text_grammar = constraint.bounded or constraint.grammar
                     grammar = llama_cpp.LlamaGrammar.from_string(text_grammar, verbose=False)
-                    cap = max(limit, constraint.free_tokens * 4 + constraint.tail_tokens)
+                    cap = max(limit, constraint.whole_tokens)
                     out = self._complete(llm, prompt, cap, stops, grammar, sampling)
                     text, finish = out["choices"][0]["text"], out["choices"][0]["finish_reason"]
                     prompt_tokens = int(out["usage"]["prompt_tokens"])

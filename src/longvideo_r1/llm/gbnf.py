@@ -264,3 +264,9 @@ class Constraint:
     whole reply and must finish it within a token limit (None: use ``grammar``)."""
     tail_tokens: int = 400
     """Tokens that always suffice for the longest text ``tail`` admits."""
+
+    @property
+    def whole_tokens(self) -> int:
+        """Tokens an engine that constrains the whole reply (``bounded``) gives it, so the
+        capped think and the tail always finish: a cut-off call would waste the round."""
+        return self.free_tokens * 4 + self.tail_tokens

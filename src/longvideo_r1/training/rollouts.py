@@ -320,13 +320,11 @@ class TokenBackend(ChatBackend):
             raise CallFailed(exc, self.identity) from None
         limit = max_tokens or 1024
         grammar = None
-        if constraint is not None:
-            if not self.supports_constraints():
-                raise CallFailed(EndpointError("this generator takes no grammar"), self.identity)
+        if constraint is not None:  # ChatBackend.chat passes one only where supported
             # The whole reply is constrained, its think capped in characters; like the
             # embedded backend, give it the tokens to finish that, the episode's room allowing.
             grammar = constraint.bounded or constraint.grammar
-            limit = max(limit, constraint.free_tokens * 4 + constraint.tail_tokens)
+            limit = max(limit, constraint.whole_tokens)
         if self.max_episode_tokens is not None:
             room = self.max_episode_tokens - self.episode.length
             if room <= 0:
@@ -339,10 +337,7 @@ class TokenBackend(ChatBackend):
         context = self.episode.prompt_ids + self.episode.completion_ids
         temp = self.default_temperature if temperature is None else temperature
         try:
-            if grammar is None:
-                out = self.generator.generate(context, limit, temp)
-            else:
-                out = self.generator.generate(context, limit, temp, grammar=grammar)
+            out = self.generator.generate(context, limit, temp, grammar=grammar)
         except EndpointError as exc:
             raise CallFailed(exc, self.identity) from None
         if len(out.logprobs) != len(out.ids):
