@@ -306,6 +306,21 @@ def test_a_spent_response_budget_ends_the_run_inside_verls_tensor(tokenizer, ext
     assert out.reward_score <= 1.0  # no answer: no accuracy
 
 
+class RefusingServer(ScriptedServer):
+    """Refuses every prompt as vLLM refuses one longer than its window."""
+
+    async def generate(self, request_id, **kwargs):
+        raise ValueError("The decoder prompt (length 9000) is longer than the maximum model length")
+
+
+def test_a_server_refusal_ends_that_run_with_the_servers_reason(tokenizer, extra_info, caplog):
+    """The server is a boundary: its refusal is an endpoint failure, not an internal error."""
+    out = run_loop(tokenizer, RefusingServer(tokenizer, REPLIES), extra_info)
+    assert out.extra_fields["reward_extra_info"]["answered"] == 0.0
+    assert sum(out.response_mask) == 0  # nothing sampled, nothing to learn from
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback logged
+
+
 def test_the_loop_samples_from_a_real_tiny_model(tmp_path, extra_info):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

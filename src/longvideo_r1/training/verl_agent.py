@@ -220,6 +220,9 @@ class ServerGenerator:
             out = self._pending.result()
         except CancelledError:
             raise EndpointError("the trajectory was cancelled by the trainer") from None
+        except Exception as exc:  # the server is a boundary: its refusal ends this run only
+            # vLLM refuses an over-long prompt with a ValueError; say so, not "internal error".
+            raise EndpointError(f"the rollout server failed: {type(exc).__name__}: {exc}") from exc
         finally:
             self._pending = None
         self.seconds += time.perf_counter() - started
