@@ -811,7 +811,11 @@ def test_the_levers_for_small_navigators_are_flags(store, capsys, monkeypatch):
         main(["ask", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--min-depth N Admit an answer only after a caption at this depth" in out
-    assert "--guide N Retrieval-guided navigation" in out and "(default: 0)" in out
+    assert "--guide N Retrieval-guided navigation" in out
+    # the help states the default the command resolves, the levers' preset included
+    guide = out.split("--guide N Retrieval", 1)[1].split("--answer-on-match X", 1)[0]
+    assert "(default: 2 with the levers on, else 0)" in guide
+    assert "(default: 10 with the levers on, else 30)" in out.split("--max-rounds N Model", 1)[1]
     args = build_parser().parse_args(["ask", "v.mp4", "q", "--min-depth", "2", "--guide", "3"])
     config = _agent_config(args, _settings(args))
     assert (config.min_depth, config.guide) == (2, 3)

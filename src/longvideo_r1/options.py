@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, field, fields
 from typing import Any
 
@@ -35,13 +35,15 @@ def add_config_flags(
     title: str,
     only: Sequence[str] | None = None,
     skip: Sequence[str] = (),
+    shown_defaults: Mapping[str, str] | None = None,
 ) -> None:
     """One flag per field of a config dataclass (``max_rounds`` -> ``--max-rounds``).
 
     Booleans get ``--flag`` / ``--no-flag``; optional numbers accept
     ``none``; ``Literal`` fields list their choices. A flag not given is left
     out of the namespace, so the dataclass's own default applies: one place
-    for defaults, one for help.
+    for defaults, one for help. ``shown_defaults`` replaces the default a
+    flag's help states where a command resolves it otherwise (a preset).
     """
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title)
@@ -52,6 +54,7 @@ def add_config_flags(
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help", "").replace("%", "%%")
         default = "none" if f.default is None or f.default is MISSING else f.default
+        default = (shown_defaults or {}).get(f.name, default)
         if kind is bool:
             group.add_argument(
                 flag,

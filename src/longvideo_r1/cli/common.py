@@ -139,6 +139,13 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
         "the agent (a spent budget forces an answer; --constrain and --answer-form also come "
         "from $LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file)",
         skip=_AGENT_FLAGS_BY_HAND,
+        shown_defaults={
+            name: f"{value} with the levers on, else {getattr(AgentConfig, name)}"
+            for name, value in {
+                **SMALL_NAVIGATOR_LEVERS,
+                "max_rounds": SMALL_NAVIGATOR_ROUNDS,
+            }.items()
+        },
     )
     helps = AgentConfig.help()
     group = parser.add_argument_group("the agent's rules")
