@@ -183,7 +183,11 @@ def test_the_tiny_config_runs_real_steps_logs_them_and_resumes(tmp_path, capsys)
     out = tmp_path / "run"
     args = ["grpo", str(TINY), "-o", f"output_dir={out}", "-o", "eval_data=synthetic:1"]
     assert main(args) == 0
-    assert "trained to step 2" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "trained to step 2" in printed.out
+    # the held-out scoring shows its bar, with the running count of right answers
+    assert "held-out, before training" in printed.err and "held-out, after training" in printed.err
+    assert "1/1" in printed.err and " right" in printed.err
     rows = read_log(out / "steps.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -198,11 +202,19 @@ def test_the_tiny_config_runs_real_steps_logs_them_and_resumes(tmp_path, capsys)
         assert {"mean_reward", "accuracy", "grounding_f1", "rounds"} <= set(scores)
     assert (out / "config.json").is_file() and (out / "chat_template.jinja").is_file()
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    # every training rollout, round by round, under the step it trained
+    played = read_log(out / "rollouts.jsonl")
+    assert [r["step"] for r in played] == [1] * 4 + [2] * 4
+    for r in played:
+        assert r["question"].startswith("synthetic-") and r["right"] in "ABCD"
+        assert set(r["rewards"]) >= set(TERMS) and r["rounds"]
+        assert all({"kind", "output"} <= set(one) for one in r["rounds"])
 
     # interrupted after step 2: a longer rerun resumes there and logs only the new step
     assert main([*args, "-o", "max_steps=3"]) == 0
     assert "resumed from" in capsys.readouterr().out
     assert [r["step"] for r in read_log(out / "steps.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in read_log(out / "rollouts.jsonl")] == [1] * 4 + [2] * 4 + [3] * 4
     result = json.loads((out / "grpo_result.json").read_text())
     assert result["steps"] == 3 and result["resumed_from"].endswith("checkpoint-2")
     assert result["before"] == before  # scored once, before the first step

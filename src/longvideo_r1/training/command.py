@@ -93,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stage == "sft":
             print(run_sft(load_recipe(args.config, overrides)).summary())
         elif args.stage == "grpo":
-            print(run_grpo(load_recipe(args.config, overrides, GRPORecipe)).summary())
+            print(
+                run_grpo(load_recipe(args.config, overrides, GRPORecipe), progress=True).summary()
+            )
         else:
             recipe = load_recipe(args.config, overrides, GRPORecipe)
-            scores = evaluate_checkpoint(recipe, args.model)
+            scores = evaluate_checkpoint(recipe, args.model, progress=True)
             if args.out:
                 write_atomic(Path(args.out), json.dumps(scores, indent=2) + "\n")
             print(format_scores(scores))

@@ -47,7 +47,9 @@ from longvideo_r1.testing.testbench import load_testbench
 from longvideo_r1.training.oracle import synthetic_answerer
 from longvideo_r1.training.policy import (
     StepStats,
+    append_log,
     evaluate_policy,
+    rollout_row,
     step_log_callback,
     summarize,
     trim_log,
@@ -84,6 +86,7 @@ from longvideo_r1.training.trees import (
 )
 
 STEP_LOG = "steps.jsonl"
+ROLLOUT_LOG = "rollouts.jsonl"
 EVAL_BEFORE = "eval-before.json"
 EVAL_AFTER = "eval-after.json"
 
@@ -244,6 +247,7 @@ class PolicyRollouts:
         recipe: GRPORecipe,
         stats: StepStats,
         on_rollout: Callable[[Rollout], None] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.prompts = prompts
         self.tokenizer = tokenizer
@@ -252,6 +256,7 @@ class PolicyRollouts:
         self.weights = RewardWeights(**recipe.reward_weights())
         self.stats = stats
         self.on_rollout = on_rollout
+        self.log_path = log_path
         self.calls: list[list[str]] = []
         self.masks: GrammarMasks | None = None
 
@@ -277,6 +282,9 @@ class PolicyRollouts:
                 self.on_rollout(one)
             done.append(one)
         self.stats.add(summarize(done), time.perf_counter() - started)
+        if self.log_path is not None and trainer.is_world_process_zero():
+            step = int(trainer.state.global_step) + 1  # the step these rollouts train
+            append_log(self.log_path, [rollout_row(step, r) for r in done])
         return {
             "prompt_ids": [r.prompt_ids for r in done],
             "completion_ids": [r.completion_ids for r in done],
@@ -504,8 +512,9 @@ def build_trainer(
     from trl import GRPOTrainer
 
     model, tokenizer = load_policy(recipe, starting_model(recipe))
-    rollouts = PolicyRollouts(train, tokenizer, recipe, stats)
-    log = step_log_callback(Path(recipe.output_dir).expanduser() / STEP_LOG, stats)
+    out = Path(recipe.output_dir).expanduser()
+    rollouts = PolicyRollouts(train, tokenizer, recipe, stats, log_path=out / ROLLOUT_LOG)
+    log = step_log_callback(out / STEP_LOG, stats)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*rollout_func.*experimental")
         try:
@@ -524,15 +533,22 @@ def build_trainer(
     return trainer, rollouts
 
 
-def _score(trainer: Any, tokenizer: Any, held_out: Prompts, recipe: GRPORecipe) -> dict[str, Any]:
+def _score(
+    trainer: Any, tokenizer: Any, held_out: Prompts, recipe: GRPORecipe, progress: str | None
+) -> dict[str, Any]:
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return score_policy(model, tokenizer, held_out, recipe)
+    return score_policy(model, tokenizer, held_out, recipe, progress)
 
 
 def score_policy(
-    model: Any, tokenizer: Any, held_out: Prompts, recipe: GRPORecipe
+    model: Any,
+    tokenizer: Any,
+    held_out: Prompts,
+    recipe: GRPORecipe,
+    progress: str | None = None,
 ) -> dict[str, Any]:
-    """The policy's figures on held-out questions, one rollout each at ``eval_temperature``."""
+    """The policy's figures on held-out questions, one rollout each at ``eval_temperature``;
+    ``progress`` titles a bar on stderr."""
     agent = agent_config(recipe, recipe.eval_temperature)
     weights = RewardWeights(**recipe.reward_weights())
     masks = grammar_masks(recipe, tokenizer, model)
@@ -549,15 +565,18 @@ def score_policy(
             masks,
         )
 
-    return evaluate_policy(one, held_out.ids())
+    return evaluate_policy(one, held_out.ids(), progress)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def run_grpo(recipe: GRPORecipe, callbacks: Sequence[Any] = ()) -> GRPOResult:
-    """Score, train (resuming when asked), score again, and save a model ready to serve."""
+def run_grpo(
+    recipe: GRPORecipe, callbacks: Sequence[Any] = (), progress: bool = False
+) -> GRPOResult:
+    """Score, train (resuming when asked), score again, and save a model ready to serve;
+    ``progress`` shows bars for the held-out scoring (the trainer shows its own)."""
     started = time.perf_counter()
     out = Path(recipe.output_dir).expanduser()
     with ExitStack() as stack:
@@ -565,15 +584,16 @@ def run_grpo(recipe: GRPORecipe, callbacks: Sequence[Any] = ()) -> GRPOResult:
         stats = StepStats()
         trainer, rollouts = build_trainer(recipe, train, stats, callbacks)
         tokenizer = rollouts.tokenizer
-        trim_log(out / STEP_LOG, _step_of(resume))
+        for log in (STEP_LOG, ROLLOUT_LOG):
+            trim_log(out / log, _step_of(resume))
         before = _load_json(out / EVAL_BEFORE) if resume else None
         if held_out is not None and recipe.eval == "before_after" and before is None:
-            before = _score(trainer, tokenizer, held_out, recipe)
+            before = _score(trainer, tokenizer, held_out, recipe, _title(progress, "before"))
             _write_json(out / EVAL_BEFORE, before)
         trainer.train(resume_from_checkpoint=resume)
         after = None
         if held_out is not None:
-            after = _score(trainer, tokenizer, held_out, recipe)
+            after = _score(trainer, tokenizer, held_out, recipe, _title(progress, "after"))
             _write_json(out / EVAL_AFTER, after)
         saved = save_for_serving(trainer, recipe)  # type: ignore[arg-type]
         gguf = None
@@ -603,6 +623,10 @@ def run_grpo(recipe: GRPORecipe, callbacks: Sequence[Any] = ()) -> GRPOResult:
     return result
 
 
+def _title(progress: bool, when: str) -> str | None:
+    return f"held-out, {when} training" if progress else None
+
+
 def _step_of(checkpoint: str | None) -> int:
     if checkpoint is None:
         return 0
@@ -617,7 +641,9 @@ def _load_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def evaluate_checkpoint(recipe: GRPORecipe, model_path: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    recipe: GRPORecipe, model_path: str | None = None, progress: bool = False
+) -> dict[str, Any]:
     """``lvr1 train grpo-eval``: score a model (default: the run's output, else its start)."""
     out = Path(recipe.output_dir).expanduser()
     path = model_path or (str(out) if (out / "config.json").is_file() else None)
@@ -630,5 +656,5 @@ def evaluate_checkpoint(recipe: GRPORecipe, model_path: str | None = None) -> di
         if path is None:
             path = starting_model(recipe)
         model, tokenizer = load_policy(recipe, path)
-        scores = score_policy(model, tokenizer, held_out, recipe)
+        scores = score_policy(model, tokenizer, held_out, recipe, "held-out" if progress else None)
     return {"model": path, **scores}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from longvideo_r1.files import write_atomic
+from longvideo_r1.progress import progress_bar
 from longvideo_r1.training.reward import TERMS, tool_calls
 from longvideo_r1.training.rollouts import Rollout
 
@@ -48,11 +49,30 @@ def summarize(rollouts: Sequence[Rollout]) -> dict[str, float]:
     return out
 
 
-def evaluate_policy(play: Callable[[str], Rollout], question_ids: Sequence[str]) -> dict[str, Any]:
+def evaluate_policy(
+    play: Callable[[str], Rollout], question_ids: Sequence[str], progress: str | None = None
+) -> dict[str, Any]:
     """Play each held-out question once and summarize; ``accuracy`` and ``grounding_f1`` are
-    the reward's own terms, so the figures match what training optimised."""
+    the reward's own terms, so the figures match what training optimised.
+
+    On a CPU the held-out set takes minutes, so ``progress`` (a title) shows a
+    bar with the running accuracy.
+    """
     started = time.perf_counter()
-    rollouts = [play(question_id) for question_id in question_ids]
+    rollouts: list[Rollout] = []
+    with progress_bar(
+        progress is not None,
+        title="[bold]{task.description}[/]",
+        status="{task.fields[right]} right",
+        description=progress or "",
+        total=len(question_ids),
+        done=0,
+        right=0,
+    ) as bar:
+        for question_id in question_ids:
+            rollouts.append(play(question_id))
+            right = sum(r.rewards.get("accuracy", 0.0) >= 1.0 for r in rollouts)
+            bar.update(advance=1, right=right)
     summary: dict[str, Any] = summarize(rollouts)
     summary["questions"] = len(rollouts)
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -92,6 +112,36 @@ class StepStats:
         return out
 
 
+def rollout_row(step: int, done: Rollout) -> dict[str, Any]:
+    """One training rollout as a line of ``rollouts.jsonl``: what the policy wrote each round,
+    what video_qa told it, and what each reward term paid; the figures per step hide which
+    behaviour a reward went to, this keeps it (caption observations are in the tree)."""
+    trace = done.trace
+    return {
+        "step": step,
+        "question": done.question.id,
+        "status": trace.status,
+        "answer": trace.answer,
+        "right": done.question.answer,
+        "rewards": {k: round(float(v), 4) for k, v in done.rewards.items()},
+        "rounds": [
+            {
+                "kind": r.kind,
+                "output": r.output,
+                **({"node": list(r.node_id)} if r.node_id is not None else {}),
+                **({"observation": r.observation} if r.kind == "video_qa" else {}),
+            }
+            for r in trace.rounds
+        ],
+    }
+
+
+def append_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Add rows to a JSON-lines log, rewriting it atomically so a crash leaves whole rows."""
+    if rows:
+        _write_log(path, [*read_log(path), *rows])
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The rows of a step log; a missing file has none."""
     if not path.is_file():
@@ -129,6 +179,6 @@ def step_log_callback(path: Path, stats: StepStats) -> Any:
             row = {"step": state.global_step, "time": round(time.time(), 3)}
             row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             row.update(stats.take())
-            _write_log(path, [*read_log(path), row])
+            append_log(path, [row])
 
     return StepLog()
