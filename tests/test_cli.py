@@ -795,6 +795,15 @@ def test_one_lever_flag_takes_control_of_all_three(store, flags, expected):
     assert agent_config_of(*flags) == expected
 
 
+def test_the_demo_takes_the_levers_flag(store):
+    """The demo's questions run the embedded navigator, so the preset applies unless turned off."""
+    on = build_parser().parse_args(["demo"])
+    assert _agent_config(on, _settings(on)) == PRESET
+    off = build_parser().parse_args(["demo", "--levers", "off"])
+    plain = _agent_config(off, _settings(off))
+    assert (plain.min_depth, plain.guide, plain.max_rounds) == (0, 0, AgentConfig().max_rounds)
+
+
 def test_the_levers_flag_is_offered_wherever_navigable_captions_are(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "2000")
     for command in (["ask"], ["eval"], ["caption"], ["tree"], ["serve"], ["data", "oracle"]):

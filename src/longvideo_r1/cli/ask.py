@@ -22,6 +22,7 @@ from longvideo_r1.cli.common import (
     _agent_options,
     _captioner_option,
     _endpoint_options,
+    _levers_option,
     _session,
     _settings,
     _tree_options,
@@ -100,6 +101,7 @@ def add_demo_parser(sub, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="questions to ask (default 3; 0: captions only)",
     )
+    _levers_option(demo)
     _agent_options(demo)
     _endpoint_options(demo, "reasoning", "reasoning model")
 

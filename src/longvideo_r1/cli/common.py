@@ -113,6 +113,10 @@ def _captioner_option(parser: argparse.ArgumentParser) -> None:
         "words, cached apart from plain captions (default: as --levers; "
         "$LVR1_NAVIGABLE_CAPTIONS)",
     )
+    _levers_option(parser)
+
+
+def _levers_option(parser: argparse.ArgumentParser) -> None:
     preset = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMALL_NAVIGATOR_LEVERS.items())
     parser.add_argument(
         "--levers",
