@@ -379,6 +379,9 @@ def test_ask_against_a_scripted_reasoning_server(test_video, store, capsys, tmp_
     assert payload["rounds"] == 2
     assert [e["node_id"] for e in payload["evidence"]] == [[3, 2]]
     assert payload["cost"]["captions_made"] == 5
+    # a reasoning server: no levers, and the payload says what ran
+    assert payload["config"]["guide"] == 0 and payload["config"]["max_rounds"] == 30
+    assert payload["backends"]["reasoning"].endswith(llm.model)
     assert "The total duration of the video is 151.6 seconds." in str(first_user)
     saved = json.loads(trace_path.read_text())
     assert saved["answer"] == "B" and len(saved["rounds"]) == 2
@@ -432,6 +435,7 @@ def test_ask_end_to_end_with_the_embedded_default(test_video, store, capsys, mon
     assert trace["rounds"][0]["output"]
     # the levers are the embedded default, and the trace says so
     assert {k: trace["config"][k] for k in SMALL_NAVIGATOR_LEVERS} == SMALL_NAVIGATOR_LEVERS
+    assert payload["config"] == trace["config"] and payload["backends"] == trace["backends"]
     assert trace["backends"]["caption"].endswith("-nav1")
 
 

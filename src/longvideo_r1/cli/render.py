@@ -77,6 +77,9 @@ def ask_payload(trace, trace_path: Path | None) -> dict[str, Any]:
         "evidence": [e.model_dump(mode="json") for e in trace.evidence],
         "cost": trace.cost.model_dump(mode="json"),
         "trace": str(trace_path) if trace_path else None,
+        # what the run resolved (levers, budgets, who answered), so a script need not open the trace
+        "config": trace.config,
+        "backends": trace.backends,
     }
 
 
