@@ -12,7 +12,9 @@ rollouts that ended with an answer and the mean rounds per rollout.
     python scripts/plot_grpo.py runs/grpo-nano --out docs/img/grpo-nano.png
 
 The table (Markdown, on stdout) holds mean reward, accuracy, grounding F1,
-rounds per question and the share answered, before and after training.
+rounds per question and the share answered, before and after training; a
+second table, from ``rollouts.jsonl``, what each step's rollouts did (right
+answers, video_qa asked and right after it, clue reads, rounds).
 """
 
 from __future__ import annotations
@@ -88,6 +90,35 @@ def table(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def behaviour(rollouts: list[dict[str, Any]]) -> str:
+    """Per step, what the rollouts of ``rollouts.jsonl`` did: right answers, how many asked
+    video_qa and how many of those were right, how many read a clue, and the mean rounds.
+
+    A rising reward alone does not say whether the policy learned to read or
+    to guess; this does.
+    """
+    steps: dict[int, list[dict[str, Any]]] = {}
+    for row in rollouts:
+        steps.setdefault(int(row["step"]), []).append(row)
+    lines = [
+        "| step | right | asked video_qa | right after asking | read a clue | rounds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step in sorted(steps):
+        rows = steps[step]
+        right = [r.get("answer") == r.get("right") for r in rows]
+        asked = [any(x.get("kind") == "video_qa" for x in r["rounds"]) for r in rows]
+        after = sum(a and ok for a, ok in zip(asked, right, strict=True))
+        clue = sum(r["rewards"].get("grounding_f1", 0.0) > 0 for r in rows)
+        rounds = sum(len(r["rounds"]) for r in rows) / len(rows)
+        n = len(rows)
+        lines.append(
+            f"| {step} | {sum(right)}/{n} | {sum(asked)}/{n} | {after}/{sum(asked)} "
+            f"| {clue}/{n} | {rounds:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(curves: dict[str, list[float]], out: Path, title: str, window: int) -> None:
     """Write the two-panel figure (reward and terms; answered and rounds) to ``out``."""
     import matplotlib
@@ -156,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     before, after = args.run / "eval-before.json", args.run / "eval-after.json"
     if before.is_file() and after.is_file():
         print(table(json.loads(before.read_text()), json.loads(after.read_text())))
+    played = args.run / "rollouts.jsonl"
+    if played.is_file():
+        lines = played.read_text(encoding="utf-8").splitlines()
+        print(behaviour([json.loads(line) for line in lines if line.strip()]))
     return 0
 
 

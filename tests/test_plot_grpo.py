@@ -106,3 +106,26 @@ def test_main_writes_the_png_and_prints_the_table(plot_grpo, tmp_path, capsys):
 def test_a_folder_without_a_step_log_fails_in_one_line(plot_grpo, tmp_path, capsys):
     assert plot_grpo.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _played(step: int, answer: str, right: str, kinds: list[str], f1: float = 0.0) -> dict:
+    return {
+        "step": step,
+        "question": "synthetic-1",
+        "answer": answer,
+        "right": right,
+        "rewards": {"accuracy": float(answer == right), "grounding_f1": f1},
+        "rounds": [{"kind": k, "output": "..."} for k in kinds],
+    }
+
+
+def test_the_behaviour_table_counts_what_each_steps_rollouts_did(plot_grpo):
+    rows = [
+        _played(1, "A", "A", ["get_caption", "answer"]),
+        _played(1, "B", "A", ["get_caption", "video_qa", "answer"], f1=0.5),
+        _played(2, "A", "A", ["get_caption", "video_qa", "answer"]),
+        _played(2, "A", "A", ["video_qa", "answer"]),
+    ]
+    lines = plot_grpo.behaviour(rows).splitlines()
+    assert lines[2] == "| 1 | 1/2 | 1/2 | 0/1 | 1/2 | 2.50 |"
+    assert lines[3] == "| 2 | 2/2 | 2/2 | 2/2 | 0/2 | 2.50 |"
