@@ -120,6 +120,12 @@ def main() -> int:
         default="caption",
         help="caption: the leaf's caption answers; oracle: the right option, wherever asked",
     )
+    parser.add_argument(
+        "--max-think-tokens",
+        type=int,
+        default=AgentConfig.max_think_tokens,
+        help="think tokens of a constrained reply (a GRPO recipe's max_think_tokens)",
+    )
     parser.add_argument("--min-depth", type=int, default=0, help="AgentConfig.min_depth (0: off)")
     parser.add_argument(
         "--guide", type=int, default=0, help="AgentConfig.guide: retrieval-guided (0: off)"
@@ -131,6 +137,7 @@ def main() -> int:
     config = AgentConfig(
         max_rounds=args.max_rounds,
         max_reply_tokens=args.max_reply_tokens,
+        max_think_tokens=min(args.max_think_tokens, args.max_reply_tokens),
         min_depth=args.min_depth,
         guide=args.guide,
     )
