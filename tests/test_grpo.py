@@ -200,6 +200,8 @@ def test_the_tiny_config_runs_real_steps_logs_them_and_resumes(tmp_path, capsys)
     for scores in (before, after):
         assert scores["questions"] == 1
         assert {"mean_reward", "accuracy", "grounding_f1", "rounds"} <= set(scores)
+        (question,) = scores["per_question"]
+        assert len(question["path"]) == question["rounds"]  # what each round did
     assert (out / "config.json").is_file() and (out / "chat_template.jinja").is_file()
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     # every training rollout, round by round, under the step it trained

@@ -84,6 +84,7 @@ def evaluate_policy(
             "right": r.question.answer,
             "rounds": len(r.trace.rounds),
             "reward": r.rewards.get("total", 0.0),
+            "path": path(r),
         }
         for r in rollouts
     ]
@@ -110,6 +111,15 @@ class StepStats:
         out["nav/rollout_seconds"] = round(self._seconds, 3)
         self._pending, self._seconds = [], 0.0
         return out
+
+
+def path(done: Rollout) -> list[str]:
+    """What each round did, as ``get_caption (1, 2)``, ``video_qa (1, 2, 3)`` or ``answer``:
+    a before/after score says that answers changed, the path says how."""
+    return [
+        f"{r.kind} {tuple(r.node_id)}" if r.node_id is not None else str(r.kind)
+        for r in done.trace.rounds
+    ]
 
 
 def rollout_row(step: int, done: Rollout) -> dict[str, Any]:
