@@ -135,6 +135,15 @@ _AGENT_FLAGS_BY_HAND = ("require_fetched_leaf", "max_repeated_calls")
 leaf rule off, and ``--max-repeated-calls 0`` means never."""
 
 
+def _preset_defaults() -> dict[str, str]:
+    """The defaults --help states for the flags the levers preset sets."""
+    preset = {**SMALL_NAVIGATOR_LEVERS, "max_rounds": SMALL_NAVIGATOR_ROUNDS}
+    return {
+        name: f"{value} with the levers on, else {getattr(AgentConfig, name)}"
+        for name, value in preset.items()
+    }
+
+
 def _agent_options(parser: argparse.ArgumentParser) -> None:
     """One flag per AgentConfig field, its help the field's own."""
     add_config_flags(
@@ -143,13 +152,7 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
         "the agent (a spent budget forces an answer; --constrain and --answer-form also come "
         "from $LVR1_CONSTRAIN, $LVR1_ANSWER_FORM or the config file)",
         skip=_AGENT_FLAGS_BY_HAND,
-        shown_defaults={
-            name: f"{value} with the levers on, else {getattr(AgentConfig, name)}"
-            for name, value in {
-                **SMALL_NAVIGATOR_LEVERS,
-                "max_rounds": SMALL_NAVIGATOR_ROUNDS,
-            }.items()
-        },
+        shown_defaults=_preset_defaults(),
     )
     helps = AgentConfig.help()
     group = parser.add_argument_group("the agent's rules")

@@ -21,6 +21,7 @@ from longvideo_r1.files import write_atomic
 from longvideo_r1.progress import progress_bar
 from longvideo_r1.training.reward import TERMS, tool_calls
 from longvideo_r1.training.rollouts import Rollout
+from longvideo_r1.tree import format_node_id
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -60,6 +61,7 @@ def evaluate_policy(
     """
     started = time.perf_counter()
     rollouts: list[Rollout] = []
+    right = 0
     with progress_bar(
         progress is not None,
         title="[bold]{task.description}[/]",
@@ -71,7 +73,7 @@ def evaluate_policy(
     ) as bar:
         for question_id in question_ids:
             rollouts.append(play(question_id))
-            right = sum(r.rewards.get("accuracy", 0.0) >= 1.0 for r in rollouts)
+            right += rollouts[-1].rewards.get("accuracy", 0.0) >= 1.0
             bar.update(advance=1, right=right)
     summary: dict[str, Any] = summarize(rollouts)
     summary["questions"] = len(rollouts)
@@ -84,7 +86,7 @@ def evaluate_policy(
             "right": r.question.answer,
             "rounds": len(r.trace.rounds),
             "reward": r.rewards.get("total", 0.0),
-            "path": path(r),
+            "path": round_path(r),
         }
         for r in rollouts
     ]
@@ -113,11 +115,11 @@ class StepStats:
         return out
 
 
-def path(done: Rollout) -> list[str]:
+def round_path(done: Rollout) -> list[str]:
     """What each round did, as ``get_caption (1, 2)``, ``video_qa (1, 2, 3)`` or ``answer``:
     a before/after score says that answers changed, the path says how."""
     return [
-        f"{r.kind} {tuple(r.node_id)}" if r.node_id is not None else str(r.kind)
+        f"{r.kind} {format_node_id(r.node_id)}" if r.node_id is not None else str(r.kind)
         for r in done.trace.rounds
     ]
 
