@@ -36,6 +36,7 @@ from pathlib import Path
 
 from longvideo_r1.agent.config import AgentConfig
 from longvideo_r1.agent.navigator import Navigator
+from longvideo_r1.errors import ConfigError
 from longvideo_r1.llm.embedded import EmbeddedBackend
 from longvideo_r1.training.hints import ground
 from longvideo_r1.training.oracle import synthetic_answerer
@@ -133,14 +134,17 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write every figure and item here")
     args = parser.parse_args()
 
+    try:
+        config = AgentConfig(
+            max_rounds=args.max_rounds,
+            max_reply_tokens=args.max_reply_tokens,
+            max_think_tokens=min(args.max_think_tokens, args.max_reply_tokens),
+            min_depth=args.min_depth,
+            guide=args.guide,
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))  # a bad value is one line, like the CLI's
     items = synthetic_dataset(args.questions, seed=args.seed)
-    config = AgentConfig(
-        max_rounds=args.max_rounds,
-        max_reply_tokens=args.max_reply_tokens,
-        max_think_tokens=min(args.max_think_tokens, args.max_reply_tokens),
-        min_depth=args.min_depth,
-        guide=args.guide,
-    )
     results = []
     for model in args.models:
         result = run_model(model, items, config, ANSWERERS[args.video_qa])
